@@ -1,0 +1,61 @@
+"""The ``imgclust`` command line: a thin layer that parses, calls the library, and renders.
+
+Each command lives in its own module; this one only wires them together.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import __version__
+from ._output import EXIT_USAGE, ImgclustGroup
+
+app = typer.Typer(
+    name="imgclust",
+    cls=ImgclustGroup,
+    help="Cluster any folder of unlabelled images with pretrained encoders, and measure how good the clusters are.\n\n"
+         "Pipeline: embed -> reduce (UMAP 50) -> cluster (agglomerative) -> score -> export. "
+         "'imgclust cluster PHOTOS' runs it all in one step.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted.",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"imgclust {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    """imgclust: cluster images with pretrained encoders."""
+
+
+from . import embed, encoders  # noqa: E402  (each module registers its command on app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: run the app and return its exit code (usage errors exit 2)."""
+    try:
+        # Without standalone mode click returns the exit code of ctx.exit() instead of raising.
+        code = app(args=argv, prog_name="imgclust", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # click-style usage errors: unknown option, bad value, ...
+        exc.show()
+        return exc.exit_code if exc.exit_code else EXIT_USAGE
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""What every command shares: output options, rendering of results and errors, exit codes.
+
+Results go to stdout (plain text, a rich table, or JSON with ``--json``); progress, warnings and
+errors go to stderr. Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted.
+An :class:`ImgclustError` becomes one line (``error: ...`` and a dim ``hint: ...``), or
+``{"error": {"code", "message", "hint"}}`` on stdout under ``--json``; a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Iterator
+
+import typer
+from rich.console import Console
+
+from ..errors import ImgclustError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass
+class OutputMode:
+    json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    debug: bool = False
+
+
+_MODE = OutputMode()
+
+
+def mode() -> OutputMode:
+    """The output flags of the command being run (reset at the start of every invocation)."""
+    return _MODE
+
+
+def _remember(field: str):
+    def callback(value: bool) -> bool:
+        if value:
+            setattr(mode(), field, True)
+        return value
+
+    return callback
+
+
+# One definition of the shared options; every command takes them.
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.", callback=_remember("json"), is_eager=True)]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.", callback=_remember("quiet"), is_eager=True)]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.", callback=_remember("verbose"), is_eager=True)]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", callback=_remember("debug"), is_eager=True)]
+
+
+def stdout() -> Console:
+    return Console(file=sys.stdout, soft_wrap=True, highlight=False)
+
+
+def stderr() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True, highlight=False, quiet=mode().quiet)
+
+
+def note(message: str) -> None:
+    """A line of progress or context on stderr (silenced by --quiet)."""
+    stderr().print(message)
+
+
+def detail(message: str) -> None:
+    """A line shown only with --verbose."""
+    if mode().verbose:
+        stderr().print(f"[dim]{message}[/dim]")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return _clean(value.item())
+    return value
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(_clean(data), indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def render_error(error: ImgclustError) -> None:
+    if mode().json:
+        emit_json({"error": error.to_dict()})
+    else:
+        console = Console(file=sys.stderr, soft_wrap=True, highlight=False)
+        console.print(f"[bold red]error:[/bold red] {error.message}", markup=True)
+        if error.hint:
+            console.print(f"[dim]hint: {error.hint}[/dim]")
+
+
+@contextmanager
+def progress_bar(description: str, unit: str = "images") -> Iterator[Any]:
+    """A rich progress bar on stderr with rate and ETA; yields a ``(done, total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if mode().quiet:
+        yield None
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    bar = Progress(*columns, console=Console(file=sys.stderr), transient=False)
+    task = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:  # started on the first report, so errors before any work print no empty bar
+            bar.start()
+            task = bar.add_task(description, total=total, rate="")
+        speed = bar.tasks[0].speed
+        bar.update(task, completed=done, total=total, rate=f"{speed:.1f} {unit}/s" if speed else "")
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            bar.stop()
+
+
+class ImgclustGroup(typer.core.TyperGroup):
+    """Turns library errors into one-line messages and documented exit codes, in one place."""
+
+    def invoke(self, ctx) -> Any:
+        global _MODE
+        _MODE = OutputMode()  # the options' eager callbacks fill it in while the command is parsed
+        try:
+            return super().invoke(ctx)
+        except ImgclustError as error:
+            if mode().debug:
+                traceback.print_exc()
+            render_error(error)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            Console(file=sys.stderr).print("[yellow]interrupted[/yellow]")
+            ctx.exit(EXIT_INTERRUPTED)
+        except OSError as error:  # disk full, permission denied while writing, ...
+            if mode().debug:
+                traceback.print_exc()
+            where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+            render_error(ImgclustError(f"{error.strerror or error}{where}",
+                                       hint="check free disk space and permissions; nothing already written was changed"))
+            ctx.exit(EXIT_FAILURE)

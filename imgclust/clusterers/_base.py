@@ -1,0 +1,317 @@
+"""The clusterer base class and its parameter table (scikit-learn style).
+
+A clusterer stores its parameters in ``__init__`` (validated there against ``params``, so a CLI
+fails before any work), checks the data in ``fit``, and leaves ``labels_`` (int64, noise = -1)
+and ``n_clusters_`` behind. Subclasses implement ``_fit(X, views) -> labels``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ParameterError, ResourceError, UsageError
+
+_log = logging.getLogger("imgclust.clusterers")
+
+#: key of the JSON config in :meth:`Clusterer.state`'s dict, and that dict's format version
+STATE_CONFIG_KEY = "__config__"
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Param:
+    """One documented parameter: its default, type and allowed values."""
+
+    name: str
+    default: Any
+    type: type
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    choices: tuple | None = None
+    nullable: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.choices:
+            parts.append("one of " + ", ".join(map(str, self.choices)))
+        if self.low is not None or self.high is not None:
+            lo = "-inf" if self.low is None else self.low
+            hi = "inf" if self.high is None else self.high
+            parts.append(f"in {'[' if self.low_inclusive else '('}{lo}, {hi}]")
+        if self.nullable:
+            parts.append("or None")
+        return f"a {self.type.__name__} " + " ".join(parts) if parts else f"a {self.type.__name__}"
+
+    def validate(self, value: Any, owner: str) -> Any:
+        """Coerce (strings from the CLI included) and check ``value``; return the clean value."""
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            if self.nullable:
+                return None
+            raise self._error(owner, value)
+        try:
+            value = _coerce(value, self.type)
+        except (TypeError, ValueError):
+            raise self._error(owner, value) from None
+        if self.choices is not None and value not in self.choices:
+            raise self._error(owner, value)
+        if self.low is not None and (value < self.low or (not self.low_inclusive and value == self.low)):
+            raise self._error(owner, value)
+        if self.high is not None and value > self.high:
+            raise self._error(owner, value)
+        return value
+
+    def _error(self, owner: str, value: Any) -> ParameterError:
+        return ParameterError(
+            f"The '{self.name}' parameter of {owner} must be {self.describe()}. Got {value!r} instead.",
+            hint=f"{self.name}: {self.doc}",
+        )
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise TypeError(value)
+    if kind is int:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError(value)
+        if isinstance(value, str):
+            return int(value)
+        if float(value) != int(value):
+            raise ValueError(value)
+        return int(value)
+    if kind is float:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError(value)
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        return value
+    return kind(value)
+
+
+def available_memory_bytes() -> int:
+    """Memory the process may still use: MemAvailable on Linux, else physical memory."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_pairwise_memory(n_samples: int, method: str, alternative: str, bytes_per_pair: int = 8, copies: int = 3) -> None:
+    """Refuse an O(N^2) method whose matrices would not fit in the memory available now."""
+    needed = n_samples * n_samples * bytes_per_pair * copies
+    available = available_memory_bytes()
+    if needed > 0.8 * available:
+        raise ResourceError(
+            f"{method} needs about {needed / 2**30:.1f} GiB for {n_samples} samples "
+            f"(O(N^2) memory); only {available / 2**30:.1f} GiB is available",
+            hint=f"use {alternative} instead, or cluster a sample of the images",
+        )
+
+
+def check_embeddings(X: Any, what: str = "X") -> np.ndarray:
+    """A 2-D float array with finite values, or a clear UsageError."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise UsageError(f"{what} must be a 2-D array of shape (n_samples, n_features); got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise UsageError(f"{what} holds no samples: there is nothing to cluster")
+    if not np.issubdtype(X.dtype, np.floating):
+        X = X.astype(np.float64)
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise UsageError(
+            f"{what} has {int(bad.sum())} row(s) with NaN or Inf (first at row {int(np.flatnonzero(bad)[0])})",
+            hint="the encoder produced non-finite embeddings; check the model or its weights",
+        )
+    return X
+
+
+class Clusterer:
+    """Base class of every clustering method in the registry.
+
+    Class attributes describe the method for the registry, the CLI and the docs:
+
+    ``name``, ``summary``, ``paper`` (where it comes from), ``params`` (the parameter table),
+    ``n_clusters_mode`` ("required", "optional" or "unused"), ``input_space`` ("reduced" or "raw":
+    what the pipeline feeds it by default), ``needs_views`` (augmented-view embeddings too) and
+    ``quadratic_memory`` (O(N^2) memory: checked against available memory at fit) and
+    ``supports_predict`` (it learns a predictor: ``state()`` / ``from_state()`` / ``predict()``
+    persist it and put new samples into the learned clusters; others raise UsageError).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    n_clusters_mode: ClassVar[str] = "optional"
+    input_space: ClassVar[str] = "reduced"
+    needs_views: ClassVar[bool] = False
+    quadratic_memory: ClassVar[bool] = False
+    supports_predict: ClassVar[bool] = False
+
+    #: optional progress callback of trained methods: ``on_epoch(epoch, loss)`` after each epoch
+    #: (epoch counts from 1). Set it on the instance; None (default) keeps training quiet.
+    on_epoch: Callable[[int, float], None] | None = None
+
+    labels_: np.ndarray
+    n_clusters_: int
+
+    def __init__(self, n_clusters: int | None = None, random_state: int = 0, **params: Any):
+        owner = type(self).__name__
+        if n_clusters is not None:
+            n_clusters = Param("n_clusters", None, int, "number of clusters", low=1).validate(n_clusters, owner)
+        if self.n_clusters_mode == "required" and n_clusters is None:
+            raise UsageError(f"{self.name} needs the number of clusters", hint="pass --n-clusters K")
+        if self.n_clusters_mode == "unused" and n_clusters is not None:
+            raise UsageError(
+                f"{self.name} finds the number of clusters itself and takes no n_clusters",
+                hint="drop --n-clusters, or pick a method that takes it (agglomerative, kmeans, ...)",
+            )
+        self.n_clusters = n_clusters
+        self.random_state = int(random_state)
+        table = {p.name: p for p in self.params}
+        unknown = sorted(set(params) - set(table))
+        if unknown:
+            raise ParameterError(
+                f"{self.name} has no parameter {', '.join(map(repr, unknown))}",
+                hint=f"its parameters: {', '.join(table) or 'none'}",
+            )
+        for p in self.params:
+            setattr(self, p.name, p.validate(params.get(p.name, p.default), owner))
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Checks that involve several parameters at once (e.g. ward needs euclidean).
+
+        Called at the end of ``__init__``, after each parameter was validated on its own;
+        subclasses override it and raise :class:`ParameterError`.
+        """
+
+    def get_params(self) -> dict[str, Any]:
+        values = {p.name: getattr(self, p.name) for p in self.params}
+        return {"n_clusters": self.n_clusters, "random_state": self.random_state, **values}
+
+    def fit(self, X: Any, views: np.ndarray | None = None) -> "Clusterer":
+        X = check_embeddings(X)
+        n = X.shape[0]
+        if self.n_clusters is not None and self.n_clusters > n:
+            raise UsageError(f"n_samples={n} should be >= n_clusters={self.n_clusters}", hint="lower --n-clusters")
+        if self.quadratic_memory:
+            check_pairwise_memory(n, self.name, alternative="agglomerative or kmeans")
+        if self.needs_views and views is None:
+            raise UsageError(
+                f"{self.name} trains on augmented-view embeddings, and none are stored",
+                hint="embed with --views N first (e.g. imgclust embed PATH --views 2)",
+            )
+        labels = np.asarray(self._fit(X, views), dtype=np.int64)
+        self.labels_ = labels
+        self.n_clusters_ = int(len(np.unique(labels[labels >= 0])))
+        return self
+
+    def fit_predict(self, X: Any, views: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(X, views).labels_
+
+    def _fit(self, X: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- training progress (trained methods) ------------------------------------------------------
+
+    def _report_epoch(self, epoch: int, loss: float) -> None:
+        """Called by trained methods after each epoch: logs at DEBUG and calls ``on_epoch`` if set."""
+        _log.debug("%s epoch %d loss %.5f", self.name, epoch, loss)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, loss)
+
+    # -- persistence and assignment of new samples (methods with supports_predict) ---------------
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The fitted predictor as a flat dict of numpy arrays (HDF5-friendly: one dataset per key).
+
+        Key ``STATE_CONFIG_KEY`` holds the method name, n_clusters, random_state, the parameters and
+        the format version as UTF-8 JSON in a uint8 array; the other keys are the method's weights.
+        Rebuild with :meth:`Clusterer.from_state`.
+        """
+        self._check_predictor()
+        if not hasattr(self, "n_clusters_"):
+            raise UsageError(f"this {self.name} clusterer is not fitted yet", hint="call fit(X) first")
+        out = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
+        config = {
+            "format": STATE_FORMAT,
+            "method": self.name,
+            "n_clusters": self.n_clusters,
+            "random_state": self.random_state,
+            "params": {p.name: getattr(self, p.name) for p in self.params},
+            "n_clusters_": int(self.n_clusters_),
+        }
+        out[STATE_CONFIG_KEY] = np.frombuffer(json.dumps(config).encode("utf-8"), dtype=np.uint8).copy()
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Clusterer":
+        """Rebuild a fitted predictor from :meth:`state`'s dict (values may be h5py datasets).
+
+        ``Clusterer.from_state(d)`` finds the method by the name stored in ``d``; a subclass checks
+        that the name is its own.
+        """
+        if STATE_CONFIG_KEY not in state:
+            raise UsageError(f"not a clusterer state: the key {STATE_CONFIG_KEY!r} is missing")
+        config = json.loads(np.asarray(state[STATE_CONFIG_KEY], dtype=np.uint8).tobytes().decode("utf-8"))
+        if config.get("format") != STATE_FORMAT:
+            raise UsageError(f"clusterer state format {config.get('format')!r} is not supported (want {STATE_FORMAT})")
+        if cls is Clusterer:
+            from . import CLUSTERERS
+
+            cls = CLUSTERERS.get(config["method"])
+        elif config["method"] != cls.name:
+            raise UsageError(f"this state belongs to {config['method']!r}, not {cls.name!r}")
+        obj = cls(n_clusters=config["n_clusters"], random_state=config["random_state"], **config["params"])
+        obj._check_predictor()
+        obj._load_state({k: np.asarray(v) for k, v in state.items() if k != STATE_CONFIG_KEY})
+        obj.n_clusters_ = int(config["n_clusters_"])
+        return obj
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Put new samples (same embedding space as fit's X) into the learned clusters."""
+        self._check_predictor()
+        if not hasattr(self, "n_clusters_"):
+            raise UsageError(f"this {self.name} clusterer is not fitted yet", hint="call fit(X) first")
+        return np.asarray(self._predict(check_embeddings(X)), dtype=np.int64)
+
+    def _check_predictor(self) -> None:
+        if not self.supports_predict:
+            raise UsageError(
+                f"{self.name} cannot assign new samples to its clusters",
+                hint="use a method that learns a predictor (temi, icce, scan, unic, cc)",
+            )
+
+    def _state(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _load_state(self, state: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError

@@ -1,0 +1,179 @@
+"""Finding images: folders walked recursively, explicit files, globs, ``--files-from``; labels.
+
+Order is stable: every result is sorted by its absolute path string, so the same inputs always give
+the same list, whatever order they were walked in.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Iterable, Sequence
+
+from .errors import UsageError
+
+BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+@lru_cache(maxsize=1)
+def image_extensions() -> frozenset[str]:
+    """The base extensions plus every extension a Pillow plugin installed here can open."""
+    from PIL import Image
+
+    Image.init()
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return BASE_EXTENSIONS | frozenset(e.lower() for e in readable)
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """A discovered image: its absolute path, size and mtime (None when it cannot be stat'ed)."""
+
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    label: str | None = None
+    error: str | None = None  # why the file cannot even be stat'ed (a dangling symlink, say)
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _stat(path: str) -> ImageFile:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        reason = "dangling symlink" if os.path.islink(path) else "file not found"
+        return ImageFile(path, None, None, error=reason)
+    except OSError as exc:
+        reason = "symlink loop" if exc.errno == 40 else (exc.strerror or str(exc))
+        return ImageFile(path, None, None, error=reason)
+    return ImageFile(path, st.st_size, st.st_mtime_ns)
+
+
+def walk_images(folder: str) -> Iterable[str]:
+    """Every image file under ``folder`` (recursively, symlinks followed without loops, hidden names skipped)."""
+    extensions = image_extensions()
+    seen_dirs: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            st = os.stat(current)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:  # a symlink back up the tree, or two links to one folder
+            continue
+        seen_dirs.add(key)
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                stack.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in extensions:
+                yield entry.path  # files, symlinks to files, and dangling/looping symlinks (reported later)
+
+
+def read_path_list(source: str, stdin: IO[str] | None = None) -> list[str]:
+    """Paths from a file with one path per line (``-`` reads standard input); blank lines and ``#`` skipped."""
+    if source == "-":
+        text = (stdin or sys.stdin).read()
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            raise UsageError(f"--files-from {source}: {exc.strerror or exc}", hint="give a readable file, or - for stdin") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def discover(
+    inputs: Sequence[str | os.PathLike] = (),
+    files_from: str | None = None,
+    labels: str | None = None,
+    stdin: IO[str] | None = None,
+) -> list[ImageFile]:
+    """Find every image named by ``inputs`` and ``files_from``, sorted by path, each path once.
+
+    Parameters
+    ----------
+    inputs : folders (walked recursively), image files (taken whatever their extension), or glob
+        patterns (``photos/**/*.jpg``).
+    files_from : a file listing one path per line, or ``-`` for standard input.
+    labels : ``"folder"`` to label each image with its parent folder's name, or the path of a CSV
+        file with ``path,label`` rows (paths absolute or relative to the CSV's folder).
+    """
+    candidates: list[str] = []
+    named = [os.fspath(p) for p in inputs]
+    if files_from is not None:
+        named += read_path_list(files_from, stdin)
+    if not named:
+        raise UsageError("no input given", hint="pass folders or image files, or --files-from FILE")
+    for item in named:
+        if os.path.isdir(item):
+            candidates.extend(walk_images(item))
+        elif os.path.lexists(item):
+            candidates.append(item)
+        elif _is_glob(item):
+            matches = glob.glob(item, recursive=True)
+            if not matches:
+                raise UsageError(f"no file matches the pattern {item}", hint="check the pattern; quote it so the shell does not expand it")
+            for match in matches:
+                candidates.extend(walk_images(match) if os.path.isdir(match) else [match])
+        else:
+            raise UsageError(f"path not found: {item}", hint="check the path, or pass an existing folder or image file")
+    unique = sorted({os.path.abspath(path) for path in candidates})
+    files = [_stat(path) for path in unique]
+    if not files:
+        raise UsageError(f"no images found in {', '.join(named[:3])}{' ...' if len(named) > 3 else ''}",
+                         hint=f"imgclust looks for {', '.join(sorted(BASE_EXTENSIONS))} files (hidden files are skipped)")
+    if labels is not None:
+        files = attach_labels(files, labels)
+    return files
+
+
+def attach_labels(files: list[ImageFile], labels: str) -> list[ImageFile]:
+    """Label each file from its parent folder (``"folder"``) or from a ``path,label`` CSV."""
+    from dataclasses import replace
+
+    if labels == "folder":
+        return [replace(f, label=os.path.basename(os.path.dirname(f.path))) for f in files]
+    table = read_label_csv(labels)
+    labelled = [replace(f, label=table.get(f.path)) for f in files]
+    if not any(f.label is not None for f in labelled):
+        raise UsageError(f"no label in {labels} matches any of the {len(files)} images",
+                         hint="the CSV needs path,label rows whose paths are absolute or relative to the CSV's folder")
+    return labelled
+
+
+def read_label_csv(source: str) -> dict[str, str]:
+    """``{absolute path: label}`` from a CSV of ``path,label`` rows (a header row is allowed)."""
+    base = os.path.dirname(os.path.abspath(source))
+    try:
+        with open(source, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except OSError as exc:
+        raise UsageError(f"--labels {source}: {exc.strerror or exc}", hint="give 'folder' or a readable path,label CSV") from None
+    table: dict[str, str] = {}
+    for number, row in enumerate(rows, start=1):
+        if not row or (number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
+            continue
+        if len(row) < 2:
+            raise UsageError(f"--labels {source}: line {number} has no label", hint="each line must be path,label")
+        path = row[0].strip()
+        table[os.path.abspath(os.path.join(base, path))] = row[1].strip()
+    return table

