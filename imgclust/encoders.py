@@ -131,9 +131,8 @@ def _open_clip_spec(name: str, arch: str, tag: str) -> EncoderSpec:
         raise UsageError(f"unknown open_clip architecture '{arch}'", hint="see open_clip.list_models()")
     cfg = open_clip.pretrained.get_pretrained_cfg(arch, tag) or {}
     mean, std = tuple(cfg.get("mean", CLIP_MEAN)), tuple(cfg.get("std", CLIP_STD))
-    size = 224
-    model_cfg = open_clip.get_model_config(arch) or {}
-    size = int(model_cfg.get("vision_cfg", {}).get("image_size", size)) if isinstance(model_cfg.get("vision_cfg", {}).get("image_size", size), int) else size
+    size = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {}).get("image_size", 224)
+    size = size if isinstance(size, int) else 224
     return EncoderSpec(name, "open_clip", arch, tag, None,
                        Preprocess(size, mean, std, cfg.get("interpolation", "bicubic")), f"open_clip {arch} ({tag})")
 
@@ -305,6 +304,16 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, devi
     return Encoder(spec, _load_effnet_lite0(spec, weights), device)
 
 
+@contextlib.contextmanager
+def _seeded(seed: int = 0):
+    """Random initialisation from a fixed seed, so 'random' weights are the same in every run."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _unavailable(spec: EncoderSpec, detail: str) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"cannot load weights for encoder '{spec.name}' ({weights_source(spec)}): {detail}", hint=OFFLINE_HINT)
@@ -315,7 +324,8 @@ def _load_timm(spec: EncoderSpec, weights: str | None):
 
     kwargs = dict(spec.model_kwargs)
     if weights == "random":
-        return timm.create_model(spec.architecture, pretrained=False, num_classes=0, **kwargs)
+        with _seeded():
+            return timm.create_model(spec.architecture, pretrained=False, num_classes=0, **kwargs)
     if weights is not None:
         return timm.create_model(spec.architecture, pretrained=True, num_classes=0,
                                  pretrained_cfg_overlay={"file": weights}, **kwargs)
@@ -332,7 +342,8 @@ def _load_open_clip(spec: EncoderSpec, weights: str | None):
     import open_clip
 
     if weights == "random":
-        return open_clip.create_model(spec.architecture, pretrained=None)
+        with _seeded():
+            return open_clip.create_model(spec.architecture, pretrained=None)
     if weights is not None:
         return open_clip.create_model(spec.architecture, pretrained=weights)
     with _hub_access() as online:
@@ -353,7 +364,8 @@ def _load_effnet_lite0(spec: EncoderSpec, weights: str | None):
     import timm
     import torch
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    with _seeded():
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
     if weights == "random":
         return model
     path = weights or _effnet_weights_path()

@@ -1,0 +1,58 @@
+"""Shared fixtures: real image files made with Pillow, a tiny deterministic encoder, the shared data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY_ENCODER = "timm:test_efficientnet"  # a few-layer timm model; with weights="random" it is seeded and fast
+
+
+def make_image(path: Path, color=(200, 30, 30), size=(48, 40), mode="RGB", fmt=None, noise_seed=None) -> Path:
+    """Write a real image file; ``noise_seed`` adds texture so different seeds give different embeddings."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.zeros((size[1], size[0], 3), np.uint8) + np.array(color, np.uint8)
+    if noise_seed is not None:
+        rng = np.random.default_rng(noise_seed)
+        array = np.clip(array.astype(int) + rng.integers(-60, 60, array.shape), 0, 255).astype(np.uint8)
+    im = Image.fromarray(array, "RGB")
+    if mode != "RGB":
+        im = im.convert(mode)
+    im.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Two class folders of textured JPEG/PNG images: red_things (6) and blue_things (6)."""
+    root = tmp_path / "photos"
+    for i in range(6):
+        make_image(root / "red_things" / f"r{i}.jpg", (210, 40, 40), noise_seed=i)
+        make_image(root / "blue_things" / f"b{i}.png", (30, 40, 220), noise_seed=100 + i)
+    return root
+
+
+def shared_set(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared data set {path} is not present")
+    return path
+
+
+@pytest.fixture
+def env_python():
+    """The interpreter running the tests, for subprocess CLI tests."""
+    import sys
+
+    return sys.executable
+
+
+@pytest.fixture
+def chdir_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+

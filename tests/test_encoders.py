@@ -1,0 +1,96 @@
+import time
+
+import numpy as np
+import pytest
+
+from imgclust import encoders
+from imgclust.decode import decode
+from imgclust.encoders import ENCODERS, create_encoder, list_encoders, resolve_spec
+from imgclust.errors import NotFoundError, UsageError, WeightsUnavailableError
+
+from .conftest import TINY_ENCODER, shared_set
+
+REQUIRED = ["clip-vitb16", "clip-vitb32", "clip-vitl14", "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14",
+            "dino-vitb16", "mae-vitb16", "supervised-vitb16", "supervised-rn50", "effnet-lite0"]
+
+
+def test_registry_has_the_documented_encoders_with_specs():
+    assert set(REQUIRED) <= set(ENCODERS.names())
+    for spec in list_encoders():
+        assert spec.embedding_dim and spec.preprocess.size == 224
+        assert spec.family in ("open_clip", "timm", "effnet-lite0")
+    assert resolve_spec("clip-vitb16").preprocess.mean == encoders.CLIP_MEAN
+    assert [s.name for s in list_encoders("dinov2*")] == ["dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14"]
+
+
+def test_prefixed_names_resolve_from_timm_and_open_clip_configs():
+    spec = resolve_spec("timm:vit_base_patch16_224.augreg_in1k")
+    assert spec.family == "timm" and spec.preprocess.mean == (0.5, 0.5, 0.5)
+    clip = resolve_spec("open_clip:ViT-B-32:laion2b_s34b_b79k")
+    assert clip.family == "open_clip" and clip.weights == "laion2b_s34b_b79k"
+
+
+@pytest.mark.parametrize("name, error", [
+    ("clip-vit-b-99", NotFoundError), ("timm:no_such_model", UsageError), ("open_clip:ViT-B-32", UsageError),
+    ("weights/model.pth", UsageError),
+])
+def test_bad_names_fail_with_a_hint(name, error):
+    with pytest.raises(error) as info:
+        resolve_spec(name)
+    assert info.value.hint
+
+
+def test_unknown_name_lists_close_choices():
+    with pytest.raises(NotFoundError) as info:
+        resolve_spec("dinov2")
+    assert "dinov2-vitb14" in info.value.hint
+
+
+def test_missing_weights_fail_fast_offline_naming_where_and_what_to_use(monkeypatch):
+    monkeypatch.setattr(encoders, "_hub_reachable", lambda timeout=3.0: False)
+    started = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        create_encoder("timm:test_vit.r160_in1k", device="cpu")
+    assert time.monotonic() - started < 30  # no retry loop
+    assert "test_vit" in info.value.message and "local cache" in info.value.message
+    assert "effnet-lite0" in info.value.hint and "--weights" in info.value.hint
+
+
+def test_random_weights_are_seeded_and_shapes_are_probed():
+    a, b = create_encoder(TINY_ENCODER, weights="random", device="cpu"), create_encoder(TINY_ENCODER, weights="random", device="cpu")
+    x = np.random.default_rng(0).normal(size=(2, 3, a.preprocess.size, a.preprocess.size)).astype(np.float32)
+    out = a.encode(x)
+    assert out.shape == (2, a.embedding_dim) and out.dtype == np.float32
+    assert np.array_equal(out, b.encode(x))
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    import torch
+
+    enc = create_encoder(TINY_ENCODER, weights="random", device="cpu")
+    state = {k: v + 1.0 if v.is_floating_point() else v for k, v in enc.model.state_dict().items()}
+    torch.save(state, tmp_path / "ckpt.pth")
+    loaded = create_encoder(TINY_ENCODER, weights=str(tmp_path / "ckpt.pth"), device="cpu")
+    first = next(iter(state))
+    assert torch.equal(loaded.model.state_dict()[first], state[first])
+    with pytest.raises(UsageError, match="not found"):
+        create_encoder(TINY_ENCODER, weights=str(tmp_path / "none.pth"))
+
+
+def test_offline_encoder_has_real_imagenet_weights():
+    """The positional load of the lukemelas weights is right: ImageNet classes come out right."""
+    import timm
+    import torch
+
+    data = shared_set("imagenette-mini")
+    enc = create_encoder("effnet-lite0", device="cpu")
+    classifier = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+    state = torch.load(encoders._effnet_weights_path(), map_location="cpu", weights_only=True)
+    classifier.load_state_dict(dict(zip(classifier.state_dict().keys(), state.values())))
+    classifier.load_state_dict(enc.model.state_dict(), strict=False)  # classify with the encoder's own backbone
+    files = sorted((data / "tench").iterdir())[:6] + sorted((data / "golf_ball").iterdir())[:6]
+    x = np.stack([decode(str(f), enc.preprocess) for f in files])
+    with torch.inference_mode():
+        predicted = classifier.eval()(torch.from_numpy(x)).argmax(1).numpy()
+    assert (predicted[:6] == 0).sum() >= 5 and (predicted[6:] == 574).sum() >= 5  # tench, golf ball
+    assert enc.encode(x).shape == (12, 1280)
