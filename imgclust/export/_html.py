@@ -1,0 +1,615 @@
+"""A self-contained, offline HTML report of one clustering run.
+
+``write_html`` writes ``index.html`` (inline CSS and a few lines of inline JS, nothing fetched from
+the network) and one small JPEG thumbnail per shown image in ``thumbs/`` beside it. The page is
+built to open quickly for tens of thousands of images: every thumbnail sits in a fixed-size box,
+is lazy-loaded and decoded asynchronously, and off-screen cluster sections are skipped by the
+browser's layout (``content-visibility``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from ..decode import DecodeError, load_rgb
+from ..errors import ImgclustError, ParameterError, UsageError
+from ._records import ClusterSummary, ImageRecord
+
+THUMBS_DIR = "thumbs"
+JPEG_QUALITY = 80
+
+# Scores shown first, in this order, with a readable name; any other key follows, sorted.
+_SCORE_NAMES = {
+    "n_images": "images",
+    "n_clusters": "clusters",
+    "n_noise": "noise",
+    "silhouette": "silhouette",
+    "ami": "AMI",
+    "nmi": "NMI",
+    "ari": "ARI",
+    "accuracy": "accuracy",
+}
+
+
+@dataclass(frozen=True)
+class _Thumb:
+    """Where a thumbnail was written (``None`` when the image could not be read) and its size."""
+
+    name: str | None
+    width: int
+    height: int
+    error: str | None = None
+
+
+def write_html(
+    out_dir: Path | str,
+    images: Sequence[ImageRecord],
+    clusters: Sequence[ClusterSummary],
+    scores: Mapping[str, object],
+    title: str,
+    *,
+    thumb_size: int = 128,
+    max_per_cluster: int | None = None,
+    outlier_quantile: float = 0.05,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write ``out_dir/index.html``, a browsable page of the clusters, with thumbnails beside it.
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder to write into; created if missing. Thumbnails go to ``out_dir/thumbs/`` and are
+        reused by later calls (named by a hash of the image path and ``thumb_size``; rewritten when
+        the image is newer than its thumbnail).
+    images : sequence of ImageRecord
+        Every image of the run. Within a cluster they are shown nearest-to-centre first.
+    clusters : sequence of ClusterSummary
+        One per cluster; the noise cluster (-1) may have one or not.
+    scores : mapping
+        Run-level scores shown in a table at the top (``n_clusters``, ``silhouette``, ``ami``, ...).
+        ``None`` values are shown as a dash.
+    title : str
+        Page title and heading.
+    thumb_size : int, default=128
+        Longest side of a thumbnail in pixels, in [16, 1024]. Images are never upscaled.
+    max_per_cluster : int or None, default=None
+        Show at most this many images per cluster (the ones nearest its centre); ``None`` shows all.
+    outlier_quantile : float, default=0.05
+        Share of the run's images, in [0, 1], that may be marked as outliers: an image is marked
+        when its silhouette is negative (it sits closer to another cluster) *and* among the lowest
+        ``outlier_quantile`` of the run, so a weak clustering with many negative silhouettes
+        still gets a short list to look at. ``1`` marks every negative silhouette, ``0`` none.
+        Noise images are never marked.
+    workers : int or None, default=None
+        Threads making thumbnails (Pillow releases the GIL while decoding and resizing);
+        ``None`` uses up to 8, one per CPU.
+    on_progress : callable(done, total) or None
+        Called from the calling thread after each thumbnail.
+
+    Returns
+    -------
+    Path
+        The path of ``index.html``.
+
+    An image that cannot be read (missing, corrupt, not an image) gets a placeholder tile; failing
+    to *write* into ``out_dir`` raises :class:`~imgclust.errors.ImgclustError`.
+    """
+    thumb_size = _check_int("thumb_size", thumb_size, 16, 1024)
+    if max_per_cluster is not None:
+        max_per_cluster = _check_int("max_per_cluster", max_per_cluster, 1, None, nullable=True)
+    if workers is None:
+        workers = max(1, min(8, os.cpu_count() or 1))
+    else:
+        workers = _check_int("workers", workers, 1, 256, nullable=True)
+    if isinstance(outlier_quantile, bool) or not isinstance(outlier_quantile, (int, float)) or not (
+        0 <= outlier_quantile <= 1
+    ):
+        raise ParameterError(
+            "The 'outlier_quantile' parameter of write_html must be a float in [0, 1]. "
+            f"Got {outlier_quantile!r} instead.",
+            hint="outlier_quantile: the share of lowest-silhouette images marked as outliers, e.g. 0.05.",
+        )
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} exists and is not a folder", hint="Pass a folder for the HTML report.")
+    thumbs_dir = out_dir / THUMBS_DIR
+    try:
+        thumbs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(thumbs_dir, exc) from exc
+    out_abs = Path(os.path.abspath(out_dir))
+
+    groups = _group(images, clusters)
+    threshold = _outlier_threshold(images, outlier_quantile)
+
+    shown = [rec for _, members, _ in groups for rec in members[:max_per_cluster]]
+    unique_paths = list(dict.fromkeys(rec.path for rec in shown))
+    thumbs = _make_thumbs(unique_paths, thumbs_dir, thumb_size, workers, on_progress)
+
+    page = _render(
+        title=title,
+        scores=scores,
+        groups=groups,
+        thumbs=thumbs,
+        threshold=threshold,
+        thumb_size=thumb_size,
+        max_per_cluster=max_per_cluster,
+        out_abs=out_abs,
+        n_images=len(images),
+    )
+    index = out_dir / "index.html"
+    _atomic_write(index, page.encode("utf-8"))
+    return index
+
+
+# --------------------------------------------------------------------------------------------------
+# parameters and grouping
+
+
+def _check_int(name: str, value, low: int, high: int | None, nullable: bool = False) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and value >= low and (high is None or value <= high):
+        return value
+    rng = f"in [{low}, {high if high is not None else 'inf'}]" + (" or None" if nullable else "")
+    raise ParameterError(
+        f"The '{name}' parameter of write_html must be an int {rng}. Got {value!r} instead.",
+    )
+
+
+def _group(
+    images: Sequence[ImageRecord], clusters: Sequence[ClusterSummary]
+) -> list[tuple[int, list[ImageRecord], ClusterSummary | None]]:
+    """(cluster id, members nearest-first, summary) per cluster: ids ascending, noise last."""
+    members: dict[int, list[ImageRecord]] = {}
+    for rec in images:
+        members.setdefault(int(rec.cluster), []).append(rec)
+    summaries = {int(c.cluster): c for c in clusters}
+    ids = sorted(set(members) | set(summaries), key=lambda c: (c < 0, c))
+    out = []
+    for cid in ids:
+        recs = members.get(cid, [])
+        recs.sort(key=lambda r: (_finite_or(r.distance, math.inf), r.path))
+        out.append((cid, recs, summaries.get(cid)))
+    return out
+
+
+def _finite_or(value, default: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return default
+    return value if math.isfinite(value) else default
+
+
+def _outlier_threshold(images: Sequence[ImageRecord], quantile: float) -> float:
+    """Silhouettes strictly below the returned value (never above 0) are outliers."""
+    values = sorted(
+        s for s in (_finite_or(r.silhouette, math.nan) for r in images if r.cluster >= 0) if not math.isnan(s)
+    )
+    k = math.ceil(len(values) * quantile - 1e-9)  # how many images the bottom quantile holds
+    if k == 0:
+        return -math.inf
+    return min(0.0, math.nextafter(values[k - 1], math.inf))
+
+
+# --------------------------------------------------------------------------------------------------
+# thumbnails
+
+
+def _thumb_name(path: str, thumb_size: int) -> str:
+    key = os.path.abspath(path).encode("utf-8", "surrogateescape")
+    return f"{hashlib.sha1(key).hexdigest()[:20]}-{thumb_size}.jpg"
+
+
+def _make_thumbs(
+    paths: list[str],
+    thumbs_dir: Path,
+    thumb_size: int,
+    workers: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> dict[str, _Thumb]:
+    total = len(paths)
+    out: dict[str, _Thumb] = {}
+
+    def one(path: str) -> _Thumb:
+        return _thumb(path, thumbs_dir, thumb_size)
+
+    if workers == 1 or total < 2:
+        results = map(one, paths)
+        for done, (path, thumb) in enumerate(zip(paths, results), 1):
+            out[path] = thumb
+            if on_progress is not None:
+                on_progress(done, total)
+        return out
+    # ``map`` keeps the order and the memory bounded by the pool; progress is reported in order.
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgclust-thumb") as pool:
+        for done, (path, thumb) in enumerate(zip(paths, pool.map(one, paths)), 1):
+            out[path] = thumb
+            if on_progress is not None:
+                on_progress(done, total)
+    return out
+
+
+def _thumb(path: str, thumbs_dir: Path, thumb_size: int) -> _Thumb:
+    from PIL import Image  # noqa: F401  (Pillow is a core dependency; imported here to keep import light)
+
+    name = _thumb_name(path, thumb_size)
+    target = thumbs_dir / name
+    try:
+        src_mtime = os.stat(path).st_mtime_ns
+    except OSError as exc:
+        return _Thumb(None, thumb_size, thumb_size, _short_error(exc))
+    try:
+        if target.stat().st_mtime_ns >= src_mtime:
+            with Image.open(target) as existing:
+                return _Thumb(name, *existing.size)
+    except Exception:  # noqa: BLE001  (no thumbnail yet, or a damaged one: make it again)
+        pass
+
+    try:
+        small = _load_small(path, thumb_size)
+    except DecodeError as exc:  # an unreadable image becomes a placeholder tile
+        return _Thumb(None, thumb_size, thumb_size, _short_error(exc))
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=thumbs_dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                small.save(fh, "JPEG", quality=JPEG_QUALITY)
+            os.replace(tmp, target)
+        except BaseException:
+            with _suppress_oserror():
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
+    return _Thumb(name, *small.size)
+
+
+def _load_small(path: str, thumb_size: int):
+    """Open ``path`` (decoded as for embedding) as an RGB image no larger than ``thumb_size`` a side."""
+    from PIL import Image
+
+    im = load_rgb(path, draft_size=thumb_size)
+    im.thumbnail((thumb_size, thumb_size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return im
+
+
+def _short_error(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+class _suppress_oserror:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is not None and issubclass(kind, OSError)
+
+
+def _write_error(path: Path, exc: OSError) -> ImgclustError:
+    return ImgclustError(
+        f"cannot write {path}: {exc.strerror or exc}",
+        hint="Check that the output folder is writable and the disk is not full.",
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with _suppress_oserror():
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# the page
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "\u2014"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(f):
+        return "\u2014"
+    if f.is_integer() and abs(f) >= 1000:
+        return f"{int(f):,}"
+    return f"{f:.3f}"
+
+
+def _href(path: str, out_abs: Path) -> str:
+    """A link to the original file: relative to the page when possible, else a file:// URI."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        rel = os.path.relpath(absolute, out_abs)
+    except ValueError:  # another drive on Windows
+        return absolute.as_uri()
+    return quote(Path(rel).as_posix(), safe="/._-~")
+
+
+def _label_mix(summary: ClusterSummary | None, members: list[ImageRecord]) -> list[tuple[str, int]]:
+    if summary is not None and summary.label_counts:
+        counts = Counter({str(k): int(v) for k, v in summary.label_counts.items()})
+    else:
+        counts = Counter(r.label for r in members if r.label is not None)
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _sil_class(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "na"
+    if value >= 0.5:
+        return "hi"
+    if value >= 0.25:
+        return "mid"
+    if value >= 0:
+        return "lo"
+    return "neg"
+
+
+def _render(
+    *,
+    title: str,
+    scores: Mapping[str, object],
+    groups,
+    thumbs: dict[str, _Thumb],
+    threshold: float,
+    thumb_size: int,
+    max_per_cluster: int | None,
+    out_abs: Path,
+    n_images: int,
+) -> str:
+    parts: list[str] = []
+    w = parts.append
+    n_outliers = 0
+    n_unreadable = sum(1 for t in thumbs.values() if t.name is None)
+
+    # Sections first (they count the outliers the header shows).
+    sections: list[str] = []
+    nav: list[str] = []
+    for cid, members, summary in groups:
+        is_noise = cid < 0
+        anchor = "cluster-noise" if is_noise else f"cluster-{cid}"
+        name = "noise" if is_noise else f"Cluster {cid}"
+        size = summary.size if summary is not None else len(members)
+        mean_sil = None if summary is None else summary.mean_silhouette
+        mean_sil = None if mean_sil is None else _finite_or(mean_sil, math.nan)
+        if mean_sil is not None and math.isnan(mean_sil):
+            mean_sil = None
+        representative = summary.representative if summary is not None else None
+        mix = _label_mix(summary, members)
+        shown = members[:max_per_cluster]
+
+        tiles: list[str] = []
+        n_out_here = 0
+        for rec in shown:
+            sil = _finite_or(rec.silhouette, math.nan)
+            outlier = not is_noise and not math.isnan(sil) and sil < threshold
+            n_out_here += outlier
+            tiles.append(_tile(rec, thumbs[rec.path], sil, outlier, rec.path == representative, out_abs))
+        n_outliers += n_out_here
+
+        mean_txt = _fmt(mean_sil)
+        nav.append(
+            f'<li><a href="#{anchor}" class="sil-{_sil_class(mean_sil)}">'
+            f'<span class="nm">{_e(name if is_noise else cid)}</span>'
+            f'<span class="ct">{size:,}</span></a></li>'
+        )
+        meta = [f"<span><b>{size:,}</b> images</span>"]
+        if not is_noise:
+            meta.append(
+                f'<span class="sil sil-{_sil_class(mean_sil)}">mean silhouette <b>{mean_txt}</b></span>'
+            )
+        if n_out_here:
+            meta.append(f'<span class="badge out">{n_out_here} outlier{"s" if n_out_here != 1 else ""}</span>')
+        mix_html = ""
+        if mix:
+            total = sum(c for _, c in mix) or 1
+            chips = "".join(
+                f'<li><span class="lb">{_e(lbl)}</span> <span class="ct">{cnt:,}'
+                f' <small>({100 * cnt / total:.0f}%)</small></span></li>'
+                for lbl, cnt in mix[:8]
+            )
+            more = f'<li class="more">+{len(mix) - 8} more</li>' if len(mix) > 8 else ""
+            mix_html = f'<ul class="mix" title="ground-truth labels in this cluster">{chips}{more}</ul>'
+        note = ""
+        if len(shown) < len(members):
+            note = (
+                f'<p class="note">Showing the {len(shown):,} images nearest the centre '
+                f"of {len(members):,}.</p>"
+            )
+        elif not members:
+            note = '<p class="note">No images.</p>'
+        sections.append(
+            f'<section id="{anchor}" class="cluster{" noise" if is_noise else ""}" data-cluster="{cid}">'
+            f'<header><h2><a href="#{anchor}">{_e(name)}</a></h2>'
+            f'<div class="meta">{"".join(meta)}</div>{mix_html}</header>{note}'
+            f'<div class="grid">{"".join(tiles)}</div></section>'
+        )
+
+    n_clusters = sum(1 for cid, _, _ in groups if cid >= 0)
+    w("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
+    w('<meta name="viewport" content="width=device-width, initial-scale=1">')
+    w('<meta name="generator" content="imgclust">')
+    w(f"<title>{_e(title)}</title>")
+    w(f"<style>{_CSS.replace('__T__', str(thumb_size))}</style></head>")
+    w('<body><div class="top"><header class="page">')
+    w(f"<h1>{_e(title)}</h1>")
+    summary_bits = [f"{n_images:,} images", f"{n_clusters:,} clusters"]
+    if n_outliers:
+        summary_bits.append(f"{n_outliers:,} outliers marked")
+    if n_unreadable:
+        summary_bits.append(f"{n_unreadable:,} unreadable")
+    w('<p class="sub">' + " \u00b7 ".join(summary_bits) + "</p>")
+    w(_scores_table(scores))
+    w(
+        '<label class="toggle"><input type="checkbox" id="only-outliers"> show outliers only</label>'
+        "</header>"
+    )
+    w(f'<nav aria-label="clusters"><ul>{"".join(nav)}</ul></nav></div>')
+    w(f"<main>{''.join(sections)}</main>")
+    w(
+        '<footer>Made by imgclust. Images are ordered nearest-to-centre first; '
+        '<span class="badge rep">centre</span> is the image nearest the centre, '
+        '<span class="badge out">outlier</span> marks an image closer to another cluster '
+        "(negative silhouette) among the lowest silhouettes of the run. "
+        "Click a thumbnail to open the original.</footer>"
+    )
+    w(f"<script>{_JS}</script></body></html>\n")
+    return "".join(parts)
+
+
+def _scores_table(scores: Mapping[str, object]) -> str:
+    if not scores:
+        return ""
+    keys = [k for k in _SCORE_NAMES if k in scores] + sorted(
+        (k for k in scores if k not in _SCORE_NAMES), key=str
+    )
+    cells = "".join(
+        f'<div class="score" data-score="{_e(k)}"><dt>{_e(_SCORE_NAMES.get(k, k))}</dt>'
+        f"<dd>{_e(_fmt(scores[k]))}</dd></div>"
+        for k in keys
+    )
+    return f'<dl class="scores">{cells}</dl>'
+
+
+def _tile(rec: ImageRecord, thumb: _Thumb, sil: float, outlier: bool, is_rep: bool, out_abs: Path) -> str:
+    path = rec.path
+    tip = [path]
+    if rec.label is not None:
+        tip.append(f"label: {rec.label}")
+    if not math.isnan(sil):
+        tip.append(f"silhouette: {sil:.3f}")
+    tip.append(f"distance to centre: {_fmt(rec.distance)}")
+    if thumb.name is None:
+        tip.append(f"unreadable: {thumb.error}")
+    tip_e = _e("\n".join(tip))
+    classes = "tile" + (" outlier" if outlier else "") + (" rep" if is_rep else "")
+    badges = ""
+    if is_rep:
+        badges += '<span class="badge rep">centre</span>'
+    if outlier:
+        badges += '<span class="badge out">outlier</span>'
+    if thumb.name is None:
+        body = f'<span class="ph" role="img" aria-label="{_e(path)}">unreadable</span>'
+        classes += " broken"
+    else:
+        body = (
+            f'<img src="{THUMBS_DIR}/{thumb.name}" width="{thumb.width}" height="{thumb.height}" '
+            f'loading="lazy" decoding="async" alt="{_e(path)}">'
+        )
+    caption = _e(os.path.basename(path) or path)
+    sil_txt = "" if math.isnan(sil) else f'<span class="s sil-{_sil_class(sil)}">{sil:.2f}</span>'
+    return (
+        f'<figure class="{classes}"><a class="box" href="{_e(_href(path, out_abs))}" title="{tip_e}">'
+        f"{body}{badges}</a><figcaption><span class=\"fn\">{caption}</span>{sil_txt}</figcaption></figure>"
+    )
+
+
+_CSS = """
+:root{--bg:#f6f7f9;--card:#fff;--ink:#1d2330;--mute:#667085;--line:#e3e6ec;--acc:#2f6fde;
+--hi:#1a7f4b;--mid:#9a6a00;--lo:#b54708;--neg:#c4320a;--T:__T__px}
+@media (prefers-color-scheme:dark){:root{--bg:#14171c;--card:#1d2128;--ink:#e6e8ec;--mute:#98a2b3;
+--line:#2c323c;--acc:#7aa7ff;--hi:#4cc38a;--mid:#e0b341;--lo:#f38744;--neg:#ff6b5a}}
+*{box-sizing:border-box}
+html{scroll-padding-top:9rem}
+body{margin:0;background:var(--bg);color:var(--ink);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+.top{position:sticky;top:0;z-index:5;background:var(--card);border-bottom:1px solid var(--line);
+box-shadow:0 1px 3px rgba(0,0,0,.06)}
+header.page{display:flex;flex-wrap:wrap;align-items:center;gap:.4rem 1.5rem;padding:.8rem 1.5rem .4rem}
+h1{font-size:1.25rem;margin:0;font-weight:650;letter-spacing:-.01em}
+.sub{margin:0;color:var(--mute)}
+.scores{display:flex;flex-wrap:wrap;gap:.4rem;margin:0}
+.score{border:1px solid var(--line);border-radius:6px;padding:.15rem .55rem;display:flex;gap:.4rem;
+align-items:baseline;background:var(--bg)}
+.score dt{color:var(--mute);font-size:.78rem;text-transform:uppercase;letter-spacing:.04em}
+.score dd{margin:0;font-weight:600;font-variant-numeric:tabular-nums}
+.toggle{margin-left:auto;color:var(--mute);font-size:.85rem;cursor:pointer;user-select:none}
+nav ul{list-style:none;margin:0;padding:.3rem 1.5rem .6rem;display:flex;gap:.3rem;overflow-x:auto;
+scrollbar-width:thin}
+nav a{display:inline-flex;gap:.35rem;align-items:baseline;padding:.12rem .5rem;border-radius:999px;
+border:1px solid var(--line);text-decoration:none;color:var(--ink);white-space:nowrap;font-size:.82rem}
+nav a::before{content:"";width:.55rem;height:.55rem;border-radius:50%;background:var(--sc,var(--line));
+align-self:center}
+nav a:hover{border-color:var(--acc)}
+nav .nm{font-weight:600}
+nav .ct{color:var(--mute);font-variant-numeric:tabular-nums}
+.sil-hi{--sc:var(--hi)}.sil-mid{--sc:var(--mid)}.sil-lo{--sc:var(--lo)}.sil-neg{--sc:var(--neg)}
+.sil-na{--sc:var(--line)}
+main{padding:1rem 1.5rem 2rem;display:flex;flex-direction:column;gap:1rem}
+section.cluster{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:.8rem 1rem 1rem;
+content-visibility:auto;contain-intrinsic-size:auto 600px}
+section.noise{background:repeating-linear-gradient(45deg,var(--card),var(--card) 12px,var(--bg) 12px,var(--bg) 24px)}
+section.cluster>header{display:flex;flex-wrap:wrap;align-items:baseline;gap:.3rem 1rem;margin-bottom:.6rem}
+h2{font-size:1.05rem;margin:0}
+h2 a{color:inherit;text-decoration:none}
+.meta{display:flex;gap:.8rem;color:var(--mute);align-items:baseline;flex-wrap:wrap}
+.meta b{color:var(--ink);font-variant-numeric:tabular-nums}
+.meta .sil b{color:var(--sc)}
+.mix{list-style:none;display:flex;flex-wrap:wrap;gap:.25rem;margin:0;padding:0;font-size:.8rem}
+.mix li{background:var(--bg);border:1px solid var(--line);border-radius:4px;padding:0 .4rem}
+.mix .ct{color:var(--mute)}
+.note{margin:.2rem 0 .6rem;color:var(--mute);font-size:.85rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(calc(var(--T) + 10px),1fr));gap:8px}
+figure.tile{margin:0;min-width:0}
+.box{position:relative;display:flex;text-decoration:none;align-items:center;justify-content:center;height:calc(var(--T) + 10px);
+background:var(--bg);border:1px solid var(--line);border-radius:6px;overflow:hidden}
+.box:hover{border-color:var(--acc)}
+.box img{max-width:var(--T);max-height:var(--T);width:auto;height:auto;display:block;border-radius:2px}
+.tile.outlier .box{border:2px solid var(--neg)}
+.tile.rep .box{border:2px solid var(--acc)}
+.ph{display:flex;align-items:center;justify-content:center;width:var(--T);height:var(--T);color:var(--mute);
+font-size:.75rem;background:repeating-linear-gradient(-45deg,transparent,transparent 6px,var(--line) 6px,
+var(--line) 7px);border-radius:2px}
+.badge{display:inline-block;font-size:.66rem;font-weight:700;letter-spacing:.03em;text-transform:uppercase;
+padding:.05rem .35rem;border-radius:4px;color:#fff;line-height:1.4}
+.box .badge{position:absolute;top:4px;left:4px}
+.box .badge+.badge{top:auto;bottom:4px}
+.badge.out{background:var(--neg)}
+.badge.rep{background:var(--acc)}
+figcaption{display:flex;justify-content:space-between;gap:.3rem;font-size:.72rem;color:var(--mute);padding:.15rem .1rem 0}
+figcaption .fn{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+figcaption .s{font-variant-numeric:tabular-nums;color:var(--sc)}
+body.only-outliers .tile:not(.outlier){display:none}
+body.only-outliers section.cluster:not(:has(.outlier)){display:none}
+footer{color:var(--mute);font-size:.8rem;padding:0 1.5rem 2rem}
+footer .badge{vertical-align:1px}
+"""
+
+_JS = """
+(function(){var c=document.getElementById('only-outliers');if(!c)return;
+c.addEventListener('change',function(){document.body.classList.toggle('only-outliers',c.checked);});})();
+"""
