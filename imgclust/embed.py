@@ -18,6 +18,7 @@ import os
 import signal
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,12 +27,18 @@ import numpy as np
 
 from . import __version__
 from .cache import Cache, Failures, Index, encoder_key, now_iso, write_failures, write_rows
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, decode
+from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode
 from .discover import ImageFile, discover
 from .encoders import DEFAULT_ENCODER, Encoder, create_encoder, resolve_spec
 from .errors import UsageError
+from .sources import expand_sources
 
 Progress = Callable[[int, int], None]
+
+# Failures whose cause may lie outside the file itself (chmod does not change mtime; --max-pixels may
+# have been raised since): re-checked on every run even when the file's size and mtime are unchanged.
+# The check reads the file's header only; the file is decoded again only when that passes.
+_RECHECKED_REASONS = ("permission denied", "decompression-bomb", "file not found")
 
 
 @dataclass
@@ -128,7 +135,7 @@ class _Journal:
                         part.unlink()
                         continue
                     loaded.append({k: data[k] for k in data.files})
-            except (OSError, ValueError, KeyError, EOFError):
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 part.unlink()  # cannot happen through write(); a damaged file holds nothing we can trust
         return loaded
 
@@ -187,6 +194,8 @@ def embed(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Progress | None = None,
     files: Sequence[ImageFile] | None = None,
+    data_root: str | os.PathLike | None = None,
+    split: str = "test",
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
 ) -> EmbedSummary:
@@ -194,7 +203,8 @@ def embed(
 
     Parameters
     ----------
-    inputs : folders, image files or glob patterns (see :func:`imgclust.discover.discover`).
+    inputs : folders, image files or glob patterns (see :func:`imgclust.discover.discover`), or data-set
+        sources ``sklearn:digits`` / ``torchvision:<Dataset>`` (labelled; see :mod:`imgclust.sources`).
     encoder : a registry name (``imgclust.list_encoders()``), ``timm:<model>`` or ``open_clip:<arch>:<tag>``.
     cache : the HDF5 cache to create or update.
     files_from : a file listing paths, ``-`` for stdin.
@@ -204,6 +214,7 @@ def embed(
     max_pixels : the decompression-bomb limit (None disables it).
     progress : called as ``progress(done, total)`` after each batch.
     files : an already discovered list (instead of ``inputs``).
+    data_root, split : where data-set sources are written, and which split torchvision sources use.
 
     Returns
     -------
@@ -218,6 +229,7 @@ def embed(
     spec = resolve_spec(encoder)
     started = time.perf_counter()
     if files is None:
+        inputs, labels = expand_sources(inputs, labels, data_root, split)
         files = discover(inputs, files_from=files_from, labels=labels)
     cache = Cache(cache)
     summary = EmbedSummary(cache=str(cache.path), encoder=encoder, discovered=len(files))
@@ -234,17 +246,23 @@ def embed(
         recovered = journal.load()
         summary.recovered = sum(len(part["paths"]) for part in recovered)
         known = _known_state(committed, committed_failures, recovered)
+        recheck = _rechecked_failures(committed_failures, recovered)
         pending, block = [], _Block()
         for f in files:
             state = known.get(f.path)
-            if state is not None and state == (f.size if f.size is not None else -1, f.mtime_ns if f.mtime_ns is not None else -1):
+            unchanged = state == (f.size if f.size is not None else -1, f.mtime_ns if f.mtime_ns is not None else -1)
+            reason = _still_failing(f, recheck[f.path], max_pixels) if unchanged and f.path in recheck else None
+            if unchanged and (f.path not in recheck or reason == recheck[f.path]):
                 summary.skipped += 1
+            elif reason is not None:  # fails for another reason now (another --max-pixels, say)
+                block.add_failure(f, reason)
+                summary.failed += 1
             elif f.error is not None:
                 block.add_failure(f, f.error)
                 summary.failed += 1
             else:
                 pending.append(f)
-                summary.changed += state is not None
+                summary.changed += state is not None and not unchanged
         enc = None
         try:
             if pending:
@@ -273,6 +291,24 @@ def _read_committed(cache: Cache, encoder: str) -> tuple[Index | None, Failures 
     info = cache.info(encoder)
     return (cache.read_index(encoder), cache.read_failures(encoder),
             {"architecture": info["architecture"], "weights": info["weights"]})
+
+
+def _rechecked_failures(failures: Failures | None, parts: list[dict]) -> dict[str, str]:
+    """``{path: reason}`` of recorded failures to check again although their file is unchanged."""
+    pairs = list(zip(map(str, failures.paths), map(str, failures.reasons))) if failures is not None else []
+    pairs += [pair for p in parts for pair in zip(map(str, p["fail_paths"]), map(str, p["fail_reasons"]))]
+    return {path: reason for path, reason in pairs if reason.startswith(_RECHECKED_REASONS)}
+
+
+def _still_failing(f: ImageFile, reason: str, max_pixels: int | None) -> str | None:
+    """The reason ``f`` still fails for, from its header alone; None when it may decode now."""
+    if f.error is not None:
+        return f.error
+    try:
+        check_header(f.path, max_pixels)
+    except DecodeError as exc:
+        return str(exc)
+    return None
 
 
 def _known_state(committed: Index | None, failures: Failures | None, parts: list[dict]) -> dict[str, tuple[int, int]]:
@@ -328,6 +364,7 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
     parts = journal.load()
     rows: dict[str, tuple] = {}  # path -> (size, mtime, label, source, position)
     fails: dict[str, tuple] = {}
+    old_failures = None
     if committed is not None:
         for pos, (p, s, m, lab) in enumerate(zip(committed.paths, committed.sizes, committed.mtimes, committed.labels)):
             rows[p] = (int(s), int(m), lab, -1, pos)
@@ -362,8 +399,7 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
                         np.array([fails[p][1] for p in fail_paths], dtype=np.int64),
                         np.array([fails[p][2] for p in fail_paths], dtype=object))
     summary.images, summary.failures_total = len(paths), len(fail_paths)
-    if rows_same and np.array_equal(index.labels, committed.labels) \
-            and fail_paths == list(cache.read_failures(encoder).paths):
+    if rows_same and np.array_equal(index.labels, committed.labels) and _same_failures(failures, old_failures):
         return  # nothing to write: the cache already is the result
 
     def build(group, old_group):
@@ -382,6 +418,11 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
                         summary.dropped_derived += [f"{kind}/{name}" for name in old_group[kind]]
 
     cache.rewrite(encoder, build)
+
+
+def _same_failures(new: Failures, old: Failures | None) -> bool:
+    return old is not None and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in (
+        (new.paths, old.paths), (new.sizes, old.sizes), (new.mtimes, old.mtimes), (new.reasons, old.reasons)))
 
 
 def _gather(old_group, parts: list[dict], rows: dict, paths: list[str], dim: int):

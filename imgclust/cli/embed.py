@@ -1,14 +1,23 @@
-"""``imgclust embed``: images -> embeddings in the HDF5 cache."""
+"""``imgclust embed``: images -> embeddings in the HDF5 cache.
+
+Exit codes: 0 done (some files may have failed: they are listed in the cache); 1 a runtime failure,
+or no image at all could be read (the failures are still recorded); 2 a usage error; 130 interrupted
+by Ctrl-C -- finished work is saved and the same command resumes.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from rich.console import Console
+
 from ..embed import embed as run_embed
 from ..encoders import DEFAULT_ENCODER
+from ..errors import ImgclustError
 from . import app
 from ._output import EXIT_INTERRUPTED, DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bar, stdout
 
@@ -16,12 +25,14 @@ EncoderOption = Annotated[str, typer.Option("--encoder", "-e", help="Encoder nam
 CacheOption = Annotated[Path, typer.Option("--cache", "-c", help="HDF5 cache file to create or update.")]
 LabelsOption = Annotated[Optional[str], typer.Option("--labels", help="Ground truth: 'folder' (parent folder name) or a path,label CSV.")]
 WeightsOption = Annotated[Optional[str], typer.Option("--weights", help="Local checkpoint for the encoder ('random' = untrained, for tests).")]
+DataRootOption = Annotated[Optional[Path], typer.Option("--data-root", help="Where data-set sources (sklearn:digits, torchvision:CIFAR10) are written.")]
+SplitOption = Annotated[str, typer.Option("--split", help="Split of a torchvision source: test or train.")]
 DeviceOption = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu (default: the best available).")]
 
 
 @app.command("embed")
 def embed_command(
-    paths: Annotated[Optional[list[str]], typer.Argument(help="Folders (walked recursively), image files or glob patterns.", show_default=False)] = None,
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Folders (walked recursively), image files, glob patterns, or sklearn:digits / torchvision:<Dataset>.", show_default=False)] = None,
     encoder: EncoderOption = DEFAULT_ENCODER,
     cache: CacheOption = Path("imgclust-cache.h5"),
     files_from: Annotated[Optional[str], typer.Option("--files-from", "-f", help="File listing one image path per line; - reads stdin.")] = None,
@@ -31,6 +42,10 @@ def embed_command(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decoding processes (default: cores - 1; 0 decodes inline).")] = None,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=0, help="Decompression-bomb limit in pixels; 0 disables it.")] = 178_956_970,
+    flush_rows: Annotated[int, typer.Option("--flush-rows", min=1, help="Advanced: save finished work to the journal every N images "
+                                            "(and at least every 15 s); smaller loses less to a crash or kill, costs a little speed.")] = 512,
+    data_root: DataRootOption = None,
+    split: SplitOption = "test",
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
     """Embed every image into the cache (resumable: unchanged images are skipped, new ones appended).
@@ -41,11 +56,18 @@ def embed_command(
       imgclust embed ./dataset --encoder effnet-lite0 --labels folder --cache ds.h5
       find . -name '*.jpg' | imgclust embed --files-from - --cache photos.h5
     """
-    with progress_bar(f"embedding ({encoder})") as update:
-        summary = run_embed(paths or [], encoder=encoder, cache=cache, files_from=files_from, labels=labels,
-                            weights=weights, device=device, batch_size=batch_size, workers=workers,
-                            max_pixels=max_pixels or None, progress=update)
-    if json_:
+    try:
+        with progress_bar(f"embedding ({encoder})") as update:
+            summary = run_embed(paths or [], encoder=encoder, cache=cache, files_from=files_from, labels=labels,
+                                weights=weights, device=device, batch_size=batch_size, workers=workers,
+                                max_pixels=max_pixels or None, progress=update, data_root=data_root, split=split,
+                                flush_rows=flush_rows)
+    except KeyboardInterrupt:  # Ctrl-C while saving: the cache is unchanged and the journal keeps the work
+        _interrupted(str(cache))
+    all_failed = summary.images == 0 and summary.failures_total > 0 and not summary.interrupted
+    if json_ and all_failed:
+        pass  # the error raised below is the JSON result
+    elif json_:
         emit_json(summary.to_dict())
     else:
         out = stdout()
@@ -61,5 +83,15 @@ def embed_command(
         if summary.dropped_derived:
             note(f"[yellow]note:[/yellow] the images changed, so {len(summary.dropped_derived)} stored reductions/runs were dropped")
     if summary.interrupted:
-        note(f"[yellow]interrupted:[/yellow] finished work is saved in {summary.cache}; run the same command again to resume")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        _interrupted(summary.cache)
+    if all_failed:
+        raise ImgclustError(f"none of the images could be read: {summary.failures_total} failures recorded in "
+                            f"{summary.cache}, no embeddings", hint="check that the paths hold images Pillow can open; "
+                            "the cache lists each failure with its reason")
+
+
+def _interrupted(cache: str) -> None:
+    # Printed even with --quiet: the user must know the run did not finish, and how to go on.
+    Console(file=sys.stderr, soft_wrap=True, highlight=False).print(
+        f"[yellow]interrupted:[/yellow] finished work is saved in {cache}; run the same command again to resume")
+    raise typer.Exit(EXIT_INTERRUPTED)

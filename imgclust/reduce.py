@@ -1,0 +1,218 @@
+"""``reduce``: a lower-dimensional copy of the embeddings, stored in the cache under its settings.
+
+Methods (chain with ``+``, e.g. ``l2+umap``):
+
+* ``umap`` -- ZS's default: ``n_neighbors=30, min_dist=0, n_components=50``, euclidean, fixed seed.
+* ``pca``  -- z-score every dimension, then PCA to ``dims`` components, or to the fewest that keep
+  ``variance`` of the variance (ZS: 0.75-0.99); no whitening.
+* ``l2``   -- normalise each row to unit length (ES: it helps shallow clusterers).
+* ``none`` -- the raw embeddings.
+
+A reduction is stored once under a key naming its settings and reused by later stages. When the
+embeddings would not fit the memory budget, the reducer is fitted on a random sample and applied
+to all rows a chunk at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .cache import Cache, encode_attrs, encoder_key, now_iso, settings_key
+from .clusterers._base import available_memory_bytes
+from .errors import ParameterError, UsageError
+
+METHODS = ("umap", "pca", "l2", "none")
+UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
+DEFAULT_DIMS = 50
+
+
+@dataclass
+class Reduction:
+    """A stored reduction: where it lives and how it was made."""
+
+    key: str
+    encoder: str
+    method: str
+    settings: dict
+    shape: tuple[int, int]
+    seconds: float
+    reused: bool
+    fitted_on: int  # rows the reducer was fitted on (all, unless the data exceeded the memory budget)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_method(method: str) -> list[str]:
+    steps = [s.strip() for s in method.replace(",", "+").split("+") if s.strip()]
+    unknown = [s for s in steps if s not in METHODS]
+    if not steps or unknown:
+        raise UsageError(f"unknown reduction method '{method}'", hint=f"choose from {', '.join(METHODS)}; chain l2 first, e.g. l2+umap")
+    if "none" in steps and len(steps) > 1 or steps.count("umap") + steps.count("pca") > 1 or ("l2" in steps and steps[0] != "l2"):
+        raise UsageError(f"cannot chain '{method}'", hint="use one of umap/pca/l2/none, optionally with l2 first (l2+umap, l2+pca)")
+    return steps
+
+
+def reduction_settings(method: str, dims: int | None = DEFAULT_DIMS, variance: float | None = None,
+                       n_neighbors: int = 30, min_dist: float = 0.0, metric: str = "euclidean",
+                       random_state: int = 0) -> tuple[str, dict]:
+    """Validate the options of ``method`` and return ``(key, settings)``; only settings that matter are kept."""
+    steps = parse_method(method)
+    settings: dict = {}
+    if "umap" in steps:
+        if dims is None or dims < 1:
+            raise ParameterError(f"--dims must be >= 1 for umap, got {dims}")
+        if n_neighbors < 2:
+            raise ParameterError(f"--n-neighbors must be >= 2, got {n_neighbors}")
+        if min_dist < 0:
+            raise ParameterError(f"--min-dist must be >= 0, got {min_dist}")
+        settings.update(n_components=dims, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, seed=random_state)
+    if "pca" in steps:
+        if variance is not None:
+            if not 0 < variance <= 1:
+                raise ParameterError(f"--variance must be in (0, 1], got {variance}", hint="e.g. 0.9 keeps 90% of the variance")
+            settings.update(variance=variance)
+        else:
+            if dims is None or dims < 1:
+                raise ParameterError(f"--dims must be >= 1 for pca, got {dims}")
+            settings.update(n_components=dims)
+        settings.update(seed=random_state)
+    return settings_key("+".join(steps), settings), settings
+
+
+def reduce(
+    cache: str | os.PathLike,
+    encoder: str | None = None,
+    method: str = "umap",
+    dims: int | None = DEFAULT_DIMS,
+    *,
+    variance: float | None = None,
+    n_neighbors: int = 30,
+    min_dist: float = 0.0,
+    metric: str = "euclidean",
+    random_state: int = 0,
+    force: bool = False,
+    memory_budget: int | None = None,
+) -> Reduction:
+    """Reduce the cached embeddings of ``encoder`` and store the result (or reuse a stored one).
+
+    Parameters
+    ----------
+    method : ``umap``, ``pca``, ``l2``, ``none`` or ``l2+umap`` / ``l2+pca``.
+    dims : output dimensions for umap/pca (ZS: results are insensitive to 5-500; 50 by default).
+    variance : for pca, keep the fewest components that explain this fraction of variance instead.
+    n_neighbors, min_dist, metric : UMAP's knobs (ZS: 30, 0.0, euclidean).
+    force : recompute even when a reduction with the same settings is stored.
+    memory_budget : bytes of embeddings to hold at once (default: half the available memory).
+    """
+    cache = Cache(cache)
+    encoder = cache.resolve_encoder(encoder)
+    key, settings = reduction_settings(method, dims, variance, n_neighbors, min_dist, metric, random_state)
+    stored = cache.list_groups(encoder, "reductions")
+    if key in stored and not force:
+        attrs = stored[key]
+        return Reduction(key, encoder, attrs["method"], attrs["settings"], tuple(attrs["shape"]), attrs["seconds"],
+                         True, attrs["fitted_on"])
+    info = cache.info(encoder)
+    n, dim = info["n_images"], info["embedding_dim"]
+    if n == 0:
+        raise UsageError(f"{cache.path} holds no embeddings for '{encoder}'", hint="every image failed to embed; see imgclust info")
+    steps = parse_method(method)
+    started = time.perf_counter()
+    budget = memory_budget or available_memory_bytes() // 2
+    data, fitted_on = _compute(cache, encoder, steps, settings, n, dim, budget)
+    seconds = round(time.perf_counter() - started, 3)
+    attrs = {"method": "+".join(steps), "settings": settings, "shape": list(data.shape), "seconds": seconds,
+             "fitted_on": fitted_on, "created": now_iso()}
+    with cache.writer(), cache.transaction() as fh:
+        group = fh[f"encoders/{encoder_key(encoder)}"].require_group("reductions")
+        if key in group:
+            del group[key]
+        sub = group.create_group(key)
+        sub.create_dataset("data", data=data.astype(np.float32))
+        encode_attrs(sub, attrs)
+    return Reduction(key, encoder, attrs["method"], settings, tuple(data.shape), seconds, False, fitted_on)
+
+
+def load_reduction(cache: str | os.PathLike, encoder: str, key: str) -> np.ndarray:
+    data, _ = Cache(cache).read_array(encoder, f"reductions/{key}/data")
+    return data
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def _compute(cache: Cache, encoder: str, steps: list[str], settings: dict, n: int, dim: int, budget: int):
+    """Fit on everything when it fits the budget, else on a sample; apply to all rows chunk by chunk."""
+    fits = n * dim * 4 <= budget
+    if fits:
+        x = cache.read_embeddings(encoder)
+        sample_rows = None
+    else:
+        rng = np.random.default_rng(settings.get("seed", 0))
+        sample_rows = np.sort(rng.choice(n, size=max(2, budget // (dim * 4)), replace=False))
+        x = _read_rows(cache, encoder, sample_rows)
+    if "l2" in steps:
+        x = l2_normalise(x)
+    model = _fit(steps, settings, x)
+    if fits:
+        out = model(None, fitted=True) if model else x
+        return out.astype(np.float32), n
+    blocks = []
+    for _, block in cache.iter_embeddings(encoder):
+        if "l2" in steps:
+            block = l2_normalise(block)
+        blocks.append(model(block, fitted=False) if model else block)
+    return np.concatenate(blocks).astype(np.float32), len(sample_rows)
+
+
+def _read_rows(cache: Cache, encoder: str, rows: np.ndarray) -> np.ndarray:
+    out = []
+    for start, block in cache.iter_embeddings(encoder):
+        inside = rows[(rows >= start) & (rows < start + len(block))] - start
+        out.append(block[inside])
+    return np.concatenate(out)
+
+
+def _fit(steps: list[str], settings: dict, x: np.ndarray):
+    """Fit the reducer on ``x``; return ``apply(block, fitted)`` (``fitted=True`` gives x's own output)."""
+    if "umap" in steps:
+        import warnings
+
+        import umap
+
+        n_neighbors = min(settings["n_neighbors"], max(2, len(x) - 1))
+        n_components = min(settings["n_components"], max(1, len(x) - 2))
+        if len(x) < 4:
+            raise UsageError(f"UMAP needs at least 4 images, the cache holds {len(x)}",
+                             hint="use --method none or pca for so few images")
+        reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=settings["min_dist"], n_components=n_components,
+                            metric=settings["metric"], random_state=settings["seed"])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # a fixed seed runs single-threaded
+            warnings.filterwarnings("ignore", message=".*k >= N.*|.*spectral initialisation.*")
+            fitted = reducer.fit_transform(x)
+        return lambda block, fitted_=fitted, fitted=False: fitted_ if fitted else reducer.transform(block)
+    if "pca" in steps:
+        from sklearn.decomposition import PCA
+
+        mean, std = x.mean(0), x.std(0)
+        std = np.where(std > 0, std, 1.0)
+        z = (x - mean) / std
+        limit = min(z.shape)
+        if "variance" in settings:
+            pca = PCA(n_components=limit, svd_solver="full", random_state=settings["seed"]).fit(z)
+            keep = int(np.searchsorted(np.cumsum(pca.explained_variance_ratio_), settings["variance"]) + 1)
+            keep = min(keep, limit)
+        else:
+            keep = min(settings["n_components"], limit)
+            pca = PCA(n_components=keep, random_state=settings["seed"]).fit(z)
+        components = pca.components_[:keep]
+        return lambda block, fitted=False: (((x if fitted else block) - mean) / std - pca.mean_) @ components.T
+    return None
