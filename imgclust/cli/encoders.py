@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..encoders import DEFAULT_ENCODER, list_encoders, weights_available_offline, weights_source
+from ..errors import NotFoundError
 from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, stdout
 
@@ -22,8 +23,12 @@ def encoders_command(
 
     Any timm model (timm:<model>) or open_clip model (open_clip:<arch>:<tag>) also works with --encoder.
     """
+    specs = list_encoders(pattern)
+    if not specs:
+        raise NotFoundError(f"no encoder name matches '{pattern}'",
+                            hint="run imgclust encoders to list them all; any timm:<model> or open_clip:<arch>:<tag> also works")
     rows = []
-    for spec in list_encoders(pattern):
+    for spec in specs:
         rows.append({**spec.to_dict(), "source": weights_source(spec), "available_offline": weights_available_offline(spec),
                      "default": spec.name == DEFAULT_ENCODER})
     if json_:
