@@ -196,6 +196,7 @@ def embed(
     files: Sequence[ImageFile] | None = None,
     data_root: str | os.PathLike | None = None,
     split: str = "test",
+    exact: bool = False,
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
 ) -> EmbedSummary:
@@ -215,6 +216,8 @@ def embed(
     progress : called as ``progress(done, total)`` after each batch.
     files : an already discovered list (instead of ``inputs``).
     data_root, split : where data-set sources are written, and which split torchvision sources use.
+    exact : make the cache hold exactly these images (drop rows of other files); by default rows of
+        other files that still exist are kept, so several folders can share one cache.
 
     Returns
     -------
@@ -278,7 +281,7 @@ def embed(
         dim = enc.embedding_dim if enc is not None else None
         relabel = {f.path: f.label for f in files} if labels is not None else {}
         _commit(cache, encoder, spec, journal, journal_identity, committed, summary, dim, relabel,
-                present={f.path for f in files})
+                present={f.path for f in files}, exact=exact)
         journal.clear()
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.images_per_second = round(summary.embedded / summary.seconds, 2) if summary.seconds > 0 else 0.0
@@ -359,7 +362,8 @@ def _run(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journa
 
 
 def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict, committed: Index | None,
-            summary: EmbedSummary, dim: int | None, relabel: dict[str, str | None], present: set[str]) -> None:
+            summary: EmbedSummary, dim: int | None, relabel: dict[str, str | None], present: set[str],
+            exact: bool) -> None:
     """Merge the committed rows and the journal into a new cache file (one atomic replace)."""
     parts = journal.load()
     rows: dict[str, tuple] = {}  # path -> (size, mtime, label, source, position)
@@ -380,9 +384,9 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
         for p, s, m, r in zip(part["fail_paths"], part["fail_sizes"], part["fail_mtimes"], part["fail_reasons"]):
             fails[str(p)] = (int(s), int(m), str(r))
             rows.pop(str(p), None)
-    # Drop rows whose file is gone (not rows of other folders: they may be embedded separately).
+    # Drop rows whose file is gone (and, unless exact, keep rows of other folders embedded separately).
     for table in (rows, fails):
-        for p in [p for p in table if p not in present and not os.path.exists(p)]:
+        for p in [p for p in table if p not in present and (exact or not os.path.exists(p))]:
             del table[p]
             summary.removed += table is rows
     if dim is None:

@@ -180,24 +180,29 @@ def _read_rows(cache: Cache, encoder: str, rows: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
+def fit_umap(x: np.ndarray, **params):
+    """``(reducer, embedding)`` of UMAP fitted on ``x``, without its expected warnings."""
+    import warnings
+
+    import umap
+
+    reducer = umap.UMAP(**params)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # a fixed seed runs single-threaded
+        warnings.filterwarnings("ignore", message=".*k >= N.*|.*spectral initialisation.*")
+        return reducer, reducer.fit_transform(x)
+
+
 def _fit(steps: list[str], settings: dict, x: np.ndarray):
     """Fit the reducer on ``x``; return ``apply(block, fitted)`` (``fitted=True`` gives x's own output)."""
     if "umap" in steps:
-        import warnings
-
-        import umap
-
         n_neighbors = min(settings["n_neighbors"], max(2, len(x) - 1))
         n_components = min(settings["n_components"], max(1, len(x) - 2))
         if len(x) < 4:
             raise UsageError(f"UMAP needs at least 4 images, the cache holds {len(x)}",
                              hint="use --method none or pca for so few images")
-        reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=settings["min_dist"], n_components=n_components,
-                            metric=settings["metric"], random_state=settings["seed"])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # a fixed seed runs single-threaded
-            warnings.filterwarnings("ignore", message=".*k >= N.*|.*spectral initialisation.*")
-            fitted = reducer.fit_transform(x)
+        reducer, fitted = fit_umap(x, n_neighbors=n_neighbors, min_dist=settings["min_dist"], n_components=n_components,
+                                   metric=settings["metric"], random_state=settings["seed"])
         return lambda block, fitted_=fitted, fitted=False: fitted_ if fitted else reducer.transform(block)
     if "pca" in steps:
         from sklearn.decomposition import PCA

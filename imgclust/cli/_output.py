@@ -9,7 +9,6 @@ An :class:`ImgclustError` becomes one line (``error: ...`` and a dim ``hint: ...
 from __future__ import annotations
 
 import json
-import math
 import sys
 import traceback
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from typing import Annotated, Any, Iterator
 import typer
 from rich.console import Console
 
+from .._json import json_safe
 from ..errors import ImgclustError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -75,20 +75,8 @@ def detail(message: str) -> None:
         stderr().print(f"[dim]{message}[/dim]")
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():
-        return _clean(value.item())
-    return value
-
-
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(_clean(data), indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(json.dumps(json_safe(data), indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def render_error(error: ImgclustError) -> None:

@@ -1,0 +1,48 @@
+"""``imgclust reduce``: store a reduced copy of the cached embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..reduce import reduce as run_reduce
+from . import app
+from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, stdout
+
+CacheArgument = Annotated[Path, typer.Argument(help="The HDF5 cache written by imgclust embed.")]
+CacheEncoderOption = Annotated[Optional[str], typer.Option("--encoder", "-e", help="Which encoder's embeddings (default: the only one in the cache).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (UMAP, k-means, training).")]
+
+
+@app.command("reduce")
+def reduce_command(
+    cache: CacheArgument,
+    method: Annotated[str, typer.Option("--method", "-m", help="umap, pca, l2, none, or l2+umap / l2+pca.")] = "umap",
+    dims: Annotated[int, typer.Option("--dims", "-d", help="Output dimensions (umap, pca). ZS: 5-100 all work; 50 default.")] = 50,
+    variance: Annotated[Optional[float], typer.Option("--variance", help="pca: keep this fraction of the variance (0-1] instead of --dims.")] = None,
+    n_neighbors: Annotated[int, typer.Option("--n-neighbors", help="UMAP neighbourhood size (ZS: 30).")] = 30,
+    min_dist: Annotated[float, typer.Option("--min-dist", help="UMAP minimum distance (ZS: 0.0).")] = 0.0,
+    metric: Annotated[str, typer.Option("--metric", help="UMAP input metric.")] = "euclidean",
+    encoder: CacheEncoderOption = None,
+    seed: SeedOption = 0,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even if stored.")] = False,
+    json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
+) -> None:
+    """Reduce the embeddings (UMAP 50 by default, as ZS) and store them in the cache for later stages.
+
+    \b
+    Examples:
+      imgclust reduce photos.h5                      # UMAP, n_neighbors=30, min_dist=0, 50 dims
+      imgclust reduce photos.h5 --method l2+pca --variance 0.9
+    """
+    if not quiet and not json_:
+        note(f"reducing with {method} ...")
+    result = run_reduce(cache, encoder, method, dims, variance=variance, n_neighbors=n_neighbors, min_dist=min_dist,
+                        metric=metric, random_state=seed, force=force)
+    if json_:
+        emit_json(result.to_dict())
+        return
+    how = "reused stored" if result.reused else f"computed in {result.seconds:.1f} s"
+    stdout().print(f"{result.key}: {result.shape[0]} x {result.shape[1]} ({how}; fitted on {result.fitted_on} rows)")

@@ -1,0 +1,85 @@
+"""``imgclust score``: the quality report of a stored run."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..score import RunReport, score as run_score
+from . import app
+from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, stdout
+from .reduce import CacheArgument, CacheEncoderOption
+
+RunOption = Annotated[Optional[str], typer.Option("--run", "-r", help="Run id (default: the latest).")]
+LABEL_FREE = [("n_samples", "images"), ("n_clusters", "clusters"), ("n_noise", "noise points"),
+              ("silhouette", "silhouette (UMAP space, euclidean)"), ("davies_bouldin", "Davies-Bouldin (lower is better)"),
+              ("calinski_harabasz", "Calinski-Harabasz (higher is better)")]
+LABELLED = [("n_classes", "classes"), ("ami", "AMI"), ("ami_no_noise", "AMI without noise"), ("nmi", "NMI"),
+            ("ari", "ARI"), ("accuracy", "accuracy"), ("pairwise_f", "pairwise F"), ("bcubed_f", "BCubed F")]
+
+
+def score_rows(report: RunReport) -> list[tuple[str, str]]:
+    scores = report.scores.to_dict()
+    rows = [(name, _fmt(scores.get(key))) for key, name in LABEL_FREE if scores.get(key) is not None or key == "silhouette"]
+    if not scores.get("silhouette_exact", True) and scores.get("silhouette_error_bound") is not None:
+        rows.append(("silhouette error bound (95%)", _fmt(scores["silhouette_error_bound"])))
+    if report.labels_source:
+        rows += [(name, _fmt(scores.get(key))) for key, name in LABELLED if scores.get(key) is not None]
+        rows.append(("accuracy rule", str(scores.get("accuracy_rule"))))
+    return rows
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+@app.command("score")
+def score_command(
+    cache: CacheArgument,
+    run: RunOption = None,
+    encoder: CacheEncoderOption = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="path,label CSV (default: labels stored by embed --labels).")] = None,
+    accuracy_rule: Annotated[str, typer.Option("--accuracy-rule", help="one-to-one (Hungarian; extra clusters count as wrong) or majority.")] = "one-to-one",
+    per_cluster: Annotated[bool, typer.Option("--per-cluster", help="Also list every cluster's size and silhouette.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for reports).")] = False,
+    json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
+) -> None:
+    """Score a run: silhouette, Davies-Bouldin, Calinski-Harabasz; with labels AMI, NMI, ARI, accuracy, F-scores.
+
+    HDBSCAN noise counts as one cluster for AMI (as ZS); the noise-excluded AMI is shown beside it.
+    """
+    report = run_score(cache, run, encoder, labels, accuracy_rule)
+    if json_:
+        emit_json(report.to_dict())
+        return
+    rows = score_rows(report)
+    clusters = []
+    if per_cluster:
+        per = report.scores.silhouette_per_cluster or {}
+        clusters = [(str(c), str(size), _fmt(per.get(c))) for c, size in sorted(report.scores.cluster_sizes.items())]
+    title = f"{report.run.run_id}: {report.run.method} on {report.run.encoder} ({report.run.space})"
+    if markdown:
+        lines = [f"**{title}**", "", "| score | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+        if clusters:
+            lines += ["", "| cluster | size | silhouette |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in clusters]
+        stdout().print("\n".join(lines), markup=False)
+        return
+    table = Table(title=title, title_justify="left")
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    stdout().print(table)
+    if clusters:
+        per_table = Table(title="clusters", title_justify="left")
+        for column in ("cluster", "size", "silhouette"):
+            per_table.add_column(column, justify="right")
+        for row in clusters:
+            per_table.add_row(*row)
+        stdout().print(per_table)

@@ -1,0 +1,110 @@
+"""The one-step pipeline: images -> embed -> UMAP 50 -> agglomerative -> score -> every export.
+
+``imgclust cluster ./photos`` runs this with the recommended defaults (ZS): the number of clusters
+is K when given, else chosen without labels (:mod:`imgclust.select`). Results go into one output
+folder that is never overwritten without ``force``; the embedding cache lives inside it, so a
+second run embeds nothing and gives identical assignments.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .cluster import DEFAULT_METHOD, ClusterRun, cluster
+from .embed import EmbedSummary, embed
+from .encoders import DEFAULT_ENCODER
+from .errors import UsageError
+from .export import ExportResult, export
+from .score import RunReport, score
+
+CACHE_NAME = "imgclust-cache.h5"
+DEFAULT_FORMATS = ("csv", "json", "parquet", "folders", "html", "plot")
+MARKER = "assignments.csv"  # present once a run finished in a folder
+
+
+@dataclass
+class PipelineResult:
+    out: str
+    cache: str
+    embed: EmbedSummary
+    run: ClusterRun
+    report: RunReport
+    exports: list[ExportResult] = field(default_factory=list)
+    skipped_formats: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"out": self.out, "cache": self.cache, "embed": self.embed.to_dict(), "run": self.run.to_dict(),
+                "scores": self.report.scores.to_dict(), "labels_source": self.report.labels_source,
+                "exports": [e.to_dict() for e in self.exports], "skipped_formats": self.skipped_formats}
+
+
+def default_out(inputs: Sequence[str | os.PathLike]) -> Path:
+    first = os.fspath(inputs[0]) if inputs else "images"
+    name = first.replace(":", "-") if ":" in first and not os.path.exists(first) else Path(first).resolve().name
+    return Path(f"{name or 'images'}-clusters")
+
+
+def _available(format: str) -> str | None:
+    """Why an optional export cannot run here (None when it can)."""
+    import importlib.util
+
+    need = {"parquet": ("pyarrow", "imgclust[parquet]"), "plot": ("matplotlib", "imgclust[plot]")}.get(format)
+    if need and importlib.util.find_spec(need[0]) is None:
+        return f"needs {need[0]}: pip install \"{need[1]}\""
+    return None
+
+
+def run_pipeline(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    *,
+    encoder: str = DEFAULT_ENCODER,
+    method: str = DEFAULT_METHOD,
+    n_clusters: int | str | None = "auto",
+    params: dict | None = None,
+    labels: str | None = None,
+    files_from: str | None = None,
+    force: bool = False,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    link: str = "symlink",
+    random_state: int = 0,
+    embed_options: dict | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> PipelineResult:
+    """Run the whole pipeline on ``inputs`` into the folder ``out``.
+
+    ``embed_options`` are passed to :func:`imgclust.embed` (weights, device, batch_size, workers,
+    data_root, split, max_pixels). ``progress(stage, done, total)`` reports embedding and export progress.
+    """
+    folder = Path(out) if out is not None else default_out(list(inputs) or ["files"])
+    if (folder / MARKER).exists() and not force:
+        raise UsageError(f"{folder} already holds a result", hint="pass --force to overwrite it, or choose another --out")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file, not a folder", hint="choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {folder}: {exc.strerror}", hint="choose a writable --out") from None
+    cache = folder / CACHE_NAME
+    stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
+    summary = embed(inputs, encoder=encoder, cache=cache, files_from=files_from, labels=labels, exact=True,
+                    progress=stage("embed"), **(embed_options or {}))
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    if summary.images == 0:
+        raise UsageError(f"none of the {summary.discovered} images could be read ({summary.failed} failed)",
+                         hint=f"see the reasons with: imgclust info {cache} --failures")
+    run = cluster(cache, encoder, method, n_clusters, params, random_state=random_state)
+    report = score(cache, run.run_id, encoder)
+    result = PipelineResult(str(folder), str(cache), summary, run, report)
+    for fmt in formats:
+        reason = _available(fmt)
+        if reason:
+            result.skipped_formats[fmt] = reason
+            continue
+        result.exports.append(export(cache, run.run_id, fmt, folder, encoder=encoder, link=link, force=True,
+                                     report=report, on_progress=stage(f"export {fmt}")))
+    return result

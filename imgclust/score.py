@@ -1,0 +1,75 @@
+"""``score``: how good a stored clustering run is, with and without ground truth.
+
+Label-free scores (silhouette overall and per cluster, Davies-Bouldin, Calinski-Harabasz) are
+computed in the space the run clustered (the UMAP reduction by default, euclidean, as ZS).
+With labels (stored by ``embed --labels`` or given as a ``path,label`` CSV): AMI, NMI, ARI,
+accuracy (Hungarian matching; the rule is reported), pairwise and BCubed F.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cache import Cache
+from .cluster import ClusterRun, load_run, run_space
+from .discover import read_label_csv
+from .errors import UsageError
+from .metrics import Scores, score_clustering
+
+
+@dataclass
+class RunReport:
+    """A run and its scores."""
+
+    cache: str
+    run: ClusterRun
+    scores: Scores
+    labels_source: str | None  # "cache", the CSV path, or None
+    paths: np.ndarray = field(repr=False)
+    labels_true: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"cache": self.cache, "labels_source": self.labels_source, "run": self.run.to_dict(),
+                "scores": self.scores.to_dict()}
+
+
+def ground_truth(cache: Cache, encoder: str, labels: str | None) -> tuple[np.ndarray | None, str | None, np.ndarray]:
+    """``(labels_true or None, where they came from, paths)`` for the rows of ``encoder``."""
+    index = cache.read_index(encoder)
+    if labels is None:
+        return (index.labels, "cache", index.paths) if index.has_labels else (None, None, index.paths)
+    table = read_label_csv(labels)
+    truth = np.array([table.get(p, "") for p in index.paths], dtype=object)
+    if not (truth != "").any():
+        raise UsageError(f"no label in {labels} matches any of the {len(index)} images in {cache.path}",
+                         hint="the CSV needs path,label rows whose paths are absolute or relative to the CSV's folder")
+    return truth, labels, index.paths
+
+
+def score(
+    cache: str | os.PathLike,
+    run: str | None = None,
+    encoder: str | None = None,
+    labels: str | None = None,
+    accuracy_rule: str = "one-to-one",
+) -> RunReport:
+    """Score run ``run`` (the latest by default) of ``cache``.
+
+    Parameters
+    ----------
+    labels : a ``path,label`` CSV; by default the labels stored by ``embed --labels``, if any.
+    accuracy_rule : ``one-to-one`` (Hungarian; with more clusters than classes the unmatched
+        clusters count as wrong) or ``majority`` (each cluster takes its majority class).
+    """
+    cache_obj = Cache(cache)
+    stored_run = load_run(cache_obj.path, run, encoder)
+    truth, source, paths = ground_truth(cache_obj, stored_run.encoder, labels)
+    if len(paths) != len(stored_run.labels):
+        raise UsageError(f"run {stored_run.run_id} has {len(stored_run.labels)} labels but the cache holds {len(paths)} images",
+                         hint="the images changed since the run; cluster again")
+    X = run_space(cache_obj.path, stored_run)
+    scores = score_clustering(stored_run.labels, X, truth, accuracy_rule=accuracy_rule)
+    return RunReport(str(cache_obj.path), stored_run, scores, source, paths, truth)
