@@ -119,7 +119,8 @@ def cluster(
                 params["distance_threshold"] = defaults["distance_threshold"]
     auto = isinstance(n_clusters, str)
     if auto and n_clusters != "auto":
-        raise UsageError(f"--n-clusters must be a positive integer or 'auto', got {n_clusters!r}")
+        raise UsageError(f"--n-clusters must be a positive integer or 'auto', got {n_clusters!r}",
+                         hint="e.g. --n-clusters 10, or --n-clusters auto")
     if auto and cls.n_clusters_mode == "unused":
         raise UsageError(f"{method} finds the number of clusters itself; 'auto' does not apply", hint="drop --n-clusters")
     if cls.n_clusters_mode == "required" and n_clusters is None:

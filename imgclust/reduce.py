@@ -65,11 +65,11 @@ def reduction_settings(method: str, dims: int | None = DEFAULT_DIMS, variance: f
     settings: dict = {}
     if "umap" in steps:
         if dims is None or dims < 1:
-            raise ParameterError(f"--dims must be >= 1 for umap, got {dims}")
+            raise ParameterError(f"--dims must be >= 1 for umap, got {dims}", hint="ZS found 5-100 dims all work; 50 is the default")
         if n_neighbors < 2:
-            raise ParameterError(f"--n-neighbors must be >= 2, got {n_neighbors}")
+            raise ParameterError(f"--n-neighbors must be >= 2, got {n_neighbors}", hint="ZS uses 30; 5-100 is the usual range")
         if min_dist < 0:
-            raise ParameterError(f"--min-dist must be >= 0, got {min_dist}")
+            raise ParameterError(f"--min-dist must be >= 0, got {min_dist}", hint="ZS uses 0.0 for clustering")
         settings.update(n_components=dims, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, seed=random_state)
     if "pca" in steps:
         if variance is not None:
@@ -78,7 +78,7 @@ def reduction_settings(method: str, dims: int | None = DEFAULT_DIMS, variance: f
             settings.update(variance=variance)
         else:
             if dims is None or dims < 1:
-                raise ParameterError(f"--dims must be >= 1 for pca, got {dims}")
+                raise ParameterError(f"--dims must be >= 1 for pca, got {dims}", hint="or use --variance 0.9")
             settings.update(n_components=dims)
         settings.update(seed=random_state)
     return settings_key("+".join(steps), settings), settings

@@ -18,15 +18,18 @@ from .embed import DataRootOption, DeviceOption, LabelsOption, SplitOption, Weig
 from .reduce import SeedOption
 
 
+K_HINT = "e.g. --n-clusters 10, or --n-clusters auto to choose it without labels"
+
+
 def parse_n_clusters(value: Optional[str]) -> int | str | None:
     if value is None or value == "auto":
         return value
     try:
         k = int(value)
     except ValueError:
-        raise UsageError(f"--n-clusters must be a positive integer or 'auto', got {value!r}") from None
+        raise UsageError(f"--n-clusters must be a positive integer or 'auto', got {value!r}", hint=K_HINT) from None
     if k < 1:
-        raise UsageError(f"--n-clusters must be >= 1, got {k}")
+        raise UsageError(f"--n-clusters must be >= 1, got {k}", hint=K_HINT)
     return k
 
 

@@ -1,0 +1,105 @@
+"""Every command through Typer's runner and as a subprocess: results, --json, error shape, exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from imgclust.cli import app
+
+from .conftest import TINY_ENCODER
+from .stage_fixtures import blob_cache
+
+runner = CliRunner()
+TINY = ["--encoder", TINY_ENCODER, "--weights", "random", "--device", "cpu", "--workers", "0"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return blob_cache(tmp_path / "blobs.h5", n_per=10, files_dir=tmp_path / "images").path
+
+
+def test_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("embed", "reduce", "cluster", "score", "export", "encoders", "methods", "info"):
+        assert command in result.output
+
+
+def test_embed_json_summary_and_rerun(image_folder, tmp_path):
+    first = invoke("embed", image_folder, "--cache", tmp_path / "c.h5", "--json", *TINY)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["embedded"] == 12
+    again = invoke("embed", image_folder, "--cache", tmp_path / "c.h5", *TINY)
+    assert "nothing new to embed" in again.stdout
+
+
+def test_cache_stages_end_to_end(cache, tmp_path):
+    assert invoke("reduce", cache, "--dims", "5").exit_code == 0
+    clustered = invoke("cluster", cache, "-k", "4", "--json")
+    assert clustered.exit_code == 0 and json.loads(clustered.stdout)["n_clusters"] == 4
+    scored = json.loads(invoke("score", cache, "--json").stdout)
+    assert scored["scores"]["ami"] == pytest.approx(1.0)
+    table = invoke("score", cache, "--per-cluster")
+    assert "AMI" in table.stdout and "silhouette" in table.stdout
+    assert "| AMI | 1.0000 |" in invoke("score", cache, "--markdown").stdout
+    exported = invoke("export", cache, "--format", "csv", "--out", tmp_path / "out", "--json")
+    assert exported.exit_code == 0 and len(json.loads(exported.stdout)["paths"]) == 2
+    info = json.loads(invoke("info", cache, "--json").stdout)
+    assert info["encoders"][0]["n_images"] == 40 and "run-1" in info["encoders"][0]["runs"]
+
+
+def test_listings():
+    encoders = json.loads(invoke("encoders", "--json").stdout)
+    assert any(e["name"] == "effnet-lite0" and e["available_offline"] for e in encoders)
+    methods = json.loads(invoke("methods", "--json").stdout)
+    assert {"agglomerative", "kmeans", "hdbscan"} <= {m["name"] for m in methods}
+    assert "linkage" in invoke("methods", "agglomerative").stdout
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["embed", "/no/such/folder"], 2, "path not found"),
+    (["embed", "{images}", "--encoder", "nope"], 2, "unknown encoder"),
+    (["cluster", "{cache}", "--method", "nope"], 2, "unknown clustering method"),
+    (["cluster", "{cache}", "-k", "0"], 2, "--n-clusters"),
+    (["cluster", "{cache}", "-k", "4", "--param", "linkage=sideways"], 2, "linkage"),
+    (["score", "{cache}", "--run", "run-5"], 2, "no clustering runs"),
+    (["score", "/no/cache.h5"], 2, "cache not found"),
+    (["export", "{cache}", "--format", "xls"], 2, "unknown export format"),
+])
+def test_errors_are_one_line_with_a_hint_and_json_shape(cache, tmp_path, args, code, message):
+    args = [a.format(cache=cache, images=tmp_path / "images") for a in args]
+    plain = invoke(*args)
+    assert plain.exit_code == code, plain.output
+    assert message in plain.stderr and "Traceback" not in plain.output
+    assert plain.stderr.startswith("error: ") and "hint: " in plain.stderr
+    as_json = invoke(*args, "--json")
+    error = json.loads(as_json.stdout)["error"]
+    assert as_json.exit_code == code and message in error["message"] and error["hint"]
+
+
+def test_subprocess_exit_codes_and_streams(cache, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "imgclust", "cluster", str(cache), "-k", "4"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "run-1" in ok.stdout and "score it" in ok.stderr
+    usage = subprocess.run([sys.executable, "-m", "imgclust", "score", str(tmp_path / "none.h5")], capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stdout == "" and usage.stderr.startswith("error: cache not found")
+    bad_option = subprocess.run([sys.executable, "-m", "imgclust", "embed", "--no-such-option"], capture_output=True, text=True)
+    assert bad_option.returncode == 2
+    debug = subprocess.run([sys.executable, "-m", "imgclust", "score", str(tmp_path / "none.h5"), "--debug"],
+                           capture_output=True, text=True)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_locked_cache_is_a_runtime_failure(image_folder, tmp_path):
+    from imgclust.cache import Cache
+
+    target = Cache(tmp_path / "c.h5")
+    with target.writer():
+        result = invoke("embed", image_folder, "--cache", target.path, *TINY)
+    assert result.exit_code == 1 and "another imgclust process" in result.stderr

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from imgclust.cache import Cache
+from imgclust.cluster import cluster, load_run, parse_params
+from imgclust.errors import NotFoundError, ParameterError, UsageError
+from imgclust.reduce import reduce
+from imgclust.score import score
+
+from .stage_fixtures import ENCODER, blob_cache
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return blob_cache(tmp_path / "blobs.h5")
+
+
+def truth(cache):
+    return Cache(cache.path).read_index(ENCODER).labels
+
+
+def test_reduce_stores_under_its_settings_and_reuses(cache):
+    first = reduce(cache.path, method="umap", dims=5)
+    again = reduce(cache.path, method="umap", dims=5)
+    assert not first.reused and again.reused and first.key == again.key
+    assert first.shape == (120, 5) and "n_components=5" in first.key and "n_neighbors=30" in first.key
+    assert first.key in Cache(cache.path).list_groups(ENCODER, "reductions")
+
+
+def test_pca_by_variance_and_l2_chaining(cache):
+    pca = reduce(cache.path, method="pca", variance=0.9)
+    assert 1 <= pca.shape[1] < 16
+    l2 = reduce(cache.path, method="l2")
+    data, _ = Cache(cache.path).read_array(ENCODER, f"reductions/{l2.key}/data")
+    assert np.allclose(np.linalg.norm(data, axis=1), 1, atol=1e-5)
+    assert reduce(cache.path, method="l2+pca", dims=3).shape == (120, 3)
+
+
+def test_memory_budget_fits_on_a_sample_and_transforms_in_chunks(cache):
+    small = reduce(cache.path, method="pca", dims=4, memory_budget=16 * 4 * 50)
+    assert small.fitted_on == 50 and small.shape == (120, 4)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"method": "tsne"}, UsageError), ({"method": "umap+l2"}, UsageError), ({"method": "pca", "variance": 1.5}, ParameterError),
+    ({"method": "umap", "dims": 0}, ParameterError),
+])
+def test_reduce_rejects_bad_options(cache, kwargs, error):
+    with pytest.raises(error):
+        reduce(cache.path, **kwargs)
+
+
+def test_cluster_with_k_and_auto_recover_the_blobs(cache):
+    run = cluster(cache.path, n_clusters=4)
+    assert run.run_id == "run-1" and run.n_clusters == 4
+    assert adjusted_rand_score(truth(cache), run.labels) == 1.0
+    auto = cluster(cache.path, n_clusters="auto")
+    assert auto.n_clusters == 4 and auto.selection is not None
+    stored = load_run(cache.path)
+    assert stored.run_id == "run-2" and np.array_equal(stored.labels, auto.labels)
+
+
+def test_cluster_without_k_uses_the_threshold_path(cache):
+    run = cluster(cache.path)
+    assert run.params["distance_threshold"] is not None
+    assert adjusted_rand_score(truth(cache), run.labels) > 0.9
+
+
+def test_cluster_is_deterministic(cache):
+    a = cluster(cache.path, method="kmeans", n_clusters=4, random_state=3, store=False)
+    b = cluster(cache.path, method="kmeans", n_clusters=4, random_state=3, store=False)
+    assert np.array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"n_clusters": 500}, UsageError, "larger than the number of images"),
+    ({"method": "nope"}, NotFoundError, "unknown clustering method"),
+    ({"params": {"bogus": "1"}}, ParameterError, "no parameter"),
+    ({"method": "kmeans"}, UsageError, "needs the number of clusters"),
+    ({"method": "hdbscan", "n_clusters": "auto"}, UsageError, "auto"),
+    ({"encoder": "clip-vitb16"}, NotFoundError, "no embeddings for encoder"),
+])
+def test_cluster_rejects_bad_input(cache, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cluster(cache.path, **kwargs)
+
+
+def test_params_parse_key_value_pairs():
+    assert parse_params(["linkage=average", "distance_threshold=0.5"]) == {"linkage": "average", "distance_threshold": "0.5"}
+    with pytest.raises(UsageError, match="key=value"):
+        parse_params(["linkage"])
+
+
+def test_score_with_stored_and_csv_labels(cache, tmp_path):
+    cluster(cache.path, n_clusters=4)
+    report = score(cache.path)
+    assert report.labels_source == "cache"
+    assert report.scores.ami == pytest.approx(1.0) and report.scores.accuracy == pytest.approx(1.0)
+    assert report.scores.silhouette > 0.5
+    index = Cache(cache.path).read_index(ENCODER)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("".join(f"{p},{'even' if i % 2 == 0 else 'odd'}\n" for i, p in enumerate(index.paths)))
+    other = score(cache.path, labels=str(csv))
+    assert other.labels_source == str(csv) and other.scores.ami < 0.1
+    (tmp_path / "none.csv").write_text("/elsewhere/x.jpg,a\n")
+    with pytest.raises(UsageError, match="no label"):
+        score(cache.path, labels=str(tmp_path / "none.csv"))
+    with pytest.raises(UsageError, match="no run 'run-9'"):
+        score(cache.path, run="run-9")
+
+
+def test_score_without_runs_is_a_clear_error(cache):
+    with pytest.raises(UsageError, match="no clustering runs"):
+        score(cache.path)
