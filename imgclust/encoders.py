@@ -276,6 +276,18 @@ class Encoder:
             x = torch.as_tensor(batch).to(self.device, dtype=self.dtype, non_blocking=True)
             return self._forward(x).float().cpu().numpy()
 
+    def encode_padded(self, arrays: np.ndarray, batch_size: int) -> np.ndarray:
+        """:meth:`encode` with the batch padded to ``batch_size``.
+
+        A model's output for an image can differ in the last bits with the batch *size* (not with
+        the other images in it); a fixed size makes every row reproducible bit for bit, whichever
+        batch it lands in (a resumed run equals an uninterrupted one).
+        """
+        n = len(arrays)
+        if n < batch_size:
+            arrays = np.concatenate([arrays, np.repeat(arrays[-1:], batch_size - n, axis=0)])
+        return self.encode(arrays)[:n]
+
     def _forward(self, x):
         return self.model(x)
 

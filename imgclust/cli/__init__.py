@@ -10,7 +10,7 @@ import sys
 import typer
 
 from .. import __version__
-from ._output import EXIT_USAGE, ImgclustGroup
+from ._output import EXIT_INTERRUPTED, EXIT_USAGE, ImgclustGroup, report_interrupt, reset_interrupt_report
 
 app = typer.Typer(
     name="imgclust",
@@ -38,22 +38,24 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
     """imgclust: cluster images with pretrained encoders."""
 
 
-from . import cluster, embed, encoders, export, info, methods, reduce, score  # noqa: E402,F401  (each registers its command)
+from . import assign, cluster, embed, encoders, export, info, methods, reduce, score  # noqa: E402,F401  (each registers its command)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app and return its exit code (usage errors exit 2)."""
+    reset_interrupt_report()
     try:
         # Without standalone mode click returns the exit code of ctx.exit() instead of raising.
         code = app(args=argv, prog_name="imgclust", standalone_mode=False)
     except typer.Exit as exc:
-        return exc.exit_code
+        code = exc.exit_code
     except typer.TyperException as exc:  # click-style usage errors: unknown option, bad value, ...
         exc.show()
         return exc.exit_code if exc.exit_code else EXIT_USAGE
-    except typer.Abort:
-        typer.echo("interrupted", err=True)
-        return 130
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C while the command line is still being built or parsed
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        report_interrupt()  # typer turns Ctrl-C during parsing into a silent exit 130; say it, once
     return code if isinstance(code, int) else 0
 
 

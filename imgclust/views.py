@@ -1,0 +1,82 @@
+"""Embeddings of augmented views of every image, for contrastive clustering (``cc``, METHODS.md §5).
+
+``embed --views N`` stores N views per image next to the plain embedding, as ``views`` (N_rows, N, D)
+in the encoder's group. Each view is a SimCLR/CC-style augmentation: random resized crop, colour
+jitter, random greyscale, Gaussian blur, horizontal flip (ViT-IC's solarize is left out: it barely
+matters for frozen features). A view's randomness is seeded by its row and view number, so the
+stored views are the same on every run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .cache import Cache, encoder_key
+from .decode import DecodeError, Preprocess, load_rgb, preprocess
+
+
+def augment(image, spec: Preprocess, seed: int) -> np.ndarray:
+    """One augmented view of ``image`` (PIL RGB), preprocessed for the encoder."""
+    import torch
+    from torchvision import transforms as T
+
+    pipeline = T.Compose([
+        T.RandomResizedCrop(spec.size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(kernel_size=23, sigma=(0.1, 2.0))], p=0.5),
+        T.RandomHorizontalFlip(),
+    ])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        view = pipeline(image)
+    return preprocess(view, Preprocess(spec.size, spec.mean, spec.std, spec.interpolation))
+
+
+def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, batch_size: int = 32, max_pixels=None,
+              progress=None) -> int:
+    """Compute and store ``n_views`` views for every row of ``encoder_name`` in one transaction.
+
+    The caller holds the cache's writer lock (``embed`` does). Returns the number of rows whose views
+    were computed: 0 when the stored views already belong to exactly these rows.
+    """
+    index = cache.read_index(encoder_name)
+    with cache.open() as fh:
+        group = fh[f"encoders/{encoder_key(encoder_name)}"]
+        if "views" in group and group["views"].shape[:2] == (len(index), n_views) \
+                and group["views"].attrs.get("rows_signature") == _signature(index):
+            return 0
+    plain = cache.read_embeddings(encoder_name)
+    out = np.repeat(plain[:, None, :], n_views, axis=1)  # a file unreadable now keeps its plain embedding
+    jobs = [(row, view) for row in range(len(index)) for view in range(n_views)]
+    for start in range(0, len(jobs), batch_size):
+        chunk, arrays = [], []
+        for row, view in jobs[start:start + batch_size]:
+            try:
+                image = load_rgb(str(index.paths[row]), draft_size=encoder.preprocess.size * 2, max_pixels=max_pixels)
+            except DecodeError:
+                continue
+            chunk.append((row, view))
+            arrays.append(augment(image, encoder.preprocess, seed=row * 1000 + view))
+        if arrays:
+            for (row, view), vector in zip(chunk, encoder.encode_padded(np.stack(arrays), batch_size)):
+                out[row, view] = vector
+        if progress:
+            progress(min(start + batch_size, len(jobs)), len(jobs))
+    with cache.transaction() as fh:
+        group = fh[f"encoders/{encoder_key(encoder_name)}"]
+        if "views" in group:
+            del group["views"]
+        dataset = group.create_dataset("views", data=out, chunks=(max(1, min(len(out), 256)), n_views, out.shape[2]))
+        dataset.attrs["rows_signature"] = _signature(index)
+    return len(index)
+
+
+def _signature(index) -> str:
+    """Identifies the exact rows (paths, sizes, mtimes) the views belong to."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for path, size, mtime in zip(index.paths, index.sizes, index.mtimes):
+        digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
