@@ -25,7 +25,9 @@ to ``<cache>.journal/`` so a killed run loses no work. Writers hold an exclusive
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import glob
 import json
 import os
 import re
@@ -46,6 +48,24 @@ FORMAT = "imgclust-cache"
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: fast sequential reads, small partial reads
+
+
+# Lock descriptors this process holds. A forked child (a DataLoader worker, say) inherits them, and a
+# flock lasts while any copy is open: a worker orphaned by a kill -9 of its parent would keep the cache
+# locked. Children close their copies at fork (closing, unlike LOCK_UN, leaves the parent's lock alone).
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def encoder_key(encoder: str) -> str:
@@ -82,7 +102,32 @@ class Failures:
 
 
 def _strings(dataset) -> np.ndarray:
-    return np.array(dataset.asstr()[()], dtype=object) if len(dataset) else np.array([], dtype=object)
+    # surrogateescape: file names that are not valid UTF-8 come back exactly as os.listdir gave them
+    return (np.array(dataset.asstr(errors="surrogateescape")[()], dtype=object) if len(dataset)
+            else np.array([], dtype=object))
+
+
+def _encoded(values) -> np.ndarray:
+    """Strings as UTF-8 bytes for a string dataset; a file name that is not valid UTF-8 (which
+    Python holds with surrogate escapes) keeps its original bytes instead of failing the write."""
+    out = []
+    for value in values:
+        value = str(value)
+        try:
+            out.append(value.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:  # a lone surrogate that did not come from a file name
+            out.append(value.encode("utf-8", "backslashreplace"))
+    return np.array(out, dtype=object)
+
+
+def _h5_reason(exc: OSError) -> str:
+    """A one-line reason from an h5py OSError (whose text can span lines with HDF5 internals)."""
+    text = str(exc)
+    if "file signature not found" in text:
+        return "not an HDF5 file"
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return " ".join(text.split("(", 1)[0].split()) or type(exc).__name__
 
 
 def chunk_rows(dim: int) -> int:
@@ -109,17 +154,23 @@ class Cache:
     def exists(self) -> bool:
         return self.path.exists()
 
+    def _check_path(self) -> None:
+        if not self.path.name or self.path.is_dir():
+            raise UsageError(f"the cache path '{self.path}' is a folder, not a file",
+                             hint=f"give a file path, e.g. --cache {self.path / 'imgclust-cache.h5'}")
+
     # -- reading --------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def open(self) -> Iterator[h5py.File]:
         """Open read-only after checking it is an imgclust cache of a schema this version reads."""
+        self._check_path()
         if not self.path.exists():
             raise UsageError(f"cache not found: {self.path}", hint="create it with: imgclust embed PATH --cache " + str(self.path))
         try:
             fh = h5py.File(self.path, "r", locking=False)
         except OSError as exc:
-            raise CacheError(f"{self.path} is not a readable HDF5 file ({exc})",
+            raise CacheError(f"{self.path} is not a readable HDF5 file ({_h5_reason(exc)})",
                              hint="pass the .h5 file that imgclust embed wrote, or delete it and embed again") from None
         with fh:
             if fh.attrs.get("format") != FORMAT:
@@ -222,12 +273,16 @@ class Cache:
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
         """Hold the cache's write lock; a second writer gets :class:`CacheLockedError` at once."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_path()
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise UsageError(f"cannot write next to the cache {self.path}: {exc.strerror}",
+            blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+            reason = f"{blocker} is a file, not a folder" if blocker is not None else (exc.strerror or str(exc))
+            raise UsageError(f"cannot write the cache {self.path}: {reason}",
                              hint="choose a --cache path in a folder you can write") from None
+        _HELD_LOCK_FDS.add(fd)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -236,7 +291,9 @@ class Cache:
                                        hint="wait for it to finish, or use another --cache") from None
             yield
         finally:
-            os.close(fd)  # closing releases the flock; the kernel releases it too if we are killed
+            if fd in _HELD_LOCK_FDS:  # not in a forked child, which closed its copy at fork
+                _HELD_LOCK_FDS.discard(fd)
+                os.close(fd)  # closing releases the flock; the kernel releases it too if we are killed
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[h5py.File]:
@@ -257,8 +314,9 @@ class Cache:
             with fh:
                 yield fh
             self._commit(tmp)
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            _raise_write_failure(self.path, exc)
             raise
 
     def _temp_path(self) -> Path:
@@ -295,14 +353,36 @@ class Cache:
                                 old.copy(old["encoders"][key], out["encoders"], name=key)
                         build(group, old["encoders"].get(encoder_key(encoder)))
             self._commit(tmp)
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            _raise_write_failure(self.path, exc)
             raise
 
     def clean_temp_files(self) -> None:
         """Remove temporary files left by a killed writer (call while holding the lock)."""
-        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+        for leftover in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
             leftover.unlink(missing_ok=True)
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+def _raise_write_failure(path: Path, exc: BaseException) -> None:
+    """Raise a one-line :class:`ResourceError` if ``exc`` (or what it interrupted) is a failed write:
+    disk full, file too large, quota, I/O error. h5py reports those as RuntimeError or OSError whose
+    text holds the errno and several lines of HDF5 detail."""
+    seen: BaseException | None = exc
+    while isinstance(seen, (OSError, RuntimeError)):
+        code = seen.errno if isinstance(seen, OSError) else None
+        if code is None:
+            match = re.search(r"errno = (\d+)", str(seen))
+            code = int(match.group(1)) if match else None
+        if code in _WRITE_ERRNOS:
+            raise ResourceError(f"cannot write the cache {path}: {os.strerror(code)}",
+                                hint="free some disk space and run the same command again; nothing already "
+                                     "written was changed") from None
+        seen = seen.__context__
+    return None
 
 
 def init_root(fh: h5py.File) -> None:
@@ -338,22 +418,25 @@ def encode_attrs(target, values: dict) -> None:
 def write_rows(group: h5py.Group, index: Index, embeddings_source, dim: int) -> None:
     """Create the row datasets of an encoder group; ``embeddings_source`` yields ``(start, block)``."""
     n = len(index)
-    group.create_dataset("embeddings", shape=(n, dim), dtype="float32", maxshape=(None, dim),
-                         chunks=(max(1, min(n, chunk_rows(dim))), dim))
+    if dim > 0:
+        group.create_dataset("embeddings", shape=(n, dim), dtype="float32", maxshape=(None, dim),
+                             chunks=(max(1, min(n, chunk_rows(dim))), dim))
+    else:  # no row yet and the size unknown (only unreadable files so far): HDF5 cannot chunk a 0 axis
+        group.create_dataset("embeddings", shape=(n, 0), dtype="float32")
     for start, block in embeddings_source:
         group["embeddings"][start:start + len(block)] = block
-    group.create_dataset("paths", data=np.asarray(index.paths, dtype=object), dtype=_STR)
+    group.create_dataset("paths", data=_encoded(index.paths), dtype=_STR)
     group.create_dataset("sizes", data=np.asarray(index.sizes, dtype=np.int64))
     group.create_dataset("mtimes", data=np.asarray(index.mtimes, dtype=np.int64))
-    group.create_dataset("labels", data=np.asarray(index.labels, dtype=object), dtype=_STR)
+    group.create_dataset("labels", data=_encoded(index.labels), dtype=_STR)
 
 
 def write_failures(group: h5py.Group, failures: Failures) -> None:
     sub = group.create_group("failures")
-    sub.create_dataset("paths", data=np.asarray(failures.paths, dtype=object), dtype=_STR)
+    sub.create_dataset("paths", data=_encoded(failures.paths), dtype=_STR)
     sub.create_dataset("sizes", data=np.asarray(failures.sizes, dtype=np.int64))
     sub.create_dataset("mtimes", data=np.asarray(failures.mtimes, dtype=np.int64))
-    sub.create_dataset("reasons", data=np.asarray(failures.reasons, dtype=object), dtype=_STR)
+    sub.create_dataset("reasons", data=_encoded(failures.reasons), dtype=_STR)
 
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")

@@ -7,6 +7,9 @@ applied, animated files give their first frame, and JPEGs are decoded at reduced
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -35,46 +38,120 @@ class Preprocess:
                 "std": list(self.std), "interpolation": self.interpolation}
 
 
+_MAX_ASPECT = 4  # images more elongated than this are cut to their centre 4:1 part before resizing
+
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
-def load_rgb(path: str, draft_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open ``path`` as an RGB image; raise :class:`DecodeError` with a readable reason on any failure."""
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int | None):
+    """Let ``max_pixels`` (not only Pillow's own, lower, global limit) decide what is a bomb.
+
+    Pillow refuses images over ``2 * Image.MAX_IMAGE_PIXELS`` at ``open``; when the caller raises
+    the limit or disables it (None), Pillow's global is lifted for this call and our check applies.
+    (A module global: threads decoding at once with different raised limits could see each other's.)
+    """
+    old = Image.MAX_IMAGE_PIXELS
+    lift = old is not None and (max_pixels is None or max_pixels > old)
+    if lift:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        if lift:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _unidentified_reason(path: str) -> str:
+    """Why Pillow could not identify ``path``: empty, a damaged image header, text/HTML, or unknown."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        head = None
+    if head == b"":
+        return "empty file (0 bytes): not an image"
+    if head:
+        for magic, fmt in _SIGNATURES + ((b"RIFF", "WebP"),):
+            if head.startswith(magic) and (fmt != "WebP" or head[8:12] == b"WEBP"):
+                return f"corrupt {fmt} file: the header is damaged or cut short (not an image Pillow can read)"
+        text = head.lstrip().lower()
+        if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")) or b"<html" in text[:200]:
+            return "not an image: the file holds HTML/XML text (a web page saved with an image extension?)"
+        if all(32 <= c < 127 or c in b"\t\r\n" for c in head[:200]):
+            return "not an image: the file holds plain text"
+    return "not an image Pillow can read (unknown format or not an image file)"
+
+
+@contextlib.contextmanager
+def _reasons(path: str):
+    """Turn any exception raised while reading ``path`` into a :class:`DecodeError` with a readable reason.
+
+    Unexpected exceptions name their type: one strange file fails, never the whole run.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise DecodeError(
-                        f"decompression-bomb limit: {width}x{height} = {width * height} pixels is over the "
-                        f"limit of {max_pixels} (raise it with --max-pixels)")
-                if getattr(im, "is_animated", False):
-                    im.seek(0)
-                if draft_size and im.format == "JPEG":
-                    im.draft("RGB", (draft_size, draft_size))  # DCT scaling keeps both sides >= draft_size
-                im.load()
-                return to_rgb(ImageOps.exif_transpose(im))
+            yield
     except DecodeError:
         raise
     except UnidentifiedImageError:
-        raise DecodeError("not an image Pillow can read (unknown format or not an image file)") from None
+        raise DecodeError(_unidentified_reason(path)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(f"decompression-bomb limit: {exc}") from None
+        raise DecodeError(f"decompression-bomb limit: {exc} (raise it with --max-pixels)") from None
     except PermissionError:
         raise DecodeError("permission denied") from None
     except IsADirectoryError:
         raise DecodeError("is a directory, not an image file") from None
     except FileNotFoundError:
-        raise DecodeError("file not found (deleted, or a dangling symlink)") from None
+        reason = "dangling symlink" if os.path.islink(path) else "file not found (deleted while running?)"
+        raise DecodeError(reason) from None
+    except MemoryError:
+        raise DecodeError("not enough memory to decode this image (is --max-pixels disabled?)") from None
     except OSError as exc:
         text = str(exc)
         if "truncated" in text or "broken data stream" in text or "image file is" in text:
             raise DecodeError(f"truncated or corrupt image data: {text}") from None
+        if exc.errno == errno.ELOOP:
+            raise DecodeError("symlink loop") from None
         raise DecodeError(f"cannot read image: {text or type(exc).__name__}") from None
     except (ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise DecodeError(f"corrupt image: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # a Pillow plugin's unexpected error on a malformed file
+        raise DecodeError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
+
+
+def _check_size(im: Image.Image, max_pixels: int | None) -> None:
+    width, height = im.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise DecodeError(
+            f"decompression-bomb limit: {width}x{height} = {width * height} pixels is over the "
+            f"limit of {max_pixels} (raise it with --max-pixels)")
+    if width < 1 or height < 1:
+        raise DecodeError(f"corrupt image: its size is {width}x{height} pixels")
+
+
+def check_header(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Read only the header of ``path``: raise :class:`DecodeError` if it cannot be opened or is over the limit."""
+    with _reasons(path), _pillow_limit(max_pixels), Image.open(path) as im:
+        _check_size(im, max_pixels)
+
+
+def load_rgb(path: str, draft_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` as an RGB image; raise :class:`DecodeError` with a readable reason on any failure."""
+    with _reasons(path), _pillow_limit(max_pixels), Image.open(path) as im:
+        _check_size(im, max_pixels)
+        if getattr(im, "is_animated", False):
+            im.seek(0)
+        if draft_size and im.format == "JPEG":
+            im.draft("RGB", (draft_size, draft_size))  # DCT scaling keeps both sides >= draft_size
+        im.load()
+        return to_rgb(ImageOps.exif_transpose(im))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -96,6 +173,13 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def preprocess(im: Image.Image, spec: Preprocess) -> np.ndarray:
     """RGB image -> normalised float32 array (3, size, size), as ZS: shortest side resized, centre crop."""
     width, height = im.size
+    longest = _MAX_ASPECT * min(width, height)
+    if max(width, height) > longest:
+        # A very thin image (1 x 30000, say) would be resized to a huge strip only to be cropped;
+        # keep the centre part the crop can use (aspect 4:1), so memory stays ~size x 4*size.
+        left, top = (width - min(width, longest)) // 2, (height - min(height, longest)) // 2
+        im = im.crop((left, top, left + min(width, longest), top + min(height, longest)))
+        width, height = im.size
     scale = spec.size / min(width, height)
     new_w, new_h = max(spec.size, round(width * scale)), max(spec.size, round(height * scale))
     if (new_w, new_h) != (width, height):
@@ -109,4 +193,10 @@ def preprocess(im: Image.Image, spec: Preprocess) -> np.ndarray:
 
 def decode(path: str, spec: Preprocess, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Load ``path`` and preprocess it for an encoder; raises :class:`DecodeError`."""
-    return preprocess(load_rgb(path, draft_size=spec.size, max_pixels=max_pixels), spec)
+    im = load_rgb(path, draft_size=spec.size, max_pixels=max_pixels)
+    try:
+        return preprocess(im, spec)
+    except MemoryError:
+        raise DecodeError("not enough memory to resize this image") from None
+    except Exception as exc:  # as in load_rgb: one strange file must not stop the run
+        raise DecodeError(f"cannot preprocess image ({type(exc).__name__}: {exc})") from None

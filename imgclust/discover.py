@@ -7,8 +7,10 @@ the same list, whatever order they were walked in.
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,8 +54,10 @@ def _stat(path: str) -> ImageFile:
         reason = "dangling symlink" if os.path.islink(path) else "file not found"
         return ImageFile(path, None, None, error=reason)
     except OSError as exc:
-        reason = "symlink loop" if exc.errno == 40 else (exc.strerror or str(exc))
+        reason = "symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         return ImageFile(path, None, None, error=reason)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoder forever; devices are not images
+        return ImageFile(path, st.st_size, st.st_mtime_ns, error="not a regular file (a pipe, socket or device)")
     return ImageFile(path, st.st_size, st.st_mtime_ns)
 
 

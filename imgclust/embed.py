@@ -6,16 +6,18 @@ finished block of rows is journalled to ``<cache>.journal/<encoder>/`` (written 
 name, then renamed), so a killed run keeps its work; the journal is merged into the cache with
 one atomic replace at the end, or at the start of the next run.
 
-Every batch is padded to the full batch size before the forward pass: a model's output for an
-image can differ in the last bits with the batch *size* (not with the other images in the batch),
-and fixed-size batches make a resumed run bit-for-bit equal to an uninterrupted one.
+Every batch is padded to the full batch size before the forward pass (``Encoder.encode_padded``),
+which makes a resumed run bit-for-bit equal to an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sys
+import threading
 import time
 import uuid
 import zipfile
@@ -32,6 +34,7 @@ from .discover import ImageFile, discover
 from .encoders import DEFAULT_ENCODER, Encoder, create_encoder, resolve_spec
 from .errors import UsageError
 from .sources import expand_sources
+from .views import add_views
 
 Progress = Callable[[int, int], None]
 
@@ -61,6 +64,7 @@ class EmbedSummary:
     seconds: float = 0.0
     images_per_second: float = 0.0
     interrupted: bool = False
+    views_computed: int = 0  # rows whose augmented views were (re)computed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,9 +174,41 @@ def _collate(items):
     return items
 
 
-def _ignore_sigint(_worker_id: int) -> None:
+def _worker_init(_worker_id: int) -> None:
     # Ctrl-C is handled once, in the main process, which saves the finished work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the main process dies (kill -9 included);
+    otherwise an orphaned worker can linger, blocked on a queue nobody reads."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the call
+            os._exit(0)
+    except (OSError, AttributeError):
+        pass  # best effort; torch's own watchdog is the fallback
+
+
+@contextlib.contextmanager
+def _sigint_ignored_while_forking(workers: int):
+    """Start DataLoader workers with Ctrl-C ignored, so none dies of it before its init function runs
+    (a dead worker makes the DataLoader raise instead of the clean interrupt). Main thread only."""
+    previous = signal.getsignal(signal.SIGINT)
+    if not workers or previous is None or threading.current_thread() is not threading.main_thread():
+        yield  # (None: a handler installed outside Python, which could not be put back)
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def default_workers() -> int:
@@ -197,6 +233,7 @@ def embed(
     data_root: str | os.PathLike | None = None,
     split: str = "test",
     exact: bool = False,
+    views: int = 0,
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
 ) -> EmbedSummary:
@@ -215,9 +252,12 @@ def embed(
     max_pixels : the decompression-bomb limit (None disables it).
     progress : called as ``progress(done, total)`` after each batch.
     files : an already discovered list (instead of ``inputs``).
+    flush_rows, flush_seconds : finished work is journalled every ``flush_rows`` images or ``flush_seconds``
+        seconds, whichever comes first; a kill loses at most that much (CLI: ``--flush-rows``).
     data_root, split : where data-set sources are written, and which split torchvision sources use.
     exact : make the cache hold exactly these images (drop rows of other files); by default rows of
         other files that still exist are kept, so several folders can share one cache.
+    views : also store this many augmented-view embeddings per image (for ``cc``; see :mod:`imgclust.views`).
 
     Returns
     -------
@@ -283,6 +323,9 @@ def embed(
         _commit(cache, encoder, spec, journal, journal_identity, committed, summary, dim, relabel,
                 present={f.path for f in files}, exact=exact)
         journal.clear()
+        if views and not summary.interrupted and summary.images:
+            enc = enc or create_encoder(encoder, weights=weights, device=device)
+            summary.views_computed = add_views(cache, encoder, enc, views, batch_size, max_pixels, progress)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.images_per_second = round(summary.embedded / summary.seconds, 2) if summary.seconds > 0 else 0.0
     return summary
@@ -332,23 +375,22 @@ def _run(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journa
 
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(pending, enc.preprocess, max_pixels), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=_collate, worker_init_fn=_ignore_sigint if workers else None,
+        num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
         pin_memory=enc.device.startswith("cuda"))
     done, last_flush = 0, time.monotonic()
     if progress:
         progress(0, len(pending))
-    for items in loader:
+    with _sigint_ignored_while_forking(workers):
+        batches = iter(loader)  # starts the workers
+    for items in batches:
         good = [(i, array) for i, array, reason in items if array is not None]
         for i, array, reason in items:
             if array is None:
                 block.add_failure(pending[i], reason)
                 summary.failed += 1
         if good:
-            batch = np.stack([array for _, array in good])
-            if len(batch) < batch_size:  # fixed batch size -> bit-identical rows on resume (module docstring)
-                batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
-            vectors = enc.encode(batch)[: len(good)]
+            vectors = enc.encode_padded(np.stack([array for _, array in good]), batch_size)
             for (i, _), vector in zip(good, vectors):
                 block.add_row(pending[i], vector)
             summary.embedded += len(good)
@@ -414,6 +456,8 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
         write_rows(group, index, _gather(old_group, parts, rows, paths, dim), dim)
         write_failures(group, failures)
         if old_group is not None:
+            if rows_same and "views" in old_group:  # views of other rows are recomputed by add_views
+                old_group.file.copy(old_group["views"], group, name="views")
             for kind in ("reductions", "runs"):
                 if kind in old_group:
                     if rows_same:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .._json import json_safe
 from ..errors import ImgclustError
@@ -79,14 +80,31 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(json_safe(data), indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+_interrupt_reported = False
+
+
+def report_interrupt(message: str = "run the same command again to resume") -> None:
+    """Tell the user the command was interrupted and how to go on: once per invocation, even with --quiet."""
+    global _interrupt_reported
+    if not _interrupt_reported:
+        _interrupt_reported = True
+        Console(file=sys.stderr, soft_wrap=True, highlight=False).print(f"[yellow]interrupted:[/yellow] {escape(message)}")
+
+
+def reset_interrupt_report() -> None:
+    global _interrupt_reported
+    _interrupt_reported = False
+
+
 def render_error(error: ImgclustError) -> None:
     if mode().json:
         emit_json({"error": error.to_dict()})
     else:
         console = Console(file=sys.stderr, soft_wrap=True, highlight=False)
-        console.print(f"[bold red]error:[/bold red] {error.message}", markup=True)
+        # escape: a message quotes paths, and "[/]" in a file name would break rich's markup
+        console.print(f"[bold red]error:[/bold red] {escape(error.message)}", markup=True)
         if error.hint:
-            console.print(f"[dim]hint: {error.hint}[/dim]")
+            console.print(f"[dim]hint: {escape(error.hint)}[/dim]")
 
 
 @contextmanager
@@ -123,6 +141,7 @@ class ImgclustGroup(typer.core.TyperGroup):
     def invoke(self, ctx) -> Any:
         global _MODE
         _MODE = OutputMode()  # the options' eager callbacks fill it in while the command is parsed
+        reset_interrupt_report()
         try:
             return super().invoke(ctx)
         except ImgclustError as error:
@@ -131,7 +150,7 @@ class ImgclustGroup(typer.core.TyperGroup):
             render_error(error)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt:
-            Console(file=sys.stderr).print("[yellow]interrupted[/yellow]")
+            report_interrupt()
             ctx.exit(EXIT_INTERRUPTED)
         except OSError as error:  # disk full, permission denied while writing, ...
             if mode().debug:

@@ -7,19 +7,18 @@ by Ctrl-C -- finished work is saved and the same command resumes.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
-from rich.console import Console
+from rich.markup import escape
 
 from ..embed import embed as run_embed
 from ..encoders import DEFAULT_ENCODER
 from ..errors import ImgclustError
 from . import app
-from ._output import EXIT_INTERRUPTED, DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bar, stdout
+from ._output import (EXIT_INTERRUPTED, DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bar,
+                      report_interrupt, stdout)
 
 EncoderOption = Annotated[str, typer.Option("--encoder", "-e", help="Encoder name (see 'imgclust encoders'), timm:<model> or open_clip:<arch>:<tag>.")]
 CacheOption = Annotated[Path, typer.Option("--cache", "-c", help="HDF5 cache file to create or update.")]
@@ -46,6 +45,7 @@ def embed_command(
                                             "(and at least every 15 s); smaller loses less to a crash or kill, costs a little speed.")] = 512,
     data_root: DataRootOption = None,
     split: SplitOption = "test",
+    views: Annotated[int, typer.Option("--views", min=0, help="Also store N augmented-view embeddings per image (for --method cc).")] = 0,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
     """Embed every image into the cache (resumable: unchanged images are skipped, new ones appended).
@@ -61,7 +61,7 @@ def embed_command(
             summary = run_embed(paths or [], encoder=encoder, cache=cache, files_from=files_from, labels=labels,
                                 weights=weights, device=device, batch_size=batch_size, workers=workers,
                                 max_pixels=max_pixels or None, progress=update, data_root=data_root, split=split,
-                                flush_rows=flush_rows)
+                                flush_rows=flush_rows, views=views)
     except KeyboardInterrupt:  # Ctrl-C while saving: the cache is unchanged and the journal keeps the work
         _interrupted(str(cache))
     all_failed = summary.images == 0 and summary.failures_total > 0 and not summary.interrupted
@@ -71,27 +71,25 @@ def embed_command(
         emit_json(summary.to_dict())
     else:
         out = stdout()
+        where, name = escape(summary.cache), escape(summary.encoder)  # paths may hold "[...]": not markup
         if summary.embedded == 0 and summary.failed == 0 and not summary.interrupted:
-            out.print(f"nothing new to embed: {summary.images} images already in {summary.cache} ({summary.encoder})")
+            out.print(f"nothing new to embed: {summary.images} images already in {where} ({name})")
         else:
             out.print(f"embedded {summary.embedded} new ({summary.changed} changed), skipped {summary.skipped} cached, "
                       f"failed {summary.failed}, removed {summary.removed} in {summary.seconds:.1f} s "
                       f"({summary.images_per_second:.1f} images/s on {summary.device})")
-            out.print(f"cache {summary.cache}: {summary.images} images, {summary.failures_total} failures ({summary.encoder})")
+            out.print(f"cache {where}: {summary.images} images, {summary.failures_total} failures ({name})")
         if summary.failures_total:
-            note(f"[dim]list failures with: imgclust info {summary.cache} --failures[/dim]")
+            note(f"[dim]list failures with: imgclust info {where} --failures[/dim]")
         if summary.dropped_derived:
             note(f"[yellow]note:[/yellow] the images changed, so {len(summary.dropped_derived)} stored reductions/runs were dropped")
     if summary.interrupted:
         _interrupted(summary.cache)
     if all_failed:
         raise ImgclustError(f"none of the images could be read: {summary.failures_total} failures recorded in "
-                            f"{summary.cache}, no embeddings", hint="check that the paths hold images Pillow can open; "
-                            "the cache lists each failure with its reason")
+                            f"{summary.cache}, no embeddings", hint=f"see why with: imgclust info {summary.cache} --failures")
 
 
 def _interrupted(cache: str) -> None:
-    # Printed even with --quiet: the user must know the run did not finish, and how to go on.
-    Console(file=sys.stderr, soft_wrap=True, highlight=False).print(
-        f"[yellow]interrupted:[/yellow] finished work is saved in {cache}; run the same command again to resume")
+    report_interrupt(f"finished work is saved in {cache}; run the same command again to resume")
     raise typer.Exit(EXIT_INTERRUPTED)

@@ -1,0 +1,456 @@
+"""Kill ``imgclust embed`` at random moments, re-run it, and check nothing was lost or corrupted.
+
+Used by ``tests/test_faults_kill.py`` and ``benchmarks/kill_trials.py``.
+
+Each run is the real CLI entry point, ``imgclust.cli.main([...])``, in its own process. Starting a
+fresh interpreter costs ~8 s of imports here (torch, timm), so the runs are forked from a *zygote*:
+a helper process that imported imgclust, torch and timm once and forks one child per run (as
+Android's zygote or a pre-fork server). The child runs exactly what ``python -m imgclust embed ...``
+runs after its imports; it is killed from outside with SIGKILL or SIGINT like any process. Tests
+that must see the real interpreter start (the printed Ctrl-C message, exit code 130) use
+``python -m imgclust`` subprocesses instead.
+
+A *trial* is one run killed at a moment drawn from a seeded RNG, by one of these triggers:
+
+* ``time``     -- after a uniform random delay over an uninterrupted run's duration;
+* ``early``    -- within the first 0.4 s (discovery, model creation, lock held, nothing written);
+* ``journal``  -- right after the k-th journal part appears (plus a random 0-30 ms);
+* ``commit``   -- right after the cache's temporary file appears, i.e. while the journal is being
+  merged into the cache (plus a random delay over the merge's measured duration); the cache holds
+  a 16 MiB group of another encoder, copied at every merge, to widen that window;
+* ``replace``  -- the moment the cache file changes: just after the atomic replace, before the
+  journal is cleared (were the cache ever written in place, this would kill it mid-write).
+
+Each kill is followed by a re-run of the same command (which may be killed again: a chain of at
+most ``max_links`` runs, the last one left to finish). After every kill the cache must open cleanly
+and hold only rows bit-for-bit equal to the reference; after the chain, the cache must equal an
+uninterrupted run's exactly, with every unreadable file recorded once, the other encoder's data
+untouched and no journal or temporary file left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ENCODER = "timm:test_efficientnet"
+OTHER_ENCODER = "other-encoder"
+
+ZYGOTE = r"""
+import json, os, sys, traceback
+import numpy, h5py, PIL.Image, torch, timm  # the slow imports, done once
+import imgclust.cli, imgclust.embed, imgclust.encoders
+from imgclust.cli import main
+
+torch.set_num_threads(1)  # 2 shared cores: torch's 2 spinning threads run ~20x slower than 1 (see THREADS)
+
+print(json.dumps({"ready": os.getpid()}), flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    if request["op"] == "run":
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setpgid(0, 0)  # its own process group, like a shell job: Ctrl-C reaches its workers too
+                fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.environ.update(request.get("env", {}))
+                code = main(request["argv"])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                code = 99
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(json.dumps({"pid": pid}), flush=True)
+    elif request["op"] == "wait":
+        _, status = os.waitpid(request["pid"], 0)
+        print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+# Why one torch thread: this box has 2 cores shared with other jobs, where torch's default of one
+# thread per core spends most of its time spin-waiting (a batch of 4 tiny images: ~0.5 s instead of
+# 0.03 s). Results do not depend on it: the reference run is made the same way.
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class Zygote:
+    """A process that has imported imgclust/torch once and forks one child per ``imgclust`` run."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        ready = json.loads(self.proc.stdout.readline())
+        assert "ready" in ready, ready
+
+    def _ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the zygote died")
+        return json.loads(line)
+
+    def start(self, argv: list[str], log: Path, env: dict | None = None) -> int:
+        return self._ask({"op": "run", "argv": argv, "log": str(log), "env": env or {}})["pid"]
+
+    def wait(self, pid: int) -> int:
+        """The exit code of run ``pid`` (negative: killed by that signal)."""
+        return self._ask({"op": "wait", "pid": pid})["code"]
+
+    def run(self, argv: list[str], log: Path) -> int:
+        return self.wait(self.start(argv, log))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a finished child of the zygote is a zombie until it is waited for)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# -- the folder, the caches and their comparison ------------------------------------------------
+
+
+def make_folder(root: Path, n_good: int = 16) -> Path:
+    """Tiny textured images (fast to embed) and three unreadable files."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n_good):
+        array = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+        Image.fromarray(array).save(root / (f"img{i:03d}." + ("png" if i % 2 else "jpg")))
+    good = (root / "img000.jpg").read_bytes()
+    (root / "zz_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "zz_text.png").write_text("not an image\n")
+    os.symlink(root / "missing.jpg", root / "zz_dangling.jpg")
+    return root
+
+
+def seed_other_encoder(cache: Path, mib: int = 16) -> None:
+    """Give ``cache`` another encoder's group of ``mib`` MiB: every merge copies it (a wider window)."""
+    from imgclust.cache import Cache, Failures, Index, write_failures, write_rows
+
+    n, dim = mib * 1024, 256
+    data = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
+
+    def build(group, _old):
+        group.attrs.update({"encoder": OTHER_ENCODER, "architecture": "x", "weights": "y", "embedding_dim": dim,
+                            "preprocess": "{}"})
+        write_rows(group, Index(np.array([f"/elsewhere/{i:06d}.jpg" for i in range(n)], dtype=object),
+                                np.zeros(n, np.int64), np.zeros(n, np.int64), np.array([""] * n, dtype=object)),
+                   [(0, data)], dim)
+        empty = np.array([], dtype=object)
+        write_failures(group, Failures(empty, np.array([], np.int64), np.array([], np.int64), empty))
+
+    c = Cache(cache)
+    with c.writer():
+        c.rewrite(OTHER_ENCODER, build)
+
+
+@dataclass
+class Snapshot:
+    rows: dict[str, bytes]  # path -> embedding bytes
+    failures: dict[str, str]  # path -> reason
+    other: str  # digest of the other encoder's group
+    n_paths: int
+    n_failure_paths: int
+
+
+def snapshot(cache: Path) -> Snapshot:
+    """Everything in ``cache`` that the trials compare; raises if the file does not open cleanly."""
+    from imgclust.cache import Cache
+
+    c = Cache(cache)
+    encoders = c.encoders()
+    rows, failures, n_paths, n_fail = {}, {}, 0, 0
+    if ENCODER in encoders:
+        index, x = c.read_index(ENCODER), c.read_embeddings(ENCODER)
+        assert x.shape[0] == len(index), "embeddings and paths differ in length"
+        assert list(index.paths) == sorted(index.paths), "rows are not sorted by path"
+        rows = {p: x[i].tobytes() for i, p in enumerate(index.paths)}
+        f = c.read_failures(ENCODER)
+        failures = dict(zip(f.paths, f.reasons))
+        n_paths, n_fail = len(index.paths), len(f.paths)
+    digest = hashlib.sha256()
+    if OTHER_ENCODER in encoders:
+        digest.update(c.read_embeddings(OTHER_ENCODER).tobytes())
+        digest.update("\n".join(c.read_index(OTHER_ENCODER).paths).encode())
+    with h5py.File(cache, "r") as fh:  # opens cleanly with plain h5py too
+        fh.visit(lambda name: None)
+    return Snapshot(rows, failures, digest.hexdigest(), n_paths, n_fail)
+
+
+def leftovers(cache: Path) -> list[str]:
+    """A journal or temporary files next to ``cache`` (the lock file is meant to stay)."""
+    found = [str(p) for p in cache.parent.glob(f".{cache.name}.*.tmp")]
+    journal = cache.with_name(cache.name + ".journal")
+    if journal.exists():
+        found.append(str(journal))
+    return found
+
+
+def check_partial(cache: Path, ref: Snapshot) -> list[str]:
+    """After a kill: the cache is absent, or opens cleanly and every row in it equals the reference's."""
+    if not cache.exists():
+        return []
+    try:
+        snap = snapshot(cache)
+    except Exception as exc:  # noqa: BLE001 -- any failure to read is what we look for
+        return [f"the cache does not open cleanly after the kill: {type(exc).__name__}: {exc}"]
+    problems = []
+    if snap.other != ref.other:
+        problems.append("the other encoder's data changed")
+    if snap.n_paths != len(snap.rows) or snap.n_failure_paths != len(snap.failures):
+        problems.append("a path appears twice")
+    wrong = [p for p, v in snap.rows.items() if ref.rows.get(p) != v]
+    if wrong:
+        problems.append(f"{len(wrong)} rows differ from the reference or should not be there: {wrong[:3]}")
+    extra = [p for p in snap.failures if p not in ref.failures]
+    if extra:
+        problems.append(f"unexpected failures: {extra[:3]}")
+    return problems
+
+
+def check_final(cache: Path, ref: Snapshot) -> list[str]:
+    try:
+        snap = snapshot(cache)
+    except Exception as exc:  # noqa: BLE001
+        return [f"the final cache does not open cleanly: {type(exc).__name__}: {exc}"]
+    problems = []
+    if list(snap.rows) != list(ref.rows):
+        problems.append(f"paths differ from the reference: missing {sorted(set(ref.rows) - set(snap.rows))[:3]}, "
+                        f"extra {sorted(set(snap.rows) - set(ref.rows))[:3]}")
+    elif any(snap.rows[p] != ref.rows[p] for p in ref.rows):
+        problems.append("embeddings are not bit-for-bit equal to the reference")
+    if snap.failures != ref.failures or snap.n_failure_paths != len(ref.failures):
+        problems.append(f"failures differ: {snap.failures} vs {ref.failures}")
+    if snap.other != ref.other:
+        problems.append("the other encoder's data changed")
+    left = leftovers(cache)
+    if left:
+        problems.append(f"left behind: {left}")
+    return problems
+
+
+# -- the trials -----------------------------------------------------------------------------------
+
+
+def embed_argv(folder: Path, cache: Path, workers: int = 0) -> list[str]:
+    return ["embed", str(folder), "--encoder", ENCODER, "--weights", "random", "--device", "cpu", "--batch-size", "4",
+            "--workers", str(workers), "--flush-rows", "4", "--cache", str(cache), "--quiet"]
+
+
+@dataclass
+class TrialReport:
+    signal: str
+    workers: int
+    trials: int = 0  # runs that the signal actually interrupted
+    failures: int = 0  # trials after which a check found a problem
+    chains: int = 0
+    finished_before_signal: int = 0
+    triggers: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"signal": self.signal, "workers": self.workers, "trials": self.trials, "failures": self.failures,
+                "chains": self.chains, "finished_before_signal": self.finished_before_signal,
+                "triggers": dict(self.triggers), "problems": self.problems, "seconds": round(self.seconds, 1)}
+
+
+def _remove(cache: Path) -> None:
+    for path in [cache, *cache.parent.glob(cache.name + ".*"), *cache.parent.glob(f".{cache.name}.*")]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _tmp_files(cache: Path) -> set[str]:
+    return {p.name for p in cache.parent.glob(f".{cache.name}.*.tmp")}
+
+
+def _file_key(path: Path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _journal_parts(cache: Path) -> int:
+    journal = cache.with_name(cache.name + ".journal")
+    return len(list(journal.glob("*/part-*.npz"))) if journal.exists() else 0
+
+
+def _time_merge(cache: Path) -> float:
+    """Seconds to copy ``cache`` into a new HDF5 file and fsync it: about what a merge takes."""
+    tmp = cache.with_name(cache.name + ".timing")
+    t0 = time.monotonic()
+    with h5py.File(cache, "r") as src, h5py.File(tmp, "w") as out:
+        for key in src:
+            src.copy(src[key], out, name=key)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    seconds = time.monotonic() - t0
+    tmp.unlink()
+    return seconds
+
+
+def _fire_when(pid: int, cache: Path, trigger: str, rng: random.Random, full_s: float, merge_s: float) -> bool:
+    """Wait for ``trigger`` in run ``pid``; return True when it fired (the signal is to be sent now)."""
+    started = time.monotonic()
+    if trigger in ("time", "early"):
+        at = started + (rng.uniform(0, 0.4) if trigger == "early" else rng.uniform(0, full_s))
+        while time.monotonic() < at:
+            if not running(pid):
+                return False
+            time.sleep(0.002)
+        return True
+    if trigger == "journal":
+        target, extra = _journal_parts(cache) + rng.randint(1, 3), rng.uniform(0, 0.03)
+        condition = lambda: _journal_parts(cache) >= target  # noqa: E731
+    elif trigger == "commit":
+        before, extra = _tmp_files(cache), rng.uniform(0, 0.8 * merge_s)
+        condition = lambda: bool(_tmp_files(cache) - before)  # noqa: E731
+    else:  # replace: the cache file itself changes (atomically: a new inode; else written in place)
+        before, extra = _file_key(cache), 0.0
+        condition = lambda: _file_key(cache) != before  # noqa: E731
+    while running(pid):
+        if condition():
+            time.sleep(extra)
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def run_trials(workdir: Path, zygote: Zygote, n_trials: int, seed: int, sig: int = signal.SIGKILL, workers: int = 0,
+               max_links: int = 4, log=None) -> TrialReport:
+    """Interrupt ``embed`` ``n_trials`` times with ``sig`` (see the module docstring); report what broke."""
+    rng = random.Random(seed)
+    name = signal.Signals(sig).name
+    report = TrialReport(signal=name, workers=workers)
+    started = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    folder = workdir / "images"
+    if not folder.exists():
+        make_folder(folder)
+
+    reference = workdir / "reference.h5"  # an uninterrupted run
+    if not reference.exists():
+        seed_other_encoder(reference)
+        code = zygote.run(embed_argv(folder, reference, workers), workdir / "reference.log")
+        assert code == 0, (workdir / "reference.log").read_text()
+    merge_s = _time_merge(reference)
+    probe = workdir / f"probe-{name}-w{workers}-{seed}.h5"
+    _remove(probe)
+    seed_other_encoder(probe)
+    t0 = time.monotonic()
+    code = zygote.run(embed_argv(folder, probe, workers), workdir / "probe.log")
+    assert code == 0, (workdir / "probe.log").read_text()
+    full_s = time.monotonic() - t0  # the span of the 'time' trigger
+    ref = snapshot(reference)
+    if log:
+        log(f"an uninterrupted run takes {full_s:.2f} s; a merge about {merge_s:.3f} s")
+    assert len(ref.rows) >= 8 and len(ref.failures) == 3, (len(ref.rows), ref.failures)
+    triggers = ["time", "time", "journal", "commit", "replace", "early"]
+
+    chain = 0
+    while report.trials < n_trials and chain < 4 * n_trials:  # (bounded: a trigger that never fires ends it)
+        chain += 1
+        report.chains += 1
+        cache = workdir / f"{name}-w{workers}-{seed}-chain{chain:03d}.h5"
+        seed_other_encoder(cache)
+        chain_problems: list[str] = []
+        for link in range(max_links + 1):
+            trigger = None if link == max_links or report.trials >= n_trials else rng.choice(triggers)
+            logfile = cache.with_name(f"{cache.stem}-{link}.log")
+            pid = zygote.start(embed_argv(folder, cache, workers), logfile)
+            fired = trigger is not None and _fire_when(pid, cache, trigger, rng, full_s, merge_s)
+            if fired:
+                try:
+                    os.killpg(pid, sig) if sig == signal.SIGINT else os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            code = zygote.wait(pid)
+            text = logfile.read_text(errors="replace")
+            interrupted = code == -sig or (sig == signal.SIGINT and code == 130)
+            if fired and interrupted:
+                report.trials += 1
+                report.triggers[trigger] += 1
+                problems = check_partial(cache, ref)
+                if sig == signal.SIGINT and "run the same command again to resume" not in text:
+                    problems.append(f"no resume hint after Ctrl-C (exit code {code}): {text[-300:]!r}")
+                if "Traceback" in text:
+                    problems.append(f"a traceback after {name}: {text[-500:]!r}")
+                if problems:
+                    report.failures += 1
+                    chain_problems += [f"chain {chain} link {link} ({trigger}): {p}" for p in problems]
+                if log:
+                    log(f"{name} #{report.trials} chain {chain} link {link} trigger {trigger}: "
+                        f"{'OK' if not problems else problems}")
+                continue
+            if code != 0:
+                report.failures += 1
+                chain_problems.append(f"chain {chain} link {link}: exit code {code}: {text[-800:]!r}")
+                break
+            if fired or trigger is not None:
+                report.finished_before_signal += 1
+                if log:
+                    log(f"{name}: chain {chain} link {link} finished before the {trigger} trigger fired")
+            final = check_final(cache, ref)
+            if final:
+                report.failures += 1
+                chain_problems += [f"chain {chain} final: {p}" for p in final]
+            break
+        report.problems += chain_problems
+        if not chain_problems:
+            _remove(cache)  # kept when something broke, to look at
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def torch_threads(n: int = 1):
+    """Context manager: torch uses ``n`` threads inside (see THREADS), as many as before after."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def manager():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return manager()
