@@ -1,0 +1,126 @@
+"""Every clustering method on real embeddings: AMI, silhouette, clusters and seconds, as a Markdown table.
+
+Uses imgclust's own pipeline end to end: ``embed`` (effnet-lite0, ImageNet weights) into a cache per
+data set under ``benchmarks/results/``, ``reduce`` (UMAP 50: n_neighbors=30, min_dist=0, seed 0),
+``cluster`` with each method (K = the true number of classes where the method takes K), ``score``.
+Also: k-means on the raw embeddings (the floor), and the label-free choice of K (``--n-clusters auto``)
+against agglomerative with the true K.
+
+    python benchmarks/clustering_table.py                       # both shared sets, every shallow method
+    python benchmarks/clustering_table.py --methods agglomerative kmeans --sets imagenette-val
+    python benchmarks/clustering_table.py --deep --seeds 0 1 2  # the trained heads, 3 seeds each
+
+Prints the table and writes ``benchmarks/results/clustering_<deep|shallow>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import imgclust
+from imgclust.cluster import cluster
+from imgclust.clusterers import CLUSTERERS
+from imgclust.score import score
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "data"
+SHALLOW = ["agglomerative", "kmeans", "minibatch-kmeans", "spherical-kmeans", "gmm", "spectral", "hdbscan", "dbscan",
+           "meanshift", "dpmeans", "aro", "cdp", "affinity"]
+DEEP = ["temi", "icce", "scan", "unic"]
+
+
+def ensure_cache(name: str, encoder: str) -> Path:
+    cache = HERE / "results" / f"{name}-{encoder}.h5"
+    summary = imgclust.embed([DATA / name], encoder=encoder, cache=cache, labels="folder", device="cpu")
+    print(f"[{name}] {summary.images} images ({summary.embedded} embedded now, {summary.seconds:.0f} s)", flush=True)
+    return cache
+
+
+def one(cache: Path, method: str, k, seed: int = 0, reduction: str | None = None) -> dict:
+    started = time.perf_counter()
+    try:
+        run = cluster(cache, method=method, n_clusters=k, random_state=seed, reduction=reduction)
+    except imgclust.ImgclustError as error:
+        return {"method": method, "error": error.message}
+    seconds = time.perf_counter() - started
+    s = score(cache, run.run_id).scores
+    return {"method": method, "space": "raw" if run.space == "raw" else "umap50", "k": k, "seed": seed,
+            "ami": s.ami, "accuracy": s.accuracy, "silhouette": s.silhouette, "clusters": run.n_clusters,
+            "noise": run.n_noise, "seconds": round(seconds, 2), "cluster_seconds": run.seconds}
+
+
+def takes_k(method: str) -> bool:
+    return CLUSTERERS.get(method).n_clusters_mode != "unused"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=["imagenette-val", "cifar10-test"])
+    parser.add_argument("--methods", nargs="+", default=None)
+    parser.add_argument("--encoder", default="effnet-lite0")
+    parser.add_argument("--deep", action="store_true", help="the trained heads (temi, icce, scan, unic) over --seeds")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    args = parser.parse_args()
+    methods = args.methods or (DEEP if args.deep else SHALLOW)
+    rows = []
+    for name in args.sets:
+        cache = ensure_cache(name, args.encoder)
+        k_true = len({p.name for p in (DATA / name).iterdir() if p.is_dir()})
+        if not args.deep:
+            rows.append({"set": name, **one(cache, "kmeans", k_true, reduction="none"), "method": "kmeans (raw, floor)"})
+            print(rows[-1], flush=True)
+            auto = one(cache, "agglomerative", "auto")
+            rows.append({"set": name, **auto, "method": "agglomerative (K auto, no labels)"})
+            print(rows[-1], flush=True)
+        for method in methods:
+            for seed in args.seeds:
+                rows.append({"set": name, **one(cache, method, k_true if takes_k(method) else None, seed)})
+                print(rows[-1], flush=True)
+            if args.deep:  # the shallow default with the same K, as the reference
+                rows.append({"set": name, **one(cache, "agglomerative", k_true), "method": "agglomerative (reference)"})
+    kind = "deep" if args.deep else "shallow"
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / f"clustering_{kind}.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    table = markdown(rows, args.deep)
+    (HERE / "results" / f"clustering_{kind}.md").write_text(table)
+    print(table)
+
+
+def _f(value, scale=100.0, digits=1) -> str:
+    return "–" if value is None or value != value else f"{value * scale:.{digits}f}"
+
+
+def markdown(rows: list[dict], deep: bool) -> str:
+    if deep:
+        lines = ["| set | method | AMI ×100 (mean ± sd) | accuracy % (mean ± sd) | seconds (mean) | seeds |", "|---|---|---|---|---|---|"]
+        groups: dict = {}
+        for r in rows:
+            groups.setdefault((r["set"], r["method"]), []).append(r)
+        for (name, method), rs in groups.items():
+            ok = [r for r in rs if "error" not in r]
+            if not ok:
+                lines.append(f"| {name} | {method} | {rs[0]['error']} | | | |")
+                continue
+            ami = np.array([r["ami"] for r in ok]) * 100
+            acc = np.array([r["accuracy"] for r in ok]) * 100
+            lines.append(f"| {name} | {method} | {ami.mean():.1f} ± {ami.std():.1f} | {acc.mean():.1f} ± {acc.std():.1f} | "
+                         f"{np.mean([r['seconds'] for r in ok]):.1f} | {len(ok)} |")
+        return "\n".join(lines) + "\n"
+    lines = ["| set | method | space | AMI ×100 | silhouette | clusters | seconds |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['set']} | {r['method']} | | refused: {r['error']} | | | |")
+            continue
+        clusters = f"{r['clusters']}" + (f" (+{r['noise']} noise)" if r.get("noise") else "")
+        lines.append(f"| {r['set']} | {r['method']} | {r['space']} | {_f(r['ami'])} | {_f(r['silhouette'], 1, 3)} | "
+                     f"{clusters} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
