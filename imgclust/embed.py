@@ -148,6 +148,8 @@ class _Journal:
             for leftover in self.dir.iterdir():
                 leftover.unlink()
             self.dir.rmdir()
+        # Also when an earlier run was stopped between the two rmdirs and left the folder empty.
+        if self.dir.parent.exists():
             try:
                 self.dir.parent.rmdir()
             except OSError:
