@@ -27,7 +27,7 @@ import torch
 import imgclust
 from imgclust.decode import decode
 from imgclust.discover import discover
-from imgclust.embed import default_workers
+from imgclust.embed import default_workers, model_threads
 from imgclust.encoders import create_encoder
 
 
@@ -54,8 +54,9 @@ def main() -> None:
     args = parser.parse_args()
 
     files = [f for f in discover([args.folder]) if f.error is None]
-    workers = default_workers() if args.workers is None else args.workers
-    threads = torch.get_num_threads()
+    workers = default_workers(args.device) if args.workers is None else args.workers
+    threads = model_threads(workers) if args.device == "cpu" else torch.get_num_threads()
+    torch.set_num_threads(threads)  # the thread count embed uses beside its decoding workers
     encoder = create_encoder(args.encoder, device=args.device)
     fwd = forward_only(encoder, files, args.batch_size, args.forward_images or len(files))
     with tempfile.TemporaryDirectory() as tmp:

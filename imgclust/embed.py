@@ -213,9 +213,23 @@ def _sigint_ignored_while_forking(workers: int):
         signal.signal(signal.SIGINT, previous)
 
 
-def default_workers() -> int:
-    """Decoding processes: one per core beyond the model's first, at least one, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(device: str = "cpu") -> int:
+    """Decoding processes. On a GPU decoding is the bottleneck: every core but one. On a CPU the
+    model needs the cores more: a quarter of them decode (at least one, at most four)."""
+    cores = os.cpu_count() or 2
+    if device != "cpu":
+        return max(1, min(8, cores - 1))
+    return max(1, min(4, cores // 4))
+
+
+def model_threads(workers: int) -> int:
+    """Torch threads for a CPU forward pass beside ``workers`` decoding processes.
+
+    The cores are split, never oversubscribed: on 2 cores 1 thread beside 1 worker ran 3x faster
+    than torch's default of 2 threads (25-28 against 9 images/s for effnet-lite0), which spin
+    against the worker for the same cores.
+    """
+    return max(1, (os.cpu_count() or 2) - workers)
 
 
 def embed(
@@ -314,7 +328,7 @@ def embed(
                 enc = create_encoder(encoder, weights=weights, device=device)
                 summary.device = enc.device
                 _run(enc, pending, block, journal, summary, batch_size,
-                     default_workers() if workers is None else workers, max_pixels, progress, flush_rows, flush_seconds)
+                     default_workers(enc.device) if workers is None else workers, max_pixels, progress, flush_rows, flush_seconds)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -373,6 +387,21 @@ def _known_state(committed: Index | None, failures: Failures | None, parts: list
 def _run(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
          batch_size: int, workers: int, max_pixels: int | None, progress: Progress | None,
          flush_rows: int, flush_seconds: float) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    if enc.device == "cpu":
+        torch.set_num_threads(model_threads(workers))
+    try:
+        _embed_batches(enc, pending, block, journal, summary, batch_size, workers, max_pixels, progress,
+                       flush_rows, flush_seconds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _embed_batches(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
+                   batch_size: int, workers: int, max_pixels: int | None, progress: Progress | None,
+                   flush_rows: int, flush_seconds: float) -> None:
     import torch
 
     loader = torch.utils.data.DataLoader(

@@ -1,0 +1,372 @@
+"""Deep clustering heads on frozen embeddings: temi, icce, scan, unic (imgclust.clusterers._heads)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from imgclust.clusterers import CLUSTERERS, Clusterer, create_clusterer
+from imgclust.clusterers import _heads as Hd
+from imgclust.errors import NotFoundError, ParameterError, UsageError
+
+METHODS = ["temi", "icce", "scan", "unic"]
+
+# small, quick settings that still recover well-separated blobs
+FAST = {
+    "temi": dict(heads=2, epochs=12, batch_size=32),
+    "icce": dict(heads=3, epochs=12, batch_size=32, k=10, classifier_epochs=20),
+    "scan": dict(epochs=15, batch_size=32, hidden=64),
+    "unic": dict(epochs=15, batch_size=32, lr=1e-3, hidden=64),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is fastest, and on a busy shared CPU 2 spinning threads are ~15x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=300, n_features=32, centers=4, cluster_std=1.0, random_state=0)
+    order = np.random.default_rng(0).permutation(300)
+    X, y = X[order].astype(np.float32), y[order]
+    return X[:220], y[:220], X[220:], y[220:]
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    X, _, _, _ = blobs
+    return {m: create_clusterer(m, n_clusters=4, random_state=0, **FAST[m]).fit(X) for m in METHODS}
+
+
+# -- losses on hand-checkable inputs -----------------------------------------------------------
+
+
+def onehot_scores(k, idx, scale=1.0):
+    s = torch.full((k,), -scale)
+    s[idx] = scale
+    return s
+
+
+def test_temi_loss_by_hand_at_uniform_outputs():
+    K, beta = 4, 0.6
+    z = torch.zeros(1, 3, K)
+    prior = torch.full((1, K), 1.0 / K)
+    loss, per_head, mean = Hd.temi_loss(z, z, z, z, prior, beta=beta)
+    # q_s = q_t = 1/K: w = 1/K; sum_k (1/K^2)^beta / (1/K) = K^(2 - 2 beta)
+    expected = -(1.0 / K) * (2 - 2 * beta) * math.log(K)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert per_head.shape == (1,)
+    assert torch.allclose(mean, torch.full((1, K), 1.0 / K))
+
+
+def test_temi_loss_lower_when_the_pair_agrees():
+    K = 3
+    s = onehot_scores(K, 0).view(1, 1, K)
+    t_same = onehot_scores(K, 0).view(1, 1, K)
+    t_other = onehot_scores(K, 1).view(1, 1, K)
+    prior = torch.full((1, K), 1.0 / K)
+    agree = Hd.temi_loss(s, s, t_same, t_same, prior)[0]
+    disagree = Hd.temi_loss(s, s, t_same, t_other, prior)[0]
+    assert agree < disagree
+    # with the pair weight fixed (teacher agrees), the student agreeing with the teacher is better
+    s_other = onehot_scores(K, 1).view(1, 1, K)
+    assert Hd.temi_loss(s, s, t_same, t_same, prior)[0] < Hd.temi_loss(s_other, s_other, t_same, t_same, prior)[0]
+
+
+def test_temi_loss_ce_term_and_gradient():
+    K = 3
+    s = torch.randn(2, 5, K, requires_grad=True)
+    t = torch.randn(2, 5, K)
+    prior = torch.full((2, K), 1.0 / K)
+    base = Hd.temi_loss(s, s, t, t, prior)[0]
+    with_ce = Hd.temi_loss(s, s, t, t, prior, ce_weight=0.5)[0]
+    assert with_ce > base  # cross-entropy is positive
+    with_ce.backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+
+
+def test_sinkhorn_knopp_balances_the_clusters():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 5) * 3 + torch.tensor([4.0, 0, 0, 0, 0])  # cluster 0 dominates
+    Q = Hd.sinkhorn_knopp(logits, n_iters=200)
+    assert torch.allclose(Q.sum(dim=1), torch.ones(64), atol=1e-5)  # rows are distributions
+    assert torch.allclose(Q.sum(dim=0), torch.full((5,), 64 / 5), atol=1e-2)  # equal column sums
+    soft = torch.softmax(logits, dim=1).sum(dim=0)
+    Q3 = Hd.sinkhorn_knopp(logits, n_iters=3)
+    assert torch.allclose(Q3.sum(dim=1), torch.ones(64), atol=1e-5)  # ends on the samples
+    assert Q3.sum(dim=0).std() < 0.5 * soft.std()
+    # batched over heads: each head balanced separately
+    Qh = Hd.sinkhorn_knopp(torch.stack([logits, -logits]), n_iters=200)
+    assert torch.allclose(Qh.sum(dim=1), torch.full((2, 5), 64 / 5), atol=1e-2)
+
+
+def test_multihead_select_is_one_of_the_heads():
+    torch.manual_seed(0)
+    for bn in (False, True):
+        m = Hd._nn().MultiHead(3, 12, 4, hidden=16, bottleneck=8, input_bn=bn).eval()
+        x = torch.randn(5, 12)
+        with torch.no_grad():
+            full = m(x)
+            for h in range(3):
+                assert torch.allclose(m.select(h).eval()(x)[0], full[h], atol=1e-6)
+        assert full.abs().max() <= 1 + 1e-6  # cosine scores
+
+
+def test_scan_loss():
+    K = 4
+    a = torch.stack([onehot_scores(K, i % K, 5.0) for i in range(8)])
+    same = Hd.scan_loss(a, a, entropy_weight=0.0)[0]
+    shifted = Hd.scan_loss(a, a.roll(1, dims=1), entropy_weight=0.0)[0]
+    assert same < shifted
+    _, _, entropy = Hd.scan_loss(a, a)
+    assert entropy.item() == pytest.approx(math.log(K), rel=1e-3)  # balanced batch
+    collapsed = torch.stack([onehot_scores(K, 0, 5.0)] * 8)
+    assert Hd.scan_loss(collapsed, collapsed)[0] > Hd.scan_loss(a, a)[0]
+
+
+def test_unic_loss():
+    K = 4
+    a = torch.stack([onehot_scores(K, i % K, 5.0) for i in range(8)])
+    other = a.roll(1, dims=1)
+    good = Hd.unic_loss(a, a, other)[0]  # positives agree, negatives disagree
+    bad = Hd.unic_loss(a, other, a)[0]
+    assert good < bad
+
+
+# -- neighbours ----------------------------------------------------------------------------------
+
+
+def test_topk_excludes_self_and_sorts():
+    Z = Hd.neighbour_space(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32), center=False)
+    idx, sim = Hd.topk_neighbours(Z, 2)
+    assert idx[:, 0].tolist() == [1, 0, 3, 2]
+    assert (idx != np.arange(4)[:, None]).all()
+    assert (np.diff(sim, axis=1) <= 0).all()
+    Z = Hd.neighbour_space(np.random.default_rng(0).normal(size=(50, 6)))
+    _, sim = Hd.topk_neighbours(Z, 7)
+    assert np.allclose(Hd.kth_similarity(Z, 7, chunk=16), sim[:, -1])
+
+
+def test_adaptive_neighbours_threshold_with_floor_and_cap():
+    # 0-5 are one tight group, 6 and 7 far away: group members get all 5 partners (>= threshold),
+    # the outliers get only the floor k=2
+    rng = np.random.default_rng(0)
+    group = np.array([1.0, 0, 0]) + 0.01 * rng.normal(size=(6, 3))
+    out = np.array([[0, 1.0, 0], [0, 0, 1.0]])
+    Z = Hd.neighbour_space(np.vstack([group, out]).astype(np.float32), center=False)
+    indptr, indices = Hd.adaptive_neighbours(Z, k=2, threshold=0.9, max_neighbours=7)
+    counts = np.diff(indptr)
+    assert counts.tolist() == [5, 5, 5, 5, 5, 5, 2, 2]
+    assert set(indices[indptr[0] : indptr[1]]) == {1, 2, 3, 4, 5}
+    indptr, _ = Hd.adaptive_neighbours(Z, k=2, threshold=0.9, max_neighbours=3)
+    assert np.diff(indptr).tolist() == [3] * 6 + [2, 2]
+    sampler = Hd.NeighbourSampler(*Hd.adaptive_neighbours(Z, k=2, threshold=0.9, max_neighbours=7))
+    draws = sampler.sample(np.zeros(500, dtype=np.int64), np.random.default_rng(0))
+    assert set(draws) == {1, 2, 3, 4, 5}
+
+
+def test_unic_cleaning_drops_a_sample_with_a_spread_out_second_order_neighbourhood():
+    # tau1 = 2. Samples 0,1,2 are a closed triangle: the union of their positives' positives is {0,1,2}.
+    # Sample 3's positives 4 and 5 point to {0,1} and {2,6}: the union has 4 members > eta = 3.
+    # Samples 4, 5, 6 reach at most 3 (e.g. 5: P(2) | P(6) = {0,1}).
+    pos = np.array([[1, 2], [0, 2], [0, 1], [4, 5], [0, 1], [2, 6], [0, 1]])
+    noisy = Hd.second_order_clean(pos, eta=3)
+    assert noisy.tolist() == [False, False, False, True, False, False, False]
+    assert not Hd.second_order_clean(pos, eta=4).any()
+    assert Hd.second_order_clean(pos, eta=3, chunk=2).tolist() == noisy.tolist()
+
+
+def test_unic_scaled_defaults():
+    c = create_clusterer("unic", n_clusters=10)
+    assert c._resolved(50_000) == (10, 10_000, 70)  # UNIC's CIFAR-10 values
+    assert c._resolved(300) == (10, 60, 70)
+    c = create_clusterer("unic", n_clusters=2, tau1=50)
+    assert c._resolved(100) == (50, 98, 1750)
+
+
+def test_auto_momentum():
+    assert Hd.auto_momentum(100_000) == pytest.approx(0.996)
+    assert Hd.auto_momentum(2000) == pytest.approx(0.99)
+    assert 0 <= Hd.auto_momentum(5) < 0.996
+
+
+# -- end to end on blobs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_recovers_blobs(method, fitted, blobs):
+    _, y, _, _ = blobs
+    c = fitted[method]
+    assert c.labels_.dtype == np.int64 and c.labels_.shape == y.shape
+    assert adjusted_rand_score(y, c.labels_) >= 0.9
+    assert c.n_clusters_ == 4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_predict_puts_held_out_points_in_their_blob(method, fitted, blobs):
+    X, y, Xh, yh = blobs
+    c = fitted[method]
+    assert np.array_equal(c.predict(X), c.labels_)
+    pred = c.predict(Xh)
+    # same cluster id as the training points of the same blob
+    blob_to_cluster = {b: np.bincount(c.labels_[y == b]).argmax() for b in range(4)}
+    agree = np.mean([pred[i] == blob_to_cluster[yh[i]] for i in range(len(yh))])
+    assert agree >= 0.95
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_state_round_trip(method, fitted, blobs):
+    _, _, Xh, _ = blobs
+    c = fitted[method]
+    state = c.state()
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    assert state["__config__"].dtype == np.uint8
+    for rebuilt in (Clusterer.from_state(state), type(c).from_state(state)):
+        assert type(rebuilt) is type(c)
+        assert rebuilt.get_params() == c.get_params()
+        assert np.array_equal(rebuilt.predict(Xh), c.predict(Xh))
+    other = "scan" if method != "scan" else "temi"
+    with pytest.raises(UsageError, match="belongs to"):
+        CLUSTERERS.get(other).from_state(state)
+    with pytest.raises(UsageError, match="trained on 32-d"):
+        c.predict(Xh[:, :16])
+    broken = {k: v for k, v in state.items() if not k.startswith(("head.", "classifier."))}
+    with pytest.raises(UsageError, match="incomplete"):
+        Clusterer.from_state(broken)
+
+
+def test_icce_consensus_and_classifier(fitted, blobs):
+    _, y, _, _ = blobs
+    c = fitted["icce"]
+    assert c.head_labels_.shape == (3, 220)
+    mean_head = np.mean([adjusted_rand_score(y, h) for h in c.head_labels_])
+    assert adjusted_rand_score(y, c.consensus_labels_) >= mean_head - 1e-9
+    assert np.array_equal(c.labels_, c.classifier_labels_)
+    assert set(c.consensus_scores_) == {"hbgf", "mcla", "coassoc"}
+    assert (c.neighbour_counts_ >= 10).all()
+    assert c.agreement_.shape == (220,) and 0 < c.classifier_train_fraction_ <= 1
+
+
+def test_icce_classifier_trains_on_confident_samples():
+    c = create_clusterer("icce", n_clusters=3, confidence=0.75)
+    cons = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    agree = np.array([1, 0.5, 1, 1, 1, 0.75, 0.5, 0.5, 1])
+    # cluster 2 has one confident sample only: it keeps all three
+    assert c._confident(cons, agree).tolist() == [0, 2, 3, 4, 5, 6, 7, 8]
+    assert create_clusterer("icce", n_clusters=3, confidence=0)._confident(cons, agree).size == 9
+
+
+def test_temi_keeps_the_lowest_loss_head(fitted):
+    c = fitted["temi"]
+    assert c.best_head_ == int(np.argmin(c.head_losses_))
+    assert np.array_equal(c.labels_, c.head_labels_[c.best_head_])
+
+
+@pytest.mark.parametrize("method", ["temi", "scan", "unic"])
+def test_deterministic_for_a_seed(method, blobs):
+    X = blobs[0][:120]
+    kw = dict(FAST[method], epochs=3)
+    a = create_clusterer(method, n_clusters=4, random_state=3, **kw).fit(X)
+    b = create_clusterer(method, n_clusters=4, random_state=3, **kw).fit(X)
+    assert np.array_equal(a.labels_, b.labels_)
+    sa, sb = a.state(), b.state()
+    assert all(np.array_equal(sa[k], sb[k]) for k in sa)
+    c = create_clusterer(method, n_clusters=4, random_state=4, **kw).fit(X)
+    sc = c.state()
+    assert any(not np.array_equal(sa[k], sc[k]) for k in sa if sa[k].dtype.kind == "f")
+
+
+def test_training_leaves_the_global_rng_alone_and_reports_epochs(blobs):
+    X = blobs[0][:100]
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    c = create_clusterer("scan", n_clusters=4, epochs=4, batch_size=32, hidden=16)
+    seen = []
+    c.on_epoch = lambda epoch, loss: seen.append((epoch, loss))
+    c.fit(X)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert [e for e, _ in seen] == [1, 2, 3, 4] and all(math.isfinite(v) for _, v in seen)
+    assert torch.are_deterministic_algorithms_enabled() is False
+
+
+# -- parameters and registry ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_registry_entry(method):
+    cls = CLUSTERERS.get(method)
+    assert cls.n_clusters_mode == "required" and cls.input_space == "raw"
+    assert cls.supports_predict and not cls.needs_views
+    with pytest.raises(UsageError, match="needs the number of clusters"):
+        create_clusterer(method)
+
+
+@pytest.mark.parametrize(
+    "method, params, match",
+    [
+        ("temi", {"heads": 0}, "'heads' parameter of TemiClusterer"),
+        ("temi", {"beta": 1.5}, "'beta'"),
+        ("temi", {"lr": 0}, "'lr'"),
+        ("temi", {"device": "tpu"}, "'device'"),
+        ("icce", {"ensemble": "metis"}, "'ensemble'"),
+        ("icce", {"labels_from": "teacher"}, "'labels_from'"),
+        ("icce", {"confidence": 1.5}, "'confidence'"),
+        ("icce", {"k": 60, "max_neighbours": 50}, "'max_neighbours'"),
+        ("scan", {"entropy_weight": -1}, "'entropy_weight'"),
+        ("unic", {"tau1": 0}, "'tau1'"),
+        ("unic", {"epochs": "many"}, "'epochs'"),
+    ],
+)
+def test_parameter_validation(method, params, match):
+    with pytest.raises(ParameterError, match=match):
+        create_clusterer(method, n_clusters=3, **params)
+
+
+def test_parameters_from_strings_and_unknown_names():
+    c = create_clusterer("icce", n_clusters=3, heads="5", epochs="None", center="false")
+    assert (c.heads, c.epochs, c.center) == (5, None, False)
+    with pytest.raises(ParameterError, match="no parameter 'head'"):
+        create_clusterer("temi", n_clusters=3, head=2)
+    with pytest.raises(NotFoundError):
+        create_clusterer("tem", n_clusters=3)
+
+
+def test_data_checks(blobs):
+    X = blobs[0]
+    with pytest.raises(UsageError, match="n_samples=5 should be >= n_clusters=6"):
+        create_clusterer("scan", n_clusters=6).fit(X[:5])
+    with pytest.raises(UsageError, match="not fitted"):
+        create_clusterer("scan", n_clusters=2).predict(X)
+    with pytest.raises(UsageError, match="NaN"):
+        bad = X.copy()
+        bad[3, 0] = np.nan
+        create_clusterer("temi", n_clusters=2).fit(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            create_clusterer("scan", n_clusters=2, device="cuda").fit(X)
+
+
+def test_k_larger_than_the_data_is_clipped_with_a_warning(blobs):
+    X = blobs[0][:40]
+    with pytest.warns(UserWarning, match="k=50 is more than n_samples-1=39"):
+        create_clusterer("scan", n_clusters=2, k=50, epochs=1, hidden=8).fit(X)
+
+
+def test_methods_without_a_predictor_refuse_state():
+    if "kmeans" not in CLUSTERERS:
+        pytest.skip("kmeans not registered")
+    c = create_clusterer("kmeans", n_clusters=2)
+    if c.supports_predict:
+        pytest.skip("kmeans learns a predictor")
+    with pytest.raises(UsageError, match="cannot assign new samples"):
+        c.state()
