@@ -58,19 +58,24 @@ def main() -> None:
     threads = model_threads(workers) if args.device == "cpu" else torch.get_num_threads()
     torch.set_num_threads(threads)  # the thread count embed uses beside its decoding workers
     encoder = create_encoder(args.encoder, device=args.device)
-    fwd = forward_only(encoder, files, args.batch_size, args.forward_images or len(files))
+    n_forward = args.forward_images or len(files)
+    # Forward-only before and after the end-to-end run, averaged, so drifting machine load hits both sides.
+    fwd_before = forward_only(encoder, files, args.batch_size, n_forward)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         summary = imgclust.embed([args.folder], encoder=args.encoder, cache=Path(tmp) / "bench.h5", device=args.device,
                                  batch_size=args.batch_size, workers=workers)
         wall = time.perf_counter() - started
     e2e = summary.embedded / wall
+    fwd_after = forward_only(encoder, files, args.batch_size, n_forward)
+    fwd = (fwd_before + fwd_after) / 2
     result = {
         "folder": os.path.abspath(args.folder), "images": summary.embedded, "encoder": args.encoder,
         "device": args.device, "batch_size": args.batch_size, "torch_threads": threads, "decode_workers": workers,
-        "forward_only_images_per_s": round(fwd, 2), "end_to_end_images_per_s": round(e2e, 2),
+        "forward_only_images_per_s": round(fwd, 2), "forward_only_before": round(fwd_before, 2),
+        "forward_only_after": round(fwd_after, 2), "end_to_end_images_per_s": round(e2e, 2),
         "end_to_end_seconds": round(wall, 2), "ratio": round(e2e / fwd, 3),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 2), "torch": torch.__version__, "python": platform.python_version(),
     }
     for key, value in result.items():
         print(f"{key:28s} {value}")
