@@ -55,7 +55,7 @@ def main() -> None:
 
     files = [f for f in discover([args.folder]) if f.error is None]
     workers = default_workers(args.device) if args.workers is None else args.workers
-    threads = model_threads(workers) if args.device == "cpu" else torch.get_num_threads()
+    threads = model_threads() if args.device == "cpu" else torch.get_num_threads()
     torch.set_num_threads(threads)  # the thread count embed uses beside its decoding workers
     encoder = create_encoder(args.encoder, device=args.device)
     n_forward = args.forward_images or len(files)

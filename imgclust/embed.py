@@ -222,14 +222,16 @@ def default_workers(device: str = "cpu") -> int:
     return max(1, min(4, cores // 4))
 
 
-def model_threads(workers: int) -> int:
-    """Torch threads for a CPU forward pass beside ``workers`` decoding processes.
+def model_threads() -> int:
+    """Torch threads for a CPU forward pass: the cores the default decoding workers leave free.
 
     The cores are split, never oversubscribed: on 2 cores 1 thread beside 1 worker ran 3x faster
     than torch's default of 2 threads (25-28 against 9 images/s for effnet-lite0), which spin
-    against the worker for the same cores.
+    against the worker for the same cores. The count depends only on the machine, not on
+    ``--workers``: the last bits of a model's output can depend on the thread count, and a resumed
+    run must give the same bits whatever ``--workers`` it was given.
     """
-    return max(1, (os.cpu_count() or 2) - workers)
+    return max(1, (os.cpu_count() or 2) - default_workers("cpu"))
 
 
 def embed(
@@ -391,7 +393,7 @@ def _run(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journa
 
     threads = torch.get_num_threads()
     if enc.device == "cpu":
-        torch.set_num_threads(model_threads(workers))
+        torch.set_num_threads(model_threads())
     try:
         _embed_batches(enc, pending, block, journal, summary, batch_size, workers, max_pixels, progress,
                        flush_rows, flush_seconds)

@@ -829,7 +829,9 @@ class ScanClusterer(_MLPMethod):
     ``entropy_weight`` times the entropy of the batch-mean prediction. The head is an MLP
     (``hidden`` units, BatchNorm, ReLU; ``hidden=0`` = SCAN's linear head) on standardised
     embeddings; with several ``heads`` the one with the lowest final loss is kept (as SCAN does).
-    SCAN's self-labelling step and backbone fine-tuning are not run.
+    SCAN's self-labelling step and backbone fine-tuning are not run. SCAN's Adam lr was 1e-4 with
+    a fine-tuned backbone; the default here is 1e-3 for a freshly initialised head trained for a few
+    thousand steps (measured: Imagenette effnet-lite0 AMI 92.9; other values not tuned).
     """
 
     name = "scan"
