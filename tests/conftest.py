@@ -56,3 +56,24 @@ def chdir_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is fastest, and on a busy shared CPU 2 spinning threads are ~15x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    """The fork server of the kill harness (tests/killing.py), shared by a module's tests."""
+    from .killing import Zygote
+
+    z = Zygote()
+    yield z
+    z.close()

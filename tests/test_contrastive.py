@@ -17,19 +17,13 @@ from imgclust.errors import ParameterError, UsageError
 FAST = dict(epochs=25, batch_size=32, lr=1e-3, hidden=64)
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def with_views(X: np.ndarray, n_views: int, noise: float, seed: int = 0) -> np.ndarray:
     """Stand-in for embeddings of augmented crops: the embedding plus Gaussian noise."""
     rng = np.random.default_rng(seed)
     return (X[:, None, :] + rng.normal(0.0, noise, (X.shape[0], n_views, X.shape[1]))).astype(np.float32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one thread is fastest, and on a busy shared CPU 2 spinning threads are ~15x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

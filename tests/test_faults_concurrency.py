@@ -19,16 +19,9 @@ import pytest
 
 from imgclust.cache import Cache, Failures, Index, write_failures, write_rows
 
-from .killing import THREADS, Zygote, check_final, embed_argv, make_folder, running, snapshot
+from .killing import THREADS, check_final, embed_argv, make_folder, running, snapshot
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the harness reads /proc and forks")
-
-
-@pytest.fixture(scope="module")
-def zygote():
-    z = Zygote()
-    yield z
-    z.close()
 
 
 @pytest.fixture(scope="module")

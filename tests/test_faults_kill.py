@@ -19,17 +19,10 @@ import pytest
 
 from imgclust.cache import Cache
 
-from .killing import (THREADS, Zygote, check_final, check_partial, embed_argv, make_folder, running, seed_other_encoder,
+from .killing import (THREADS, check_final, check_partial, embed_argv, make_folder, running, seed_other_encoder,
                       snapshot, run_trials)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the harness reads /proc and forks")
-
-
-@pytest.fixture(scope="module")
-def zygote():
-    z = Zygote()
-    yield z
-    z.close()
 
 
 @pytest.fixture(scope="module")
