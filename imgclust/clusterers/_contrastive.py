@@ -31,9 +31,7 @@ from ._heads import (
     _p_epochs,
     _standardise_stats,
     _TrainedHead,
-    load_module_state,
     lr_at,
-    module_state,
     resolve_device,
     seeded_torch,
 )
@@ -118,6 +116,8 @@ class ContrastiveClusterer(_TrainedHead):
         P_DEVICE,
     )
 
+    _state_prefix = "net."
+
     def _auto_epochs(self, n: int) -> int:
         return int(np.clip(round(200_000 / max(n, 1)), 30, 200))
 
@@ -168,27 +168,12 @@ class ContrastiveClusterer(_TrainedHead):
                     epoch_loss += float(loss.detach())
                     step += 1
                 self._report_epoch(epoch, epoch_loss / steps)
-            model.eval()
-            labels = self._scores(model, Xt).argmax(dim=-1).cpu().numpy()
+            self._model = model.eval()
+            labels = self._scores(Xt).argmax(dim=-1).cpu().numpy()
         self._model = model.cpu()
         return labels
 
-    def _scores(self, model, Xt):
+    def _scores(self, Xt):
         torch = _net_class().torch
         with torch.no_grad():
-            return torch.cat([model.assign(Xt[i : i + self._predict_batch])[0] for i in range(0, Xt.shape[0], self._predict_batch)])
-
-    def _state(self):
-        return {"input_mean": self._mean, "input_std": self._std, **module_state(self._model, "net.")}
-
-    def _load_state(self, state):
-        self._mean = np.asarray(state["input_mean"], dtype=np.float32)
-        self._std = np.asarray(state["input_std"], dtype=np.float32)
-        self._model = self._make_model(self._mean.shape[0]).eval()
-        load_module_state(self._model, state, "net.")
-
-    def _predict(self, X):
-        self._check_dim(X, self._mean.shape[0])
-        torch = _net_class().torch
-        Xt = torch.as_tensor((X - self._mean) / self._std, dtype=torch.float32)
-        return self._scores(self._model, Xt).argmax(dim=-1).numpy()
+            return torch.cat([self._model.assign(Xt[i : i + self._predict_batch])[0] for i in range(0, Xt.shape[0], self._predict_batch)])

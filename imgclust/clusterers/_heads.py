@@ -432,13 +432,41 @@ def _standardise_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _TrainedHead(Clusterer):
-    """Shared plumbing of the trained heads: device, seeding, epochs, predictor state."""
+    """Shared plumbing of the trained heads: device, seeding, epochs, predictor state.
+
+    The predictor behind ``predict`` is ``self._model`` (built by ``_make_model(dim)``, stored under
+    ``_state_prefix``) applied to embeddings standardised with the training set's statistics;
+    ``_scores`` reads (N, K) cluster scores off its output.
+    """
 
     n_clusters_mode = "required"
     input_space = "raw"
     supports_predict = True
 
     _predict_batch = 8192
+    _state_prefix = "head."
+    _head = 0  # which head of a multi-head model predicts
+
+    def _make_model(self, dim: int):  # overridden
+        raise NotImplementedError
+
+    def _scores(self, Xt):
+        return self._chunked_logits(self._model, Xt, self._predict_batch)[self._head]
+
+    def _state(self):
+        return {"input_mean": self._mean, "input_std": self._std, **module_state(self._model, self._state_prefix)}
+
+    def _load_state(self, state):
+        self._mean = np.asarray(state["input_mean"], dtype=np.float32)
+        self._std = np.asarray(state["input_std"], dtype=np.float32)
+        self._model = self._make_model(self._mean.shape[0]).eval()
+        load_module_state(self._model, state, self._state_prefix)
+
+    def _predict(self, X):
+        self._check_dim(X, self._mean.shape[0])
+        torch = _nn().torch
+        Xt = torch.as_tensor((X - self._mean) / self._std, dtype=torch.float32)
+        return self._scores(Xt).argmax(dim=-1).numpy()
 
     def _auto_epochs(self, n: int) -> int:  # overridden
         return 100
@@ -611,20 +639,8 @@ class TemiClusterer(_TemiBase):
         self._mean, self._std = mean, std
         return self.head_labels_[self.best_head_]
 
-    def _state(self):
-        return {"input_mean": self._mean, "input_std": self._std, **module_state(self._model, "head.")}
-
-    def _load_state(self, state):
-        self._mean = np.asarray(state["input_mean"], dtype=np.float32)
-        self._std = np.asarray(state["input_std"], dtype=np.float32)
-        self._model = _nn().MultiHead(1, self._mean.shape[0], self.n_clusters).eval()
-        load_module_state(self._model, state, "head.")
-
-    def _predict(self, X):
-        self._check_dim(X, self._mean.shape[0])
-        torch = _nn().torch
-        Xt = torch.as_tensor((X - self._mean) / self._std, dtype=torch.float32)
-        return self._chunked_logits(self._model, Xt, self._predict_batch)[0].argmax(dim=-1).numpy()
+    def _make_model(self, dim: int):  # the best head alone
+        return _nn().MultiHead(1, dim, self.n_clusters)
 
 
 @register_clusterer
@@ -710,13 +726,13 @@ class IcceClusterer(_TemiBase):
             mean, std = _standardise_stats(X)
             Xs = torch.as_tensor((X - mean) / std, dtype=torch.float32, device=device)
             rows = torch.as_tensor(train, device=device)
-            self._classifier = _train_linear(
+            self._model = _train_linear(
                 Xs[rows], cons[train], self.n_clusters, self.classifier_epochs, self._batch_size(train.size), rng, device,
                 weight_decay=1e-2,
             )
             self._mean, self._std = mean, std
-            self.classifier_labels_ = self._chunked_logits(self._classifier, Xs, self._predict_batch).argmax(-1).cpu().numpy()
-        self._classifier = self._classifier.cpu().eval()
+            self.classifier_labels_ = self._scores(Xs).argmax(-1).cpu().numpy()
+        self._model = self._model.cpu().eval()
         return self.classifier_labels_ if self.labels_from == "classifier" else cons
 
     def _confident(self, cons: np.ndarray, agree: np.ndarray) -> np.ndarray:
@@ -729,20 +745,13 @@ class IcceClusterer(_TemiBase):
                 keep |= members
         return np.flatnonzero(keep)
 
-    def _state(self):
-        return {"input_mean": self._mean, "input_std": self._std, **module_state(self._classifier, "classifier.")}
+    _state_prefix = "classifier."
 
-    def _load_state(self, state):
-        self._mean = np.asarray(state["input_mean"], dtype=np.float32)
-        self._std = np.asarray(state["input_std"], dtype=np.float32)
-        self._classifier = _nn().nn.Linear(self._mean.shape[0], self.n_clusters).eval()
-        load_module_state(self._classifier, state, "classifier.")
+    def _make_model(self, dim: int):  # the self-trained linear classifier
+        return _nn().nn.Linear(dim, self.n_clusters)
 
-    def _predict(self, X):
-        self._check_dim(X, self._mean.shape[0])
-        torch = _nn().torch
-        Xt = torch.as_tensor((X - self._mean) / self._std, dtype=torch.float32)
-        return self._chunked_logits(self._classifier, Xt, self._predict_batch).argmax(dim=-1).numpy()
+    def _scores(self, Xt):
+        return self._chunked_logits(self._model, Xt, self._predict_batch)
 
 
 def _train_linear(Xs, y: np.ndarray, n_classes: int, epochs: int, batch_size: int, rng, device, lr=1e-3, weight_decay=1e-4):
@@ -793,32 +802,17 @@ class _MLPMethod(_TrainedHead):
         return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _finish(self, model, Xt, head: int = 0) -> np.ndarray:
-        model.eval()
-        labels = self._chunked_logits(model, Xt, self._predict_batch)[head].argmax(dim=-1).cpu().numpy()
+        self._model, self._head = model.eval(), head
+        labels = self._scores(Xt).argmax(dim=-1).cpu().numpy()
         self._model = model.cpu()
-        self._head = head
         return labels
 
     def _state(self):
-        return {
-            "input_mean": self._mean,
-            "input_std": self._std,
-            "head_index": np.array([self._head], dtype=np.int64),
-            **module_state(self._model, "head."),
-        }
+        return {**super()._state(), "head_index": np.array([self._head], dtype=np.int64)}
 
     def _load_state(self, state):
-        self._mean = np.asarray(state["input_mean"], dtype=np.float32)
-        self._std = np.asarray(state["input_std"], dtype=np.float32)
         self._head = int(np.asarray(state["head_index"]).ravel()[0])
-        self._model = self._make_model(self._mean.shape[0]).eval()
-        load_module_state(self._model, state, "head.")
-
-    def _predict(self, X):
-        self._check_dim(X, self._mean.shape[0])
-        torch = _nn().torch
-        Xt = torch.as_tensor((X - self._mean) / self._std, dtype=torch.float32)
-        return self._chunked_logits(self._model, Xt, self._predict_batch)[self._head].argmax(dim=-1).numpy()
+        super()._load_state(state)
 
 
 @register_clusterer
