@@ -9,10 +9,11 @@ its tree at ZS's per-encoder distance threshold).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -44,10 +45,12 @@ class ClusterRun:
     seconds: float
     labels: np.ndarray = field(repr=False)
     selection: dict | None = None  # the label-free sweep when n_clusters="auto"
+    # The fitted clusterer, for its extra attributes (e.g. icce's ``head_labels_``); None for loaded runs.
+    estimator: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self, include_labels: bool = False) -> dict:
-        out = asdict(self)
-        out.pop("labels")
+        # Not asdict(): it would deep-copy the estimator and the labels only to drop them.
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ("labels", "estimator")}
         if include_labels:
             out["labels"] = self.labels.tolist()
         return out
@@ -148,7 +151,7 @@ def cluster(
     run = ClusterRun(
         run_id="", encoder=encoder, method=method, params=_jsonable(clusterer.get_params()),
         n_clusters=clusterer.n_clusters_, n_clusters_requested=n_clusters, space=space, n_samples=len(labels),
-        n_noise=int((labels < 0).sum()), seconds=seconds, labels=labels, selection=selection)
+        n_noise=int((labels < 0).sum()), seconds=seconds, labels=labels, selection=selection, estimator=clusterer)
     if store:
         run.run_id = _store(cache_obj, run, clusterer)
     return run

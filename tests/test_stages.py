@@ -67,6 +67,14 @@ def test_cluster_without_k_uses_the_threshold_path(cache):
     assert adjusted_rand_score(truth(cache), run.labels) > 0.9
 
 
+def test_run_keeps_its_fitted_estimator_but_not_in_its_dict(cache):
+    run = cluster(cache.path, method="kmeans", n_clusters=4, store=False)
+    assert np.array_equal(run.estimator.labels_, run.labels)
+    assert "estimator" not in run.to_dict() and "labels" in run.to_dict(include_labels=True)
+    assert cluster(cache.path, method="kmeans", n_clusters=4).to_dict()["run_id"] == "run-1"
+    assert load_run(cache.path).estimator is None
+
+
 def test_cluster_is_deterministic(cache):
     a = cluster(cache.path, method="kmeans", n_clusters=4, random_state=3, store=False)
     b = cluster(cache.path, method="kmeans", n_clusters=4, random_state=3, store=False)
