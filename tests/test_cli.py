@@ -90,7 +90,10 @@ def test_subprocess_exit_codes_and_streams(cache, tmp_path):
     usage = subprocess.run([sys.executable, "-m", "imgclust", "score", str(tmp_path / "none.h5")], capture_output=True, text=True)
     assert usage.returncode == 2 and usage.stdout == "" and usage.stderr.startswith("error: cache not found")
     bad_option = subprocess.run([sys.executable, "-m", "imgclust", "embed", "--no-such-option"], capture_output=True, text=True)
-    assert bad_option.returncode == 2
+    assert bad_option.returncode == 2 and bad_option.stdout == "" and "No such option: --no-such-option" in bad_option.stderr
+    bad_json = subprocess.run([sys.executable, "-m", "imgclust", "embed", "--no-such-option", "--json"], capture_output=True, text=True)
+    assert bad_json.returncode == 2 and json.loads(bad_json.stdout)["error"] == {
+        "code": "usage", "message": "No such option: --no-such-option", "hint": "see 'imgclust embed --help'"}
     debug = subprocess.run([sys.executable, "-m", "imgclust", "score", str(tmp_path / "none.h5"), "--debug"],
                            capture_output=True, text=True)
     assert debug.returncode == 2 and "Traceback" in debug.stderr

@@ -10,7 +10,7 @@ import sys
 import typer
 
 from .. import __version__
-from ._output import EXIT_INTERRUPTED, EXIT_USAGE, ImgclustGroup, report_interrupt, reset_interrupt_report
+from ._output import EXIT_INTERRUPTED, EXIT_USAGE, ImgclustGroup, emit_json, report_interrupt, reset_interrupt_report
 
 app = typer.Typer(
     name="imgclust",
@@ -50,13 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.TyperException as exc:  # click-style usage errors: unknown option, bad value, ...
-        exc.show()
+        # Parsing may stop before --json's callback runs, so look for the flag on the command line itself.
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            emit_json({"error": {"code": "usage", "message": exc.format_message(), "hint": _usage_hint(exc)}})
+        else:
+            exc.show()
         return exc.exit_code if exc.exit_code else EXIT_USAGE
     except (typer.Abort, KeyboardInterrupt):  # Ctrl-C while the command line is still being built or parsed
         code = EXIT_INTERRUPTED
     if code == EXIT_INTERRUPTED:
         report_interrupt()  # typer turns Ctrl-C during parsing into a silent exit 130; say it, once
     return code if isinstance(code, int) else 0
+
+
+def _usage_hint(exc: typer.TyperException) -> str | None:
+    ctx = getattr(exc, "ctx", None)
+    return f"see '{ctx.command_path} --help'" if ctx is not None else None
 
 
 def run() -> None:
