@@ -162,6 +162,15 @@ def test_out_of_range_values_are_refused(name, params):
     assert f"The '{key}' parameter of" in str(err.value) and "Got" in str(err.value)
 
 
+def test_refusal_names_the_allowed_values():
+    with pytest.raises(ParameterError) as err:
+        create_clusterer("kmeans", n_clusters=3, n_init=0)
+    assert "must be an int in [1, inf]. Got 0 instead." in str(err.value)
+    with pytest.raises(ParameterError) as err:
+        create_clusterer("agglomerative", linkage="median")
+    assert "must be a str one of" in str(err.value)
+
+
 def test_cli_strings_are_coerced():
     model = create_clusterer("agglomerative", distance_threshold="2.5", connectivity_neighbors="10")
     assert model.distance_threshold == 2.5 and model.connectivity_neighbors == 10

@@ -49,7 +49,9 @@ class Param:
             parts.append(f"in {'[' if self.low_inclusive else '('}{lo}, {hi}]")
         if self.nullable:
             parts.append("or None")
-        return f"a {self.type.__name__} " + " ".join(parts) if parts else f"a {self.type.__name__}"
+        name = self.type.__name__
+        kind = f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+        return " ".join([kind, *parts])
 
     def validate(self, value: Any, owner: str) -> Any:
         """Coerce (strings from the CLI included) and check ``value``; return the clean value."""
