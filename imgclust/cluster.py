@@ -95,7 +95,7 @@ def cluster(
     reduction: str | None = None,
     dims: int | None = None,
     random_state: int = 0,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[int, int, float], None] | None = None,
     store: bool = True,
 ) -> ClusterRun:
     """Cluster the cached embeddings and store the run in the cache.
@@ -108,7 +108,7 @@ def cluster(
         metric or threshold takes ZS's tuned values for the encoder.
     reduction : ``umap`` (default for shallow methods), ``pca``, ``l2+umap``, ``none`` (raw), or the key
         of a stored reduction. ``dims`` sets its dimensions (50).
-    on_epoch : progress callback ``(epoch, loss)`` for trained methods.
+    on_epoch : progress callback ``(epoch, epochs, loss)`` of trained methods, after each epoch.
     """
     cache_obj = Cache(cache)
     encoder = cache_obj.resolve_encoder(encoder)

@@ -99,6 +99,23 @@ def test_subprocess_exit_codes_and_streams(cache, tmp_path):
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
+def test_trained_method_reports_its_epochs_on_stderr(cache):
+    result = invoke("cluster", cache, "--method", "scan", "-k", "4", "--param", "epochs=3", "--param", "hidden=8")
+    assert result.exit_code == 0 and "run-1: scan found" in result.stdout
+    assert "training scan" in result.stderr and "3/3" in result.stderr and "loss" in result.stderr
+    verbose = invoke("cluster", cache, "--method", "scan", "-k", "4", "--param", "epochs=3", "--param", "hidden=8", "-v")
+    assert [line.split(":")[0] for line in verbose.stderr.splitlines() if line.startswith("epoch ")] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    quiet = invoke("cluster", cache, "--method", "scan", "-k", "4", "--param", "epochs=3", "--param", "hidden=8", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_library_warnings_are_one_line_on_stderr(cache):
+    result = invoke("cluster", cache, "--method", "scan", "-k", "4", "--param", "epochs=1", "--param", "k=60")
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert result.exit_code == 0 and warning == ["warning: scan: k=60 is more than n_samples-1=39; using 39"]
+    assert "UserWarning" not in result.stderr
+
+
 def test_locked_cache_is_a_runtime_failure(image_folder, tmp_path):
     from imgclust.cache import Cache
 

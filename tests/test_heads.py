@@ -286,10 +286,10 @@ def test_training_leaves_the_global_rng_alone_and_reports_epochs(blobs):
     before = torch.random.get_rng_state()
     c = create_clusterer("scan", n_clusters=4, epochs=4, batch_size=32, hidden=16)
     seen = []
-    c.on_epoch = lambda epoch, loss: seen.append((epoch, loss))
+    c.on_epoch = lambda epoch, epochs, loss: seen.append((epoch, epochs, loss))
     c.fit(X)
     assert torch.equal(torch.random.get_rng_state(), before)
-    assert [e for e, _ in seen] == [1, 2, 3, 4] and all(math.isfinite(v) for _, v in seen)
+    assert [(e, n) for e, n, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)] and all(math.isfinite(v) for _, _, v in seen)
     assert torch.are_deterministic_algorithms_enabled() is False
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator
@@ -108,31 +109,58 @@ def render_error(error: ImgclustError) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, unit: str = "images") -> Iterator[Any]:
-    """A rich progress bar on stderr with rate and ETA; yields a ``(done, total)`` callback."""
+def progress_bars(units: dict[str, str] | None = None) -> Iterator[Any]:
+    """Rich progress bars on stderr with rate and ETA, one per stage, each shown from the stage's first
+    report (so an error before any work prints no empty bar). Yields ``update(stage, done, total, info="")``,
+    or None under --quiet; ``units`` names what a stage counts (images by default)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if mode().quiet:
         yield None
         return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    bar = Progress(*columns, console=Console(file=sys.stderr), transient=False)
-    task = None
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+    bars = Progress(*columns, console=Console(file=sys.stderr), transient=False)
+    tasks: dict[str, Any] = {}
 
-    def update(done: int, total: int) -> None:
-        nonlocal task
-        if task is None:  # started on the first report, so errors before any work print no empty bar
-            bar.start()
-            task = bar.add_task(description, total=total, rate="")
-        speed = bar.tasks[0].speed
-        bar.update(task, completed=done, total=total, rate=f"{speed:.1f} {unit}/s" if speed else "")
+    def update(stage: str, done: int, total: int, info: str = "") -> None:
+        if not tasks:
+            bars.start()
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total, rate="", info="")
+        speed = next(t.speed for t in bars.tasks if t.id == tasks[stage])
+        unit = (units or {}).get(stage, "images")
+        bars.update(tasks[stage], completed=done, total=total, rate=f"{speed:.1f} {unit}/s" if speed else "", info=info)
 
     try:
         yield update
     finally:
-        if task is not None:
-            bar.stop()
+        if tasks:
+            bars.stop()
+
+
+@contextmanager
+def progress_bar(description: str, unit: str = "images") -> Iterator[Any]:
+    """One progress bar (see :func:`progress_bars`); yields a ``(done, total)`` callback or None."""
+    with progress_bars({description: unit}) as update:
+        yield (lambda done, total: update(description, done, total)) if update else None
+
+
+def epoch_reporter(update, stage: str):
+    """An ``on_epoch(epoch, epochs, loss)`` callback for trained methods: the stage's bar shows the loss,
+    and --verbose adds a line per epoch."""
+    def on_epoch(epoch: int, epochs: int, loss: float) -> None:
+        detail(f"epoch {epoch}/{epochs}: loss {loss:.4f}")
+        if update:
+            update(stage, epoch, epochs, f"loss {loss:.4f}")
+
+    return on_epoch
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library warning as one line on stderr (its source line and location only with --debug)."""
+    where = f" [dim]({filename}:{lineno})[/dim]" if mode().debug else ""
+    stderr().print(f"[yellow]warning:[/yellow] {escape(str(message))}{where}")
 
 
 class ImgclustGroup(typer.core.TyperGroup):
@@ -143,7 +171,9 @@ class ImgclustGroup(typer.core.TyperGroup):
         _MODE = OutputMode()  # the options' eager callbacks fill it in while the command is parsed
         reset_interrupt_report()
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except ImgclustError as error:
             if mode().debug:
                 traceback.print_exc()

@@ -13,7 +13,8 @@ from ..encoders import DEFAULT_ENCODER
 from ..errors import UsageError
 from ..pipeline import DEFAULT_FORMATS, run_pipeline
 from . import app
-from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, detail, emit_json, note, progress_bar, stdout
+from ._output import (DebugOption, JsonOption, QuietOption, VerboseOption, detail, emit_json, epoch_reporter, note,
+                      progress_bars, stdout)
 from .embed import DataRootOption, DeviceOption, LabelsOption, SplitOption, WeightsOption
 from .reduce import SeedOption
 
@@ -83,10 +84,11 @@ def cluster_command(
     targets = targets or []
     k = parse_n_clusters(n_clusters)
     params = parse_params(param)
-    on_epoch = (lambda epoch, loss: detail(f"epoch {epoch}: loss {loss:.4f}")) if verbose else None
+    train = f"training {method}"
     if len(targets) == 1 and is_cache_file(targets[0]) and files_from is None:
-        run = run_cluster(targets[0], encoder, method, k, params, reduction=reduction, dims=dims, random_state=seed,
-                          on_epoch=on_epoch)
+        with progress_bars({train: "epochs"}) as update:
+            run = run_cluster(targets[0], encoder, method, k, params, reduction=reduction, dims=dims, random_state=seed,
+                              on_epoch=epoch_reporter(update, train))
         if json_:
             emit_json(run.to_dict())
             return
@@ -101,14 +103,14 @@ def cluster_command(
         return
     if not targets and files_from is None:
         raise UsageError("no input given", hint="pass a cache file, or folders/images to cluster (or --files-from)")
-    with progress_bar("embedding") as update:
+    with progress_bars({train: "epochs"}) as update:
         result = run_pipeline(
             targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters="auto" if k is None else k,
             params=params, labels=labels, files_from=files_from, force=force,
             formats=[f.strip() for f in formats.split(",") if f.strip()], link=link, random_state=seed,
             embed_options={"weights": weights, "device": device, "batch_size": batch_size, "workers": workers,
                            "data_root": data_root, "split": split},
-            progress=(lambda stage, done, total: update(done, total) if stage == "embed" else None) if update else None)
+            progress=update, on_epoch=epoch_reporter(update, train))
     if json_:
         emit_json(result.to_dict())
         return

@@ -174,9 +174,9 @@ class Clusterer:
     quadratic_memory: ClassVar[bool] = False
     supports_predict: ClassVar[bool] = False
 
-    #: optional progress callback of trained methods: ``on_epoch(epoch, loss)`` after each epoch
-    #: (epoch counts from 1). Set it on the instance; None (default) keeps training quiet.
-    on_epoch: Callable[[int, float], None] | None = None
+    #: optional progress callback of trained methods: ``on_epoch(epoch, epochs, loss)`` after each epoch
+    #: (epoch counts from 1 to epochs). Set it on the instance; None (default) keeps training quiet.
+    on_epoch: Callable[[int, int, float], None] | None = None
 
     labels_: np.ndarray
     n_clusters_: int
@@ -241,11 +241,11 @@ class Clusterer:
 
     # -- training progress (trained methods) ------------------------------------------------------
 
-    def _report_epoch(self, epoch: int, loss: float) -> None:
+    def _report_epoch(self, epoch: int, epochs: int, loss: float) -> None:
         """Called by trained methods after each epoch: logs at DEBUG and calls ``on_epoch`` if set."""
-        _log.debug("%s epoch %d loss %.5f", self.name, epoch, loss)
+        _log.debug("%s epoch %d/%d loss %.5f", self.name, epoch, epochs, loss)
         if self.on_epoch is not None:
-            self.on_epoch(epoch, loss)
+            self.on_epoch(epoch, epochs, loss)
 
     # -- persistence and assignment of new samples (methods with supports_predict) ---------------
 

@@ -167,7 +167,7 @@ class ContrastiveClusterer(_TrainedHead):
                     opt.step()
                     epoch_loss += float(loss.detach())
                     step += 1
-                self._report_epoch(epoch, epoch_loss / steps)
+                self._report_epoch(epoch, epochs, epoch_loss / steps)
             self._model = model.eval()
             labels = self._scores(Xt).argmax(dim=-1).cpu().numpy()
         self._model = model.cpu()

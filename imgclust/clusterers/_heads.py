@@ -15,7 +15,7 @@ Shared choices (ours, documented in the README):
   are drawn from a seeded numpy Generator, and ``torch.use_deterministic_algorithms`` is on (warn only)
   while training. Same seed + same device = same labels.
 * ``device="auto"`` trains on CUDA when available, else on the CPU.
-* Progress: ``on_epoch(epoch, loss)`` (an instance attribute, see ``Clusterer``) after every epoch, and
+* Progress: ``on_epoch(epoch, epochs, loss)`` (an instance attribute, see ``Clusterer``) after every epoch, and
   DEBUG records on the ``imgclust.clusterers`` logger; quiet by default.
 """
 
@@ -583,7 +583,7 @@ class _TemiBase(_TrainedHead):
                 head_loss += per_head
                 epoch_loss += float(loss.detach())
                 step += 1
-            self._report_epoch(epoch, epoch_loss / steps)
+            self._report_epoch(epoch, epochs, epoch_loss / steps)
         return teacher, (head_loss / steps).cpu().numpy()
 
     def _head_labels(self, teacher, Xt):
@@ -878,7 +878,7 @@ class ScanClusterer(_MLPMethod):
                     head_loss += per_head.detach()
                     epoch_loss += float(loss.detach()) / self.heads
                     step += 1
-                self._report_epoch(epoch, epoch_loss / steps)
+                self._report_epoch(epoch, epochs, epoch_loss / steps)
             self.head_losses_ = (head_loss / steps).cpu().numpy()
             self.best_head_ = int(np.argmin(self.head_losses_))
             return self._finish(model, Xt, self.best_head_)
@@ -966,7 +966,7 @@ class UnicClusterer(_MLPMethod):
                     opt.step()
                     epoch_loss += float(loss.detach())
                     step += 1
-                self._report_epoch(epoch, epoch_loss / steps)
+                self._report_epoch(epoch, epochs, epoch_loss / steps)
             return self._finish(model, Xt)
 
     @staticmethod
