@@ -246,7 +246,7 @@ def test_icce_consensus_and_classifier(fitted, blobs):
     mean_head = np.mean([adjusted_rand_score(y, h) for h in c.head_labels_])
     assert adjusted_rand_score(y, c.consensus_labels_) >= mean_head - 1e-9
     assert np.array_equal(c.labels_, c.classifier_labels_)
-    assert set(c.consensus_scores_) == {"hbgf", "mcla", "coassoc"}
+    assert set(c.consensus_scores_) == {"hbgf", "mcla", "coassoc", "vote"}
     assert (c.neighbour_counts_ >= 10).all()
     assert c.agreement_.shape == (220,) and 0 < c.classifier_train_fraction_ <= 1
 

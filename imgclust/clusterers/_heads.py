@@ -685,7 +685,7 @@ class IcceClusterer(_TemiBase):
         Param("prior_momentum", 0.9, float, "EMA momentum of the teacher's cluster prior p̃", low=0, high=1),
         Param("sk_iters", 3, int, "Sinkhorn-Knopp iterations centring the teacher (0 = off)", low=0),
         Param("ce_weight", 0.5, float, "final weight λ of the cross-entropy term (cosine ramp from 0)", low=0),
-        Param("ensemble", "auto", str, "consensus solver: auto (best ANMI), hbgf, mcla or coassoc", choices=ENSEMBLE_METHODS),
+        Param("ensemble", "auto", str, "consensus solver: auto (best ANMI), hbgf, mcla, coassoc or vote", choices=ENSEMBLE_METHODS),
         Param("labels_from", "classifier", str, "labels fit returns: classifier (self-trained) or consensus", choices=("classifier", "consensus")),
         Param("confidence", 0.75, float, "the classifier trains on samples where at least this fraction of the heads agree with the consensus (0 = all)", low=0, high=1),
         Param("classifier_epochs", 10, int, "epochs of the self-trained linear classifier (AdamW, lr 1e-3, weight decay 1e-2)", low=1),
