@@ -101,7 +101,8 @@ def test_views_are_required_and_checked(blobs):
         c.fit(X)
     assert "--views" in err.value.hint
     with pytest.raises(UsageError, match="at least 2 views"):
-        c.fit(X, with_views(X, 1, 0.1))
+        create_clusterer("cc", n_clusters=2, epochs=1, plain_view=False).fit(X, with_views(X, 1, 0.1))
+    create_clusterer("cc", n_clusters=2, epochs=1).fit(X, with_views(X, 1, 0.1))  # the plain embedding is the second view
     with pytest.raises(UsageError, match="shape"):
         c.fit(X, with_views(X, 2, 0.1)[:30])
     with pytest.raises(UsageError, match="shape"):
