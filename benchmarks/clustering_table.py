@@ -9,6 +9,11 @@ against agglomerative with the true K.
     python benchmarks/clustering_table.py                       # both shared sets, every shallow method
     python benchmarks/clustering_table.py --methods agglomerative kmeans --sets imagenette-val
     python benchmarks/clustering_table.py --deep --seeds 0 1 2  # the trained heads, 3 seeds each
+    python benchmarks/clustering_table.py --deep --methods cc --views 2 --sets imagenette-val
+
+For icce the deep table also scores every head and the consensus on their own (the paper's claim: the
+consensus is at least as good as the mean head). ``cc`` first embeds ``--views`` augmented views.
+Torch runs with its default threads (2 on the 2-core CI box); nothing else should run beside it.
 
 Prints the table and writes ``benchmarks/results/clustering_<deep|shallow>.json`` and ``.md``.
 """
@@ -21,8 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from sklearn.metrics import adjusted_mutual_info_score
 
 import imgclust
+from imgclust.cache import Cache
 from imgclust.cluster import cluster
 from imgclust.clusterers import CLUSTERERS
 from imgclust.score import score
@@ -34,11 +42,20 @@ SHALLOW = ["agglomerative", "kmeans", "minibatch-kmeans", "spherical-kmeans", "g
 DEEP = ["temi", "icce", "scan", "unic"]
 
 
-def ensure_cache(name: str, encoder: str) -> Path:
+def ensure_cache(name: str, encoder: str, views: int = 0) -> Path:
     cache = HERE / "results" / f"{name}-{encoder}.h5"
-    summary = imgclust.embed([DATA / name], encoder=encoder, cache=cache, labels="folder", device="cpu")
-    print(f"[{name}] {summary.images} images ({summary.embedded} embedded now, {summary.seconds:.0f} s)", flush=True)
+    summary = imgclust.embed([DATA / name], encoder=encoder, cache=cache, labels="folder", device="cpu", views=views)
+    print(f"[{name}] {summary.images} images ({summary.embedded} embedded now, views of {summary.views_computed} "
+          f"rows computed now, {summary.seconds:.0f} s)", flush=True)
     return cache
+
+
+def ensemble_columns(run, truth: np.ndarray) -> dict:
+    """icce: AMI of every head, of the consensus and of the returned (self-trained classifier) labels."""
+    est = run.estimator
+    heads = [adjusted_mutual_info_score(truth, h) for h in est.head_labels_]
+    return {"heads_ami": heads, "heads_ami_mean": float(np.mean(heads)), "best_loss_head_ami": heads[est.best_head_],
+            "consensus_ami": adjusted_mutual_info_score(truth, est.consensus_labels_)}
 
 
 def one(cache: Path, method: str, k, seed: int = 0, reduction: str | None = None) -> dict:
@@ -48,10 +65,16 @@ def one(cache: Path, method: str, k, seed: int = 0, reduction: str | None = None
     except imgclust.ImgclustError as error:
         return {"method": method, "error": error.message}
     seconds = time.perf_counter() - started
-    s = score(cache, run.run_id).scores
-    return {"method": method, "space": "raw" if run.space == "raw" else "umap50", "k": k, "seed": seed,
-            "ami": s.ami, "accuracy": s.accuracy, "silhouette": s.silhouette, "clusters": run.n_clusters,
-            "noise": run.n_noise, "seconds": round(seconds, 2), "cluster_seconds": run.seconds}
+    report = score(cache, run.run_id)
+    s = report.scores
+    row = {"method": method, "space": "raw" if run.space == "raw" else "umap50", "k": k, "seed": seed,
+           "ami": s.ami, "accuracy": s.accuracy, "silhouette": s.silhouette, "clusters": run.n_clusters,
+           "noise": run.n_noise, "seconds": round(seconds, 2), "cluster_seconds": run.seconds,
+           "torch_threads": torch.get_num_threads()}
+    if method == "icce":
+        truth = Cache(cache).read_index(run.encoder).labels
+        row.update(ensemble_columns(run, truth))
+    return row
 
 
 def takes_k(method: str) -> bool:
@@ -65,11 +88,13 @@ def main() -> None:
     parser.add_argument("--encoder", default="effnet-lite0")
     parser.add_argument("--deep", action="store_true", help="the trained heads (temi, icce, scan, unic) over --seeds")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--views", type=int, default=2, help="augmented views per image embedded for cc")
+    parser.add_argument("--out", default=None, help="results name (default clustering_<deep|shallow>)")
     args = parser.parse_args()
     methods = args.methods or (DEEP if args.deep else SHALLOW)
     rows = []
     for name in args.sets:
-        cache = ensure_cache(name, args.encoder)
+        cache = ensure_cache(name, args.encoder, args.views if "cc" in methods else 0)
         k_true = len({p.name for p in (DATA / name).iterdir() if p.is_dir()})
         if not args.deep:
             rows.append({"set": name, **one(cache, "kmeans", k_true, reduction="none"), "method": "kmeans (raw, floor)"})
@@ -81,13 +106,14 @@ def main() -> None:
             for seed in args.seeds:
                 rows.append({"set": name, **one(cache, method, k_true if takes_k(method) else None, seed)})
                 print(rows[-1], flush=True)
-            if args.deep:  # the shallow default with the same K, as the reference
-                rows.append({"set": name, **one(cache, "agglomerative", k_true), "method": "agglomerative (reference)"})
-    kind = "deep" if args.deep else "shallow"
+        if args.deep:  # the shallow default with the same K, as the reference
+            rows.append({"set": name, **one(cache, "agglomerative", k_true), "method": "agglomerative (reference)"})
+            print(rows[-1], flush=True)
+    out = args.out or f"clustering_{'deep' if args.deep else 'shallow'}"
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"clustering_{kind}.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    (HERE / "results" / f"{out}.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
     table = markdown(rows, args.deep)
-    (HERE / "results" / f"clustering_{kind}.md").write_text(table)
+    (HERE / "results" / f"{out}.md").write_text(table)
     print(table)
 
 
@@ -110,6 +136,11 @@ def markdown(rows: list[dict], deep: bool) -> str:
             acc = np.array([r["accuracy"] for r in ok]) * 100
             lines.append(f"| {name} | {method} | {ami.mean():.1f} ± {ami.std():.1f} | {acc.mean():.1f} ± {acc.std():.1f} | "
                          f"{np.mean([r['seconds'] for r in ok]):.1f} | {len(ok)} |")
+            if method == "icce":
+                for key, what in (("heads_ami_mean", "mean of its heads"), ("best_loss_head_ami", "head of lowest loss"),
+                                  ("consensus_ami", "consensus (ensemble)")):
+                    v = np.array([r[key] for r in ok]) * 100
+                    lines.append(f"| {name} | icce: {what} | {v.mean():.1f} ± {v.std():.1f} | | | {len(ok)} |")
         return "\n".join(lines) + "\n"
     lines = ["| set | method | space | AMI ×100 | silhouette | clusters | seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
