@@ -50,10 +50,14 @@ ENCODER = "timm:test_efficientnet"
 OTHER_ENCODER = "other-encoder"
 
 ZYGOTE = r"""
-import json, os, sys, traceback
+import json, os, signal, sys, traceback
 import numpy, h5py, PIL.Image, torch, timm  # the slow imports, done once
 import imgclust.cli, imgclust.embed, imgclust.encoders
 from imgclust.cli import main
+
+# Ctrl-C must raise KeyboardInterrupt in the children as it does under a terminal, even when the tests
+# run in a background job without job control (the shell then starts them with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 torch.set_num_threads(1)  # 2 shared cores: torch's 2 spinning threads run ~20x slower than 1 (see THREADS)
 
@@ -454,3 +458,8 @@ def torch_threads(n: int = 1):
             torch.set_num_threads(before)
 
     return manager()
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child that must see Ctrl-C: undo an inherited SIG_IGN (see ZYGOTE)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

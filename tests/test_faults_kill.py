@@ -20,7 +20,7 @@ import pytest
 from imgclust.cache import Cache
 
 from .killing import (THREADS, check_final, check_partial, embed_argv, make_folder, running, seed_other_encoder,
-                      snapshot, run_trials)
+                      sigint_as_in_a_terminal, snapshot, run_trials)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the harness reads /proc and forks")
 
@@ -85,7 +85,8 @@ def test_ctrl_c_in_the_real_cli_prints_how_to_resume_and_exits_130(workdir, zygo
     reference = replace(snapshot(workdir / "reference.h5"), other=snapshot(cache).other)
     argv = embed_argv(workdir / "images", cache, workers)
     proc = subprocess.Popen([sys.executable, "-m", "imgclust", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env={**os.environ, **THREADS})
+                            text=True, start_new_session=True, env={**os.environ, **THREADS},
+                            preexec_fn=sigint_as_in_a_terminal)
     try:
         assert _wait_for_journal_part(proc, cache), "the run ended before any work was journalled"
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
