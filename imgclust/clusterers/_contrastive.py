@@ -33,7 +33,6 @@ from ._heads import (
     _p_epochs,
     _standardise_stats,
     _TrainedHead,
-    lr_at,
     resolve_device,
     seeded_torch,
 )
@@ -154,26 +153,18 @@ class ContrastiveClusterer(_TrainedHead):
         with seeded_torch(self.random_state, device):
             model = self._make_model(d).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-            epochs, steps = self._n_epochs(n), self._steps_per_epoch(n)
-            step = 0
-            for epoch in range(1, epochs + 1):
-                epoch_loss = 0.0
-                for rows in self._batches(n, rng):
-                    va = rng.integers(0, nv, len(rows))
-                    vb = (va + rng.integers(1, nv, len(rows))) % nv
-                    for g in opt.param_groups:
-                        g["lr"] = lr_at(step, epochs * steps, 0, self.lr, "cosine")
-                    flat = torch.as_tensor(np.concatenate([rows * nv + va, rows * nv + vb]), device=device)
-                    z, p = model(Vt[flat])
-                    b = len(rows)
-                    loss = nt_xent(z[:b], z[b:], self.instance_temperature)
-                    loss = loss + cluster_contrastive_loss(p[:b], p[b:], self.cluster_temperature)[0]
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    epoch_loss += float(loss.detach())
-                    step += 1
-                self._report_epoch(epoch, epochs, epoch_loss / steps)
+
+            def step_loss(rows):
+                va = rng.integers(0, nv, len(rows))
+                vb = (va + rng.integers(1, nv, len(rows))) % nv
+                flat = torch.as_tensor(np.concatenate([rows * nv + va, rows * nv + vb]), device=device)
+                z, p = model(Vt[flat])
+                b = len(rows)
+                loss = nt_xent(z[:b], z[b:], self.instance_temperature)
+                loss = loss + cluster_contrastive_loss(p[:b], p[b:], self.cluster_temperature)[0]
+                return loss, float(loss.detach())
+
+            self._train_epochs(opt, n, rng, step_loss)
             self._model = model.eval()
             labels = self._scores(Xt).argmax(dim=-1).cpu().numpy()
         self._model = model.cpu()

@@ -493,6 +493,24 @@ class _TrainedHead(Clusterer):
     def _steps_per_epoch(self, n: int) -> int:
         return max(1, n // self._batch_size(n))
 
+    def _train_epochs(self, opt, n: int, rng: np.random.Generator, step_loss) -> None:
+        """The loop of scan, unic and cc: cosine learning rate, one optimiser step per batch, the mean loss
+        of each epoch reported. ``step_loss(rows)`` returns the batch's loss and the value to report."""
+        epochs, steps = self._n_epochs(n), self._steps_per_epoch(n)
+        step = 0
+        for epoch in range(1, epochs + 1):
+            epoch_loss = 0.0
+            for rows in self._batches(n, rng):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, epochs * steps, 0, self.lr, "cosine")
+                loss, reported = step_loss(rows)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                epoch_loss += reported
+                step += 1
+            self._report_epoch(epoch, epochs, epoch_loss / steps)
+
     def _check_dim(self, X: np.ndarray, dim: int) -> None:
         if X.shape[1] != dim:
             raise UsageError(
@@ -858,29 +876,22 @@ class ScanClusterer(_MLPMethod):
             idx, _ = topk_neighbours(neighbour_space(X, self.center), self._clip_k(self.k, n), device)
             sampler = NeighbourSampler.from_dense(idx)
             model = self._make_model(X.shape[1]).to(device)
-            opt = self._optimiser(model)
-            epochs, steps = self._n_epochs(n), self._steps_per_epoch(n)
-            step = 0
-            for epoch in range(1, epochs + 1):
-                head_loss = torch.zeros(self.heads, device=device)
-                epoch_loss = 0.0
-                for rows in self._batches(n, rng):
-                    nb = sampler.sample(rows, rng)
-                    for g in opt.param_groups:
-                        g["lr"] = lr_at(step, epochs * steps, 0, self.lr, "cosine")
-                    out = model(Xt[torch.as_tensor(np.concatenate([rows, nb]), device=device)])
-                    b = len(rows)
-                    pa = out[:, :b]
-                    pn = out[:, b:]
-                    per_head = torch.stack([scan_loss(pa[h], pn[h], self.entropy_weight)[0] for h in range(self.heads)])
-                    loss = per_head.sum()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    head_loss += per_head.detach()
-                    epoch_loss += float(loss.detach()) / self.heads
-                    step += 1
-                self._report_epoch(epoch, epochs, epoch_loss / steps)
+            per_step = []  # each step's per-head losses; the best head is chosen on the last epoch's
+
+            def step_loss(rows):
+                nb = sampler.sample(rows, rng)
+                out = model(Xt[torch.as_tensor(np.concatenate([rows, nb]), device=device)])
+                b = len(rows)
+                per_head = torch.stack([scan_loss(out[h, :b], out[h, b:], self.entropy_weight)[0] for h in range(self.heads)])
+                per_step.append(per_head.detach())
+                loss = per_head.sum()
+                return loss, float(loss.detach()) / self.heads
+
+            self._train_epochs(self._optimiser(model), n, rng, step_loss)
+            steps = self._steps_per_epoch(n)
+            head_loss = torch.zeros(self.heads, device=device)
+            for losses in per_step[-steps:]:
+                head_loss += losses
             self.head_losses_ = (head_loss / steps).cpu().numpy()
             self.best_head_ = int(np.argmin(self.head_losses_))
             return self._finish(model, Xt, self.best_head_)
@@ -950,25 +961,16 @@ class UnicClusterer(_MLPMethod):
             neg_thr = torch.as_tensor(kth_similarity(Z, tau2, device), device=device)
             Zt = torch.as_tensor(Z, device=device)
             model = self._make_model(X.shape[1]).to(device)
-            opt = self._optimiser(model)
-            epochs, steps = self._n_epochs(n), self._steps_per_epoch(n)
-            step = 0
-            for epoch in range(1, epochs + 1):
-                epoch_loss = 0.0
-                for rows in self._batches(n, rng):
-                    p = sampler.sample(rows, rng)
-                    q = self._negatives(rows, Zt, neg_thr, rng, device)
-                    for g in opt.param_groups:
-                        g["lr"] = lr_at(step, epochs * steps, 0, self.lr, "cosine")
-                    out = model(Xt[torch.as_tensor(np.concatenate([rows, p, q]), device=device)])[0]
-                    b = len(rows)
-                    loss = unic_loss(out[:b], out[b : 2 * b], out[2 * b :], self.entropy_weight)[0]
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    epoch_loss += float(loss.detach())
-                    step += 1
-                self._report_epoch(epoch, epochs, epoch_loss / steps)
+
+            def step_loss(rows):
+                p = sampler.sample(rows, rng)
+                q = self._negatives(rows, Zt, neg_thr, rng, device)
+                out = model(Xt[torch.as_tensor(np.concatenate([rows, p, q]), device=device)])[0]
+                b = len(rows)
+                loss = unic_loss(out[:b], out[b : 2 * b], out[2 * b :], self.entropy_weight)[0]
+                return loss, float(loss.detach())
+
+            self._train_epochs(self._optimiser(model), n, rng, step_loss)
             return self._finish(model, Xt)
 
     @staticmethod
