@@ -53,6 +53,16 @@ def test_one_step_cli_prints_a_summary_and_json(image_folder, tmp_path):
     assert doc["embed"]["embedded"] == 0 and doc["run"]["n_clusters"] == 2
 
 
+def test_one_step_cli_with_a_trained_head_shows_its_training_and_space(image_folder, tmp_path):
+    args = ["cluster", str(image_folder), "--out", str(tmp_path / "r"), "--encoder", TINY_ENCODER, "--weights", "random",
+            "--device", "cpu", "--workers", "0", "-k", "2", "--formats", "csv", "--method", "scan",
+            "--param", "epochs=2", "--param", "hidden=8", "--param", "k=3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "method scan" in result.stdout and "(raw embedding space)" in result.stdout
+    assert "embed" in result.stderr and "training scan" in result.stderr and "2/2" in result.stderr
+
+
 def test_sklearn_digits_source_is_offline_and_labelled(tmp_path):
     out = tmp_path / "digits"
     result = run_pipeline(["sklearn:digits"], out, encoder=TINY_ENCODER, n_clusters=10, formats=["csv"],

@@ -123,7 +123,7 @@ def print_pipeline_summary(result) -> None:
     out.print(f"images      {e.images} embedded ({e.embedded} new, {e.skipped} cached), {e.failures_total} failed")
     chosen = " (chosen without labels)" if run.selection else ""
     out.print(f"clusters    {run.n_clusters}{chosen}, method {run.method}, encoder {run.encoder}")
-    out.print(f"silhouette  {_fmt(s.silhouette)} (UMAP space)")
+    out.print(f"silhouette  {_fmt(s.silhouette)} ({'raw embedding' if run.space == 'raw' else 'UMAP'} space)")
     if s.ami is not None:
         out.print(f"labels      AMI {_fmt(s.ami)}  NMI {_fmt(s.nmi)}  ARI {_fmt(s.ari)}  accuracy {_fmt(s.accuracy)}"
                   f"  BCubed F {_fmt(s.bcubed_f)}  ({s.n_classes} classes)")
