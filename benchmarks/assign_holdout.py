@@ -74,10 +74,10 @@ def main() -> None:
     kept = {str(p) for p in index.paths[~held]}
     summary = imgclust.embed(encoder=args.encoder, cache=train, exact=True, labels="folder", device="cpu",
                              files=[f for f in discover([DATA / args.set], labels="folder") if f.path in kept])
-    if summary.embedded or summary.images != len(kept):
-        raise SystemExit(f"the training cache should hold {len(kept)} rows and embed none; got {summary}")
+    if summary.embedded or list(Cache(train).read_index(args.encoder).paths) != list(index.paths[~held]):
+        raise SystemExit("the training cache should hold the full cache's rows minus the held-back ones, "
+                         f"embedding none; got {summary}")
     held_paths = [str(p) for p in index.paths[held]]
-    train_paths = index.paths[~held]
     k = len(np.unique(index.labels))
     print(f"[{args.set}] {len(index.paths)} images, {len(held_paths)} held back, K={k}", flush=True)
 
@@ -86,9 +86,6 @@ def main() -> None:
         started = time.perf_counter()
         run_a = cluster(full, method=method, n_clusters=k, random_state=args.seed)
         run_b = cluster(train, method=method, n_clusters=k, random_state=args.seed)
-        train_b = Cache(train).read_index(args.encoder).paths
-        if list(train_b) != list(train_paths):
-            raise SystemExit("the training cache's rows are not the full cache's rows minus the held-back ones")
         to_a = matching(run_b.labels, run_a.labels[~held])
         stable = float(np.mean([to_a.get(int(b), -2) == a for b, a in zip(run_b.labels, run_a.labels[~held])]))
         assignment = imgclust.assign(train, held_paths, run=run_b.run_id)

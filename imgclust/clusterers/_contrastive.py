@@ -123,7 +123,8 @@ class ContrastiveClusterer(_TrainedHead):
     def _auto_epochs(self, n: int) -> int:
         return int(np.clip(round(200_000 / max(n, 1)), 30, 200))
 
-    def _check_views(self, X, views) -> np.ndarray:
+    def _training_views(self, X, views) -> np.ndarray:
+        """``views`` checked, with the plain embeddings ``X`` put first when ``plain_view``: (N, V', D)."""
         V = np.asarray(views)
         if V.ndim != 3 or V.shape[0] != X.shape[0] or V.shape[2] != X.shape[1]:
             raise UsageError(
@@ -142,7 +143,7 @@ class ContrastiveClusterer(_TrainedHead):
         return _net_class().CCNet(d, self.n_clusters, self.hidden, self.feature_dim)
 
     def _fit(self, X, views):
-        V = self._check_views(X, views)
+        V = self._training_views(X, views)
         torch = _net_class().torch
         device = resolve_device(self.device)
         rng = np.random.default_rng(self.random_state)
