@@ -310,9 +310,12 @@ def _file_key(path: Path):
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _journal_parts(cache: Path) -> int:
+def journal_parts(cache: Path) -> int:
     journal = cache.with_name(cache.name + ".journal")
-    return len(list(journal.glob("*/part-*.npz"))) if journal.exists() else 0
+    try:
+        return len(list(journal.glob("*/part-*.npz")))
+    except FileNotFoundError:  # the run's merge removed the journal while we looked
+        return 0
 
 
 def _time_merge(cache: Path) -> float:
@@ -340,8 +343,8 @@ def _fire_when(pid: int, cache: Path, trigger: str, rng: random.Random, full_s: 
             time.sleep(0.002)
         return True
     if trigger == "journal":
-        target, extra = _journal_parts(cache) + rng.randint(1, 3), rng.uniform(0, 0.03)
-        condition = lambda: _journal_parts(cache) >= target  # noqa: E731
+        target, extra = journal_parts(cache) + rng.randint(1, 3), rng.uniform(0, 0.03)
+        condition = lambda: journal_parts(cache) >= target  # noqa: E731
     elif trigger == "commit":
         before, extra = _tmp_files(cache), rng.uniform(0, 0.8 * merge_s)
         condition = lambda: bool(_tmp_files(cache) - before)  # noqa: E731

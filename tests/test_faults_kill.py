@@ -19,8 +19,8 @@ import pytest
 
 from imgclust.cache import Cache
 
-from .killing import (THREADS, check_final, check_partial, embed_argv, make_folder, running, seed_other_encoder,
-                      sigint_as_in_a_terminal, snapshot, run_trials)
+from .killing import (THREADS, check_final, check_partial, embed_argv, journal_parts, make_folder, running,
+                      seed_other_encoder, sigint_as_in_a_terminal, snapshot, run_trials)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the harness reads /proc and forks")
 
@@ -69,10 +69,9 @@ def test_ctrl_c_at_random_moments_leaves_a_usable_cache(workdir, zygote, record_
 
 
 def _wait_for_journal_part(proc, cache, timeout=120.0):
-    journal = cache.with_name(cache.name + ".journal")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if journal.exists() and any(journal.glob("*/part-*.npz")):
+        if journal_parts(cache):
             return True
         time.sleep(0.001)
     return False
@@ -106,9 +105,8 @@ def test_ctrl_c_in_the_real_cli_prints_how_to_resume_and_exits_130(workdir, zygo
 def test_a_killed_runs_worker_does_not_keep_the_cache_locked(workdir, zygote, tmp_path):
     cache = tmp_path / "orphan.h5"
     pid = zygote.start(embed_argv(workdir / "images", cache, workers=1), tmp_path / "run.log")
-    journal = cache.with_name(cache.name + ".journal")
     deadline = time.monotonic() + 60
-    while running(pid) and not any(journal.glob("*/part-*.npz")) and time.monotonic() < deadline:
+    while running(pid) and not journal_parts(cache) and time.monotonic() < deadline:
         time.sleep(0.001)
     assert running(pid), "the run ended before it could be killed"
     os.kill(pid, signal.SIGKILL)  # the main process only: its DataLoader worker is orphaned
