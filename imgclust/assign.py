@@ -1,6 +1,6 @@
 """``assign``: put new images into the clusters of a stored run, without changing the run.
 
-New images are embedded in memory with the run's encoder and weights. Runs of trained methods
+New images are embedded with the run's encoder and weights, through embed's loader, a batch at a time. Runs of trained methods
 (temi, icce, scan, unic, cc) assign through their stored head/classifier; every other run through
 the nearest cluster centre in the raw embedding space (cosine: rows and centres ℓ2-normalised),
 because the UMAP model behind a reduced space is not stored.
@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from .cache import Cache, encoder_key
 from .cluster import load_run
 from .clusterers import Clusterer
-from .decode import DecodeError, decode
+from .decode import DEFAULT_MAX_PIXELS
 from .discover import discover
-from .encoders import create_encoder, resolve_spec
+from .embed import default_batch_size, default_workers, encode_files
+from .encoders import Encoder, create_encoder, resolve_spec
 from .errors import UsageError
 from .reduce import l2_normalise
 
@@ -38,31 +39,39 @@ class Assignment:
                 "images": [{"path": p, "cluster": c, "similarity": s} for p, c, s in zip(self.paths, self.clusters, self.similarity)]}
 
 
-def nearest_centre(embeddings: np.ndarray, labels: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cluster_centres(chunks: Iterable[tuple[int, np.ndarray]], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, centres)``: each cluster's mean ℓ2-normalised embedding, normalised again; noise left out.
+
+    ``chunks`` yields ``(first row, rows)`` as :meth:`Cache.iter_embeddings` does, so memory is one
+    chunk plus K centres whatever the number of rows.
+    """
+    ids = np.array(sorted(set(labels.tolist()) - {-1}), dtype=np.int64)
+    if not len(ids):
+        raise UsageError("the run has no clusters to assign to (every image is noise)",
+                         hint="assign to a run of another method, or with other parameters")
+    position = np.full(int(labels.max()) + 1 if len(ids) else 0, -1)
+    position[ids] = np.arange(len(ids))
+    sums, counts = None, np.bincount(position[labels[labels >= 0]], minlength=len(ids))
+    for start, chunk in chunks:
+        rows = labels[start:start + len(chunk)]
+        keep = rows >= 0
+        sums = np.zeros((len(ids), chunk.shape[1])) if sums is None else sums
+        np.add.at(sums, position[rows[keep]], l2_normalise(chunk[keep]))
+    return ids, l2_normalise((sums / np.maximum(counts, 1)[:, None]).astype(np.float32))
+
+
+def nearest_centre(ids: np.ndarray, centres: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cluster of the most similar centre (cosine) for each row of ``new``, and that similarity."""
-    ids = np.array(sorted(set(labels.tolist()) - {-1}))
-    normed = l2_normalise(embeddings)
-    centres = l2_normalise(np.stack([normed[labels == c].mean(0) for c in ids]))
     similarity = l2_normalise(new) @ centres.T
     best = similarity.argmax(1)
     return ids[best], similarity[np.arange(len(new)), best]
 
 
-def embed_files(paths: Sequence[str], cache: Cache, encoder_name: str, device: str | None = None,
-                batch_size: int = 32) -> tuple[np.ndarray, list[str], dict[str, str]]:
-    """Embeddings of ``paths`` with the encoder (and weights) the cache was made with."""
+def run_encoder(cache: Cache, encoder_name: str, device: str | None = None) -> Encoder:
+    """The encoder (and weights) the cache's rows were made with."""
     info = cache.info(encoder_name)
     weights = info["weights"] if info["weights"] != resolve_spec(encoder_name).weights else None
-    encoder = create_encoder(encoder_name, weights=weights, device=device)
-    good, arrays, failures = [], [], {}
-    for path in paths:
-        try:
-            arrays.append(decode(path, encoder.preprocess))
-            good.append(path)
-        except DecodeError as error:
-            failures[path] = str(error)
-    vectors = [encoder.encode_padded(np.stack(arrays[i:i + batch_size]), batch_size) for i in range(0, len(arrays), batch_size)]
-    return (np.concatenate(vectors) if vectors else np.empty((0, encoder.embedding_dim), np.float32)), good, failures
+    return create_encoder(encoder_name, weights=weights, device=device)
 
 
 def assign(
@@ -73,22 +82,50 @@ def assign(
     encoder: str | None = None,
     files_from: str | None = None,
     device: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Assignment:
-    """Assign the images named by ``inputs`` to the clusters of run ``run`` (latest by default)."""
+    """Assign the images named by ``inputs`` to the clusters of run ``run`` (latest by default).
+
+    Images go through the same loader as :func:`imgclust.embed` (decoding workers, padded batches,
+    ``max_pixels``, the same failure reasons) and are assigned a batch at a time, so memory does not
+    grow with the number of images. ``progress(done, total)`` is called after each batch.
+    """
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}", hint="leave it out for the device's default")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {workers}", hint="0 decodes in the main process")
     cache_obj = Cache(cache)
     stored = load_run(cache_obj.path, run, encoder)
-    files = [f for f in discover(inputs, files_from=files_from)]
-    unreadable = {f.path: f.error for f in files if f.error}
-    new, paths, failures = embed_files([f.path for f in files if not f.error], cache_obj, stored.encoder, device, batch_size)
-    failures.update(unreadable)
-    if not paths:
-        raise UsageError("none of the images to assign could be read", hint="; ".join(f"{p}: {r}" for p, r in list(failures.items())[:3]))
+    files = discover(inputs, files_from=files_from)
+    failures = {f.path: f.error for f in files if f.error}
     with cache_obj.open() as fh:
         state_group = fh[f"encoders/{encoder_key(stored.encoder)}/runs/{stored.run_id}"].get("state")
         state = {k: state_group[k][()] for k in state_group} if state_group is not None else None
     if state is not None:
-        clusters = Clusterer.from_state(state).predict(new)
-        return Assignment(stored.run_id, "head", paths, clusters.tolist(), [None] * len(paths), failures)
-    clusters, similarity = nearest_centre(cache_obj.read_embeddings(stored.encoder), stored.labels, new)
-    return Assignment(stored.run_id, "nearest-centre", paths, clusters.tolist(), [float(s) for s in similarity], failures)
+        head = Clusterer.from_state(state)
+        method, place = "head", (lambda new: (head.predict(new), [None] * len(new)))
+    else:
+        ids, centres = cluster_centres(cache_obj.iter_embeddings(stored.encoder), stored.labels)
+        method = "nearest-centre"
+
+        def place(new):
+            clusters, similarity = nearest_centre(ids, centres, new)
+            return clusters, [float(v) for v in similarity]
+    enc = run_encoder(cache_obj, stored.encoder, device)
+    batch_size = batch_size or default_batch_size(enc.device)
+    workers = default_workers(enc.device) if workers is None else workers
+    paths, clusters, similarity = [], [], []
+    for results, _ in encode_files(enc, [f for f in files if not f.error], batch_size, workers, max_pixels, progress):
+        good = [(f.path, vector) for f, vector, _ in results if vector is not None]
+        failures.update({f.path: reason for f, vector, reason in results if vector is None})
+        if good:
+            batch_clusters, batch_similarity = place(np.stack([vector for _, vector in good]))
+            paths += [path for path, _ in good]
+            clusters += [int(c) for c in batch_clusters]
+            similarity += list(batch_similarity)
+    if not paths:
+        raise UsageError("none of the images to assign could be read", hint="; ".join(f"{p}: {r}" for p, r in list(failures.items())[:3]))
+    return Assignment(stored.run_id, method, paths, clusters, similarity, failures)

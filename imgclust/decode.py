@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 import struct
-import warnings
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,23 +44,41 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
-@contextlib.contextmanager
-def _pillow_limit(max_pixels: int | None):
-    """Let ``max_pixels`` (not only Pillow's own, lower, global limit) decide what is a bomb.
+# Pillow reads its decompression-bomb limit from a module global, at open and (GIF, ICO frames) at load.
+# imgclust checks its own, per-call ``max_pixels`` instead (``_check_size``); the global is lifted only
+# under this lock, so decodes running at once in threads with different limits never see each other's.
+_PILLOW_LIMIT_LOCK = threading.RLock()
 
-    Pillow refuses images over ``2 * Image.MAX_IMAGE_PIXELS`` at ``open``; when the caller raises
-    the limit or disables it (None), Pillow's global is lifted for this call and our check applies.
-    (A module global: threads decoding at once with different raised limits could see each other's.)
-    """
-    old = Image.MAX_IMAGE_PIXELS
-    lift = old is not None and (max_pixels is None or max_pixels > old)
-    if lift:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+
+@contextlib.contextmanager
+def _without_pillow_limit():
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(path: str, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` (the header only) with ``max_pixels``, not Pillow's global, deciding what is a bomb."""
+    with _without_pillow_limit():
+        im = Image.open(path)
     try:
-        yield
-    finally:
-        if lift:
-            Image.MAX_IMAGE_PIXELS = old
+        _check_size(im, max_pixels)
+    except DecodeError:
+        im.close()
+        raise
+    return im
+
+
+def _load_context(max_pixels: int | None):
+    """Decoding pixels re-checks Pillow's global limit for some formats: lift it (under the lock) only
+    when ``max_pixels`` allows more than it does; otherwise every size that passed ``_check_size`` passes."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return _without_pillow_limit() if limit is not None and (max_pixels is None or max_pixels > limit) \
+        else contextlib.nullcontext()
 
 
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
@@ -95,9 +113,7 @@ def _reasons(path: str):
     Unexpected exceptions name their type: one strange file fails, never the whole run.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
+        yield
     except DecodeError:
         raise
     except UnidentifiedImageError:
@@ -138,14 +154,13 @@ def _check_size(im: Image.Image, max_pixels: int | None) -> None:
 
 def check_header(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
     """Read only the header of ``path``: raise :class:`DecodeError` if it cannot be opened or is over the limit."""
-    with _reasons(path), _pillow_limit(max_pixels), Image.open(path) as im:
-        _check_size(im, max_pixels)
+    with _reasons(path):
+        _open(path, max_pixels).close()
 
 
 def load_rgb(path: str, draft_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open ``path`` as an RGB image; raise :class:`DecodeError` with a readable reason on any failure."""
-    with _reasons(path), _pillow_limit(max_pixels), Image.open(path) as im:
-        _check_size(im, max_pixels)
+    with _reasons(path), _open(path, max_pixels) as im, _load_context(max_pixels):
         if getattr(im, "is_animated", False):
             im.seek(0)
         if draft_size and im.format == "JPEG":

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,6 +65,9 @@ class EmbedSummary:
     images_per_second: float = 0.0
     interrupted: bool = False
     views_computed: int = 0  # rows whose augmented views were (re)computed
+    recomputed_float32: int = 0  # rows of half-precision batches computed again in float32 (NaN/Inf)
+    batch_size: int = 0
+    workers: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,6 +216,11 @@ def _sigint_ignored_while_forking(workers: int):
         signal.signal(signal.SIGINT, previous)
 
 
+def default_batch_size(device: str = "cpu") -> int:
+    """Images per forward pass: 32 on a CPU (larger batches are no faster there), 128 on a GPU."""
+    return 32 if device == "cpu" else 128
+
+
 def default_workers(device: str = "cpu") -> int:
     """Decoding processes. On a GPU decoding is the bottleneck: every core but one. On a CPU the
     model needs the cores more: a quarter of them decode (at least one, at most four)."""
@@ -243,7 +251,7 @@ def embed(
     labels: str | None = None,
     weights: str | None = None,
     device: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Progress | None = None,
@@ -266,7 +274,9 @@ def embed(
     files_from : a file listing paths, ``-`` for stdin.
     labels : ``"folder"`` or a ``path,label`` CSV; stored with the embeddings for scoring.
     weights : a local checkpoint path, or ``"random"`` (tests).
-    batch_size, workers : batch size of the forward pass; decoding processes (0 = decode inline).
+    device : ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; None picks CUDA, then MPS, then the CPU.
+    batch_size, workers : images per forward pass (None: :func:`default_batch_size` of the device);
+        decoding processes (None: :func:`default_workers` of the device; 0 decodes inline).
     max_pixels : the decompression-bomb limit (None disables it).
     progress : called as ``progress(done, total)`` after each batch.
     files : an already discovered list (instead of ``inputs``).
@@ -283,7 +293,7 @@ def embed(
         Counts of embedded, skipped, failed and removed images, time and throughput.
         ``interrupted`` is True when Ctrl-C stopped the run (finished work is saved).
     """
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}", hint="32 is a good default on CPU; 128-256 on a GPU")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}", hint="0 decodes in the main process")
@@ -329,8 +339,10 @@ def embed(
             if pending:
                 enc = create_encoder(encoder, weights=weights, device=device)
                 summary.device = enc.device
-                _run(enc, pending, block, journal, summary, batch_size,
-                     default_workers(enc.device) if workers is None else workers, max_pixels, progress, flush_rows, flush_seconds)
+                summary.batch_size = batch_size or default_batch_size(enc.device)
+                summary.workers = default_workers(enc.device) if workers is None else workers
+                _run(enc, pending, block, journal, summary, summary.batch_size, summary.workers, max_pixels, progress,
+                     flush_rows, flush_seconds)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -343,7 +355,8 @@ def embed(
         journal.clear()
         if views and not summary.interrupted and summary.images:
             enc = enc or create_encoder(encoder, weights=weights, device=device)
-            summary.views_computed = add_views(cache, encoder, enc, views, batch_size, max_pixels, progress)
+            summary.views_computed = add_views(cache, encoder, enc, views, batch_size or default_batch_size(enc.device),
+                                               max_pixels, progress)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.images_per_second = round(summary.embedded / summary.seconds, 2) if summary.seconds > 0 else 0.0
     return summary
@@ -401,35 +414,57 @@ def _run(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journa
         torch.set_num_threads(threads)
 
 
-def _embed_batches(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
-                   batch_size: int, workers: int, max_pixels: int | None, progress: Progress | None,
-                   flush_rows: int, flush_seconds: float) -> None:
+def encode_files(enc: Encoder, files: Sequence[ImageFile], batch_size: int, workers: int, max_pixels: int | None,
+                 progress: Progress | None = None) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str]], int]]:
+    """Decode ``files`` in ``workers`` processes and encode them in padded batches, in bounded memory.
+
+    Yields, per batch, ``(results, recomputed)``: ``(file, vector, "")`` for each embedded file and
+    ``(file, None, reason)`` for each that failed (decoding, or an embedding still not finite in
+    float32); ``recomputed`` is the number of rows of a half-precision batch computed again in
+    float32 because some row was not finite. ``embed`` and ``assign`` share this loader.
+    """
     import torch
 
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(pending, enc.preprocess, max_pixels), batch_size=batch_size, shuffle=False,
+        _DecodeDataset(files, enc.preprocess, max_pixels), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
         pin_memory=enc.device.startswith("cuda"))
-    done, last_flush = 0, time.monotonic()
+    done = 0
     if progress:
-        progress(0, len(pending))
+        progress(0, len(files))
     with _sigint_ignored_while_forking(workers):
         batches = iter(loader)  # starts the workers
     for items in batches:
-        good = [(i, array) for i, array, reason in items if array is not None]
-        for i, array, reason in items:
-            if array is None:
-                block.add_failure(pending[i], reason)
-                summary.failed += 1
+        results: list[tuple[ImageFile, np.ndarray | None, str]] = [
+            (files[i], None, reason) for i, array, reason in items if array is None]
+        good = [(i, array) for i, array, _ in items if array is not None]
         if good:
-            vectors = enc.encode_padded(np.stack([array for _, array in good]), batch_size)
-            for (i, _), vector in zip(good, vectors):
-                block.add_row(pending[i], vector)
-            summary.embedded += len(good)
+            vectors, finite, recomputed = enc.encode_finite(np.stack([array for _, array in good]), batch_size)
+            for (i, _), vector, ok in zip(good, vectors, finite):
+                results.append((files[i], vector, "") if ok else (files[i], None, NON_FINITE_REASON))
         done += len(items)
+        yield results, (len(good) if good and recomputed else 0)
         if progress:
-            progress(done, len(pending))
+            progress(done, len(files))
+
+
+NON_FINITE_REASON = "the encoder gave a non-finite embedding (NaN or Inf), also in float32"
+
+
+def _embed_batches(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
+                   batch_size: int, workers: int, max_pixels: int | None, progress: Progress | None,
+                   flush_rows: int, flush_seconds: float) -> None:
+    last_flush = time.monotonic()
+    for results, recomputed in encode_files(enc, pending, batch_size, workers, max_pixels, progress):
+        summary.recomputed_float32 += recomputed
+        for f, vector, reason in results:
+            if vector is None:
+                block.add_failure(f, reason)
+                summary.failed += 1
+            else:
+                block.add_row(f, vector)
+                summary.embedded += 1
         if len(block) >= flush_rows or time.monotonic() - last_flush > flush_seconds:
             journal.write(block, enc.embedding_dim)
             block.__init__()

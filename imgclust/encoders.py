@@ -232,19 +232,32 @@ def _effnet_weights_path() -> str | None:
 # -- the encoder -------------------------------------------------------------------------------
 
 
-def best_device(requested: str | None = None) -> str:
-    """``requested`` if given, else CUDA, then MPS, then CPU."""
+def available_devices() -> list[str]:
+    """The torch devices this machine has: ``cpu``, then ``cuda:0`` ... and ``mps`` where present."""
     import torch
 
-    if requested:
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"--device {requested}: CUDA is not available here", hint="use --device cpu, or leave --device out")
-        return requested
+    devices = ["cpu"]
     if torch.cuda.is_available():
-        return "cuda"
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+        devices.append("mps")
+    return devices
+
+
+def best_device(requested: str | None = None) -> str:
+    """``requested`` if this machine has it, else CUDA, then MPS, then CPU.
+
+    ``cuda`` means ``cuda:0``'s kind (torch's current CUDA device). A device this machine does not
+    have is a :class:`UsageError` that lists the ones it has.
+    """
+    devices = available_devices()
+    if requested is None:
+        return "cuda" if "cuda:0" in devices else ("mps" if "mps" in devices else "cpu")
+    name = requested.strip().lower()
+    if name in devices or (name == "cuda" and "cuda:0" in devices):
+        return name
+    raise UsageError(f"--device {requested}: this machine has no such device (it has {', '.join(devices)})",
+                     hint=f"use --device {devices[-1] if len(devices) > 1 else 'cpu'}, or leave --device out for the best one")
 
 
 class Encoder:
@@ -254,13 +267,13 @@ class Encoder:
     conversion to float32 numpy; subclasses only implement :meth:`_forward`.
     """
 
-    def __init__(self, spec: EncoderSpec, model, device: str):
+    def __init__(self, spec: EncoderSpec, model, device: str, dtype=None):
         import torch
 
         self.spec = spec
         self.preprocess = spec.preprocess
         self.device = device
-        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.embedding_dim = spec.embedding_dim or self._probe_dim()
 
@@ -287,6 +300,28 @@ class Encoder:
         if n < batch_size:
             arrays = np.concatenate([arrays, np.repeat(arrays[-1:], batch_size - n, axis=0)])
         return self.encode(arrays)[:n]
+
+    def encode_finite(self, arrays: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """:meth:`encode_padded`, checked: ``(vectors, finite, recomputed)``.
+
+        Half precision overflows on some inputs (a row of NaN or Inf). Such a batch is computed again
+        in float32 (``recomputed`` is True); ``finite[i]`` is False for a row that is still not
+        finite, which the caller records as a failure. No non-finite row reaches the cache.
+        """
+        import torch
+
+        vectors = self.encode_padded(arrays, batch_size)
+        finite = np.isfinite(vectors).all(axis=1)
+        if finite.all() or self.dtype == torch.float32:
+            return vectors, finite, False
+        self.model.float()
+        half, self.dtype = self.dtype, torch.float32
+        try:
+            vectors = self.encode_padded(arrays, batch_size)
+        finally:
+            self.model.to(half)
+            self.dtype = half
+        return vectors, np.isfinite(vectors).all(axis=1), True
 
     def _forward(self, x):
         return self.model(x)

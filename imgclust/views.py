@@ -47,7 +47,8 @@ def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, batch_size
                 and group["views"].attrs.get("rows_signature") == _signature(index):
             return 0
     plain = cache.read_embeddings(encoder_name)
-    out = np.repeat(plain[:, None, :], n_views, axis=1)  # a file unreadable now keeps its plain embedding
+    # A file unreadable now, or a view whose embedding is not finite even in float32, keeps its plain embedding.
+    out = np.repeat(plain[:, None, :], n_views, axis=1)
     jobs = [(row, view) for row in range(len(index)) for view in range(n_views)]
     for start in range(0, len(jobs), batch_size):
         chunk, arrays = [], []
@@ -59,8 +60,10 @@ def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, batch_size
             chunk.append((row, view))
             arrays.append(augment(image, encoder.preprocess, seed=row * 1000 + view))
         if arrays:
-            for (row, view), vector in zip(chunk, encoder.encode_padded(np.stack(arrays), batch_size)):
-                out[row, view] = vector
+            vectors, finite, _ = encoder.encode_finite(np.stack(arrays), batch_size)
+            for (row, view), vector, ok in zip(chunk, vectors, finite):
+                if ok:
+                    out[row, view] = vector
         if progress:
             progress(min(start + batch_size, len(jobs)), len(jobs))
     with cache.transaction() as fh:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imgclust.assign import assign, nearest_centre
+from imgclust.assign import assign, cluster_centres, nearest_centre
 from imgclust.cache import Cache
 from imgclust.cluster import cluster
 from imgclust.embed import embed
@@ -30,8 +30,25 @@ def test_views_are_stored_reproducibly_and_kept_while_rows_are_unchanged(image_f
 def test_nearest_centre_is_cosine_to_the_cluster_means():
     embeddings = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], float)
     labels = np.array([0, 0, 1, 1])
-    clusters, similarity = nearest_centre(embeddings, labels, np.array([[5, 0.2], [0.3, 4]]))
+    ids, centres = cluster_centres([(0, embeddings)], labels)
+    clusters, similarity = nearest_centre(ids, centres, np.array([[5, 0.2], [0.3, 4]]))
     assert clusters.tolist() == [0, 1] and (similarity > 0.9).all()
+
+
+def test_cluster_centres_streamed_in_chunks_equal_one_pass_and_skip_noise():
+    rng = np.random.default_rng(0)
+    embeddings, labels = rng.normal(size=(50, 4)), rng.integers(-1, 3, 50)
+    ids, whole = cluster_centres([(0, embeddings)], labels)
+    _, chunked = cluster_centres([(s, embeddings[s:s + 7]) for s in range(0, 50, 7)], labels)
+    assert ids.tolist() == [0, 1, 2] and np.allclose(whole, chunked)
+    normed = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    mean = normed[labels == 1].mean(0)
+    assert np.allclose(whole[1], mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_assign_refuses_a_run_of_only_noise():
+    with pytest.raises(UsageError, match="every image is noise"):
+        cluster_centres([(0, np.ones((3, 2)))], np.array([-1, -1, -1]))
 
 
 def test_assign_puts_new_images_with_their_kind(image_folder, tmp_path):

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from ..decode import DEFAULT_MAX_PIXELS
 from ..embed import embed as run_embed
 from ..encoders import DEFAULT_ENCODER
 from ..errors import ImgclustError
@@ -26,7 +27,10 @@ LabelsOption = Annotated[Optional[str], typer.Option("--labels", help="Ground tr
 WeightsOption = Annotated[Optional[str], typer.Option("--weights", help="Local checkpoint for the encoder ('random' = untrained, for tests).")]
 DataRootOption = Annotated[Optional[Path], typer.Option("--data-root", help="Where data-set sources (sklearn:digits, torchvision:CIFAR10) are written.")]
 SplitOption = Annotated[str, typer.Option("--split", help="Split of a torchvision source: test or train.")]
-DeviceOption = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu (default: the best available).")]
+DeviceOption = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU); a device this machine lacks is refused.")]
+BatchSizeOption = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (default: 32 on a CPU, 128 on a GPU).")]
+WorkersOption = Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decoding processes (default: a quarter of the cores on a CPU, at least 1 and at most 4; on a GPU every core but one, at most 8; 0 decodes inline).")]
+MaxPixelsOption = Annotated[int, typer.Option("--max-pixels", min=0, help="Decompression-bomb limit in pixels; 0 disables it.")]
 
 
 @app.command("embed")
@@ -38,9 +42,9 @@ def embed_command(
     labels: LabelsOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decoding processes (default: cores - 1; 0 decodes inline).")] = None,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=0, help="Decompression-bomb limit in pixels; 0 disables it.")] = 178_956_970,
+    batch_size: BatchSizeOption = None,
+    workers: WorkersOption = None,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     flush_rows: Annotated[int, typer.Option("--flush-rows", min=1, help="Advanced: save finished work to the journal every N images "
                                             "(and at least every 15 s); smaller loses less to a crash or kill, costs a little speed.")] = 512,
     data_root: DataRootOption = None,
@@ -79,6 +83,9 @@ def embed_command(
                       f"failed {summary.failed}, removed {summary.removed} in {summary.seconds:.1f} s "
                       f"({summary.images_per_second:.1f} images/s on {summary.device})")
             out.print(f"cache {where}: {summary.images} images, {summary.failures_total} failures ({name})")
+        if summary.recomputed_float32:
+            note(f"[yellow]note:[/yellow] {summary.recomputed_float32} images gave NaN/Inf in half precision and were "
+                 f"embedded again in float32")
         if summary.failures_total:
             note(f"[dim]list failures with: imgclust info {where} --failures[/dim]")
         if summary.dropped_derived:

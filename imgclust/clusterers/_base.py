@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -38,11 +39,14 @@ class Param:
     low_inclusive: bool = True
     choices: tuple | None = None
     nullable: bool = False
+    pattern: str | None = None  # a regular expression the whole (string) value must match
 
     def describe(self) -> str:
         parts = []
         if self.choices:
             parts.append("one of " + ", ".join(map(str, self.choices)))
+        if self.pattern:
+            parts.append(f"matching {self.pattern}")
         if self.low is not None or self.high is not None:
             lo = "-inf" if self.low is None else self.low
             hi = "inf" if self.high is None else self.high
@@ -64,6 +68,8 @@ class Param:
         except (TypeError, ValueError):
             raise self._error(owner, value) from None
         if self.choices is not None and value not in self.choices:
+            raise self._error(owner, value)
+        if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
             raise self._error(owner, value)
         if self.low is not None and (value < self.low or (not self.low_inclusive and value == self.low)):
             raise self._error(owner, value)

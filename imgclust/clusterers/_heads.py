@@ -62,13 +62,14 @@ __all__ = [
 
 
 def resolve_device(name: str):
+    """``auto``: CUDA when there is one, else the CPU; any other name must be a device this machine has."""
     import torch
 
+    from ..encoders import available_devices, best_device
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' was asked for, but CUDA is not available here", hint="use device=auto or cpu")
-    return torch.device(name)
+        return torch.device("cuda" if "cuda:0" in available_devices() else "cpu")
+    return torch.device(best_device(name))
 
 
 @contextmanager
@@ -400,7 +401,8 @@ P_BATCH = Param(
     "batch_size", None, int, "samples per training step; None = n_samples/64 clipped to [32, 256]", low=2, nullable=True
 )
 P_DEVICE = Param(
-    "device", "auto", str, "where to train: auto (CUDA when available, else CPU), cpu or cuda", choices=("auto", "cpu", "cuda")
+    "device", "auto", str, "where to train: auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps",
+    pattern=r"auto|cpu|mps|cuda(:\d+)?",
 )
 P_CENTER = Param(
     "center", True, bool, "mine neighbours on mean-centred embeddings (ours; needed for non-negative CNN features)"
