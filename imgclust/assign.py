@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .cache import Cache, encoder_key
+from .cache import Cache
 from .cluster import load_run
 from .clusterers import Clusterer
 from .decode import DEFAULT_MAX_PIXELS
@@ -101,9 +101,7 @@ def assign(
     stored = load_run(cache_obj.path, run, encoder)
     files = discover(inputs, files_from=files_from)
     failures = {f.path: f.error for f in files if f.error}
-    with cache_obj.open() as fh:
-        state_group = fh[f"encoders/{encoder_key(stored.encoder)}/runs/{stored.run_id}"].get("state")
-        state = {k: state_group[k][()] for k in state_group} if state_group is not None else None
+    state = cache_obj.read_result(stored.encoder, "runs", stored.run_id).get("state")
     if state is not None:
         head = Clusterer.from_state(state)
         method, place = "head", (lambda new: (head.predict(new), [None] * len(new)))
