@@ -336,6 +336,10 @@ def locations(segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # -- a pinned view of an encoder's rows ---------------------------------------------------------
 
 
+class BulkFileGone(CacheError):
+    """A block or result file named by an index that a later commit replaced was removed."""
+
+
 class Rows:
     """The rows of one encoder as of one index version. Blocks are immutable, so every read through
     this object sees the same rows even while other processes commit."""
@@ -507,8 +511,8 @@ class Cache:
         try:
             return stack.enter_context(h5py.File(path, "r", locking=False))
         except FileNotFoundError:
-            raise CacheError(f"{path} is gone: the cache changed while it was read (compacted or a result removed)",
-                             hint="run the command again") from None
+            raise BulkFileGone(f"{path} is gone: the cache changed while it was read (compacted, or a result removed)",
+                               hint="run the command again") from None
         except OSError as exc:
             raise CacheError(f"{path} cannot be read ({_h5_reason(exc)})",
                              hint=f"check the disk; imgclust info {self.path} lists what the cache holds") from None
@@ -562,8 +566,17 @@ class Cache:
         attrs["fingerprint"] = state.fingerprint
         return attrs
 
+    def _reading(self, encoder: str, read):
+        """``read(rows)`` on the current rows, again on the newer ones if a commit removed a file meanwhile."""
+        for attempt in range(3):
+            try:
+                return read(self.rows(encoder))
+            except BulkFileGone:
+                if attempt == 2:
+                    raise
+
     def read_index(self, encoder: str) -> Index:
-        return self.rows(encoder).index()
+        return self._reading(encoder, Rows.index)
 
     def read_failures(self, encoder: str) -> Failures:
         return self._encoder_state(encoder).failures
@@ -574,7 +587,7 @@ class Cache:
 
     def read_embeddings(self, encoder: str, max_bytes: int | None = None) -> np.ndarray:
         """All embeddings of ``encoder`` in memory; refuses when they exceed ``max_bytes``."""
-        return self.rows(encoder).read_embeddings(max_bytes)
+        return self._reading(encoder, lambda rows: rows.read_embeddings(max_bytes))
 
     def list_groups(self, encoder: str, kind: str) -> dict[str, dict]:
         """``{name: attrs}`` of the reductions, runs, views or kNN graphs of ``encoder``; each has
@@ -761,10 +774,13 @@ class Cache:
                 path.unlink(missing_ok=True)
 
     def clean_temp_files(self) -> None:
-        """Remove what killed writers left (temporary index and bulk files of dead processes)."""
+        """Remove what killed writers left: temporary files of dead processes, and bulk files a
+        writer published but was killed before its index named them (or before it removed them)."""
         if self.path.exists():
             with self.committing():
-                self._clean_leftovers(self.load())
+                state = self.load()
+                self._clean_leftovers(state)
+                self._collect_garbage(state)
 
     def write_bulk(self, arrays: dict, attrs: dict) -> Path:
         """Write a bulk file of ``arrays`` (nested dicts become groups) to a temporary name, fsynced."""

@@ -543,6 +543,8 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
                        if p in relabel and (relabel[p] or "") != committed.labels[i] and p not in new and p not in copies})
     for p in [p for p in fails if p not in present and (exact or not os.path.exists(p))]:
         del fails[p]  # a failure record of a file that is gone holds nothing worth keeping
+    for p in [p for p in new if p not in present and (exact or (prune and not os.path.exists(p)))]:
+        del new[p]  # journalled by an interrupted run, gone (or not asked for) since
     for p in ([] if committed is None else committed.paths):
         if p not in present and p not in new and p not in remove:
             if exact or (prune and not os.path.exists(p)):

@@ -159,24 +159,16 @@ def make_folder(root: Path, n_good: int = 16) -> Path:
 
 
 def seed_other_encoder(cache: Path, mib: int = 16) -> None:
-    """Give ``cache`` another encoder's group of ``mib`` MiB: every merge copies it (a wider window)."""
-    from imgclust.cache import Cache, Failures, Index, write_failures, write_rows
+    """Give ``cache`` another encoder's rows, ``mib`` MiB of them (they must stay untouched)."""
+    from imgclust.cache import Cache, NewRows
 
     n, dim = mib * 1024, 256
     data = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
-
-    def build(group, _old):
-        group.attrs.update({"encoder": OTHER_ENCODER, "architecture": "x", "weights": "y", "embedding_dim": dim,
-                            "preprocess": "{}"})
-        write_rows(group, Index(np.array([f"/elsewhere/{i:06d}.jpg" for i in range(n)], dtype=object),
-                                np.zeros(n, np.int64), np.zeros(n, np.int64), np.array([""] * n, dtype=object)),
-                   [(0, data)], dim)
-        empty = np.array([], dtype=object)
-        write_failures(group, Failures(empty, np.array([], np.int64), np.array([], np.int64), empty))
-
+    attrs = {"encoder": OTHER_ENCODER, "architecture": "x", "weights": "y", "embedding_dim": dim, "preprocess": "{}"}
     c = Cache(cache)
     with c.writer():
-        c.rewrite(OTHER_ENCODER, build)
+        c.write_rows(OTHER_ENCODER, attrs, NewRows([f"/elsewhere/{i:06d}.jpg" for i in range(n)], np.zeros(n, np.int64),
+                                                   np.zeros(n, np.int64), [""] * n, [""] * n, data))
 
 
 @dataclass
@@ -198,7 +190,6 @@ def snapshot(cache: Path) -> Snapshot:
     if ENCODER in encoders:
         index, x = c.read_index(ENCODER), c.read_embeddings(ENCODER)
         assert x.shape[0] == len(index), "embeddings and paths differ in length"
-        assert list(index.paths) == sorted(index.paths), "rows are not sorted by path"
         rows = {p: x[i].tobytes() for i, p in enumerate(index.paths)}
         f = c.read_failures(ENCODER)
         failures = dict(zip(f.paths, f.reasons))
@@ -213,11 +204,19 @@ def snapshot(cache: Path) -> Snapshot:
 
 
 def leftovers(cache: Path) -> list[str]:
-    """A journal or temporary files next to ``cache`` (the lock file is meant to stay)."""
+    """A journal, temporary files, or bulk files the index does not name (the lock files are meant to stay)."""
+    from imgclust.cache import Cache
+
     found = [str(p) for p in cache.parent.glob(f".{cache.name}.*.tmp")]
     journal = cache.with_name(cache.name + ".journal")
     if journal.exists():
         found.append(str(journal))
+    bulk = cache.with_name(cache.name + ".d")
+    if bulk.is_dir():
+        state = Cache(cache).load()
+        named = {ref for enc in state.encoders.values() for ref in enc.blocks}
+        named |= {a["file"] for enc in state.encoders.values() for kind in enc.results.values() for a in kind.values()}
+        found += [str(p) for p in bulk.iterdir() if p.name != "commit.lock" and p.name not in named]
     return found
 
 
@@ -249,7 +248,7 @@ def check_final(cache: Path, ref: Snapshot) -> list[str]:
     except Exception as exc:  # noqa: BLE001
         return [f"the final cache does not open cleanly: {type(exc).__name__}: {exc}"]
     problems = []
-    if list(snap.rows) != list(ref.rows):
+    if sorted(snap.rows) != sorted(ref.rows):
         problems.append(f"paths differ from the reference: missing {sorted(set(ref.rows) - set(snap.rows))[:3]}, "
                         f"extra {sorted(set(snap.rows) - set(ref.rows))[:3]}")
     elif any(snap.rows[p] != ref.rows[p] for p in ref.rows):
