@@ -75,6 +75,8 @@ BULK_FORMAT = "imgclust-bulk"
 RESULT_KINDS = ("reductions", "runs", "views", "knn")
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: fast sequential reads, small partial reads
+# Files are written with HDF5's chunk cache off: a write that fails (disk full, file too large) then
+# fails in the call that made it, as an exception, not later while h5py frees the file (a crash).
 _VDS_MAX_SEGMENTS = 20_000  # beyond this the virtual dataset is left out (compact the cache)
 _COMMIT_WAIT_S = 600.0
 
@@ -733,7 +735,7 @@ class Cache:
     def _write_index(self, state: State) -> None:
         tmp = self._temp_path()
         try:
-            with h5py.File(tmp, "w", locking=False) as fh:
+            with h5py.File(tmp, "w", locking=False, rdcc_nbytes=0) as fh:
                 fh.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION, "imgclust_version": __version__})
                 encoders = fh.create_group("encoders")
                 for encoder, enc in state.encoders.items():
@@ -786,7 +788,7 @@ class Cache:
         """Write a bulk file of ``arrays`` (nested dicts become groups) to a temporary name, fsynced."""
         tmp = self._bulk_temp()
         try:
-            with h5py.File(tmp, "w", locking=False) as fh:
+            with h5py.File(tmp, "w", locking=False, rdcc_nbytes=0) as fh:
                 fh.attrs["format"] = BULK_FORMAT
                 encode_attrs(fh, attrs)
                 _write_tree(fh, arrays)
@@ -900,7 +902,7 @@ class Cache:
         n = len(new)
         keys = np.empty(n, np.uint64)
         try:
-            with h5py.File(tmp, "w", locking=False) as fh:
+            with h5py.File(tmp, "w", locking=False, rdcc_nbytes=0) as fh:
                 fh.attrs["format"] = BULK_FORMAT
                 encode_attrs(fh, {"kind": "block", "encoder": encoder, "identity": attrs.get("identity", {}),
                                   "created": now_iso(), "n_rows": n})

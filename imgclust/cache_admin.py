@@ -14,6 +14,7 @@ upgrade a schema-1 (or packed) cache. The store itself is :mod:`imgclust.cache`.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from .cache import (BULK_FORMAT, FORMAT, RESULT_KINDS, SCHEMA_VERSION, Cache, EncoderState, NewRows, Rows, State,
+from .cache import (BULK_FORMAT, _alive, FORMAT, RESULT_KINDS, SCHEMA_VERSION, Cache, EncoderState, NewRows, Rows, State,
                     _block_meta, _drop_unused_blocks, has_internal_refs, _fsync, _raise_write_failure, _replace, _write_encoder,
                     encode_attrs, fingerprint, locations, segments_from_locations)
 from .errors import UsageError
@@ -80,6 +81,7 @@ def compact(cache: str | os.PathLike, min_rows: int = COMPACT_MIN_ROWS, progress
     report = {"cache": str(cache.path), "encoders": []}
     with cache.writer():
         cache._require_writable()
+        cache.clean_temp_files()
         for name, enc in cache.load().encoders.items():
             report["encoders"].append(_compact_encoder(cache, name, enc, min_rows, progress))
     return report
@@ -141,12 +143,16 @@ def pack(cache: str | os.PathLike, out: str | os.PathLike, force: bool = False, 
         raise UsageError(f"cannot pack {cache.path} onto itself", hint="give another OUT.h5")
     if out.exists() and not force:
         raise UsageError(f"{out} exists", hint="choose another name, or pass --force to replace it")
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):  # of a killed pack
+        pid = leftover.name[len(out.name) + 2:-4]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
     with cache.committing():  # no commit (and so no file removal) while the blocks are copied
         state = cache.load()
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         copied = 0
         try:
-            with h5py.File(tmp, "w", locking=False) as fh, contextlib.ExitStack() as stack:
+            with h5py.File(tmp, "w", locking=False, rdcc_nbytes=0) as fh, contextlib.ExitStack() as stack:
                 fh.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION})
                 packed = fh.create_group("packed")
                 refs = sorted({ref for enc in state.encoders.values() for ref in enc.blocks}
@@ -187,6 +193,7 @@ def upgrade(cache: str | os.PathLike, progress: Progress | None = None) -> dict:
     """Convert a schema-1 or packed cache in place: its data moves to bulk files, in one pass."""
     cache = Cache(cache)
     with cache.writer():
+        cache.clean_temp_files()
         state = cache.load()
         if not has_internal_refs(state):
             return {"cache": str(cache.path), "upgraded": False, "schema_version": state.schema}
@@ -225,7 +232,7 @@ def _upgrade_encoder(cache: Cache, name: str, enc: EncoderState, written: list[P
             if "row_keys" in group:  # a packed block: copy it as it is
                 tmp = cache._bulk_temp()
                 written.append(tmp)
-                with h5py.File(tmp, "w", locking=False) as fh:
+                with h5py.File(tmp, "w", locking=False, rdcc_nbytes=0) as fh:
                     for key in group:
                         group.file.copy(group[key], fh, name=key)
                     fh.attrs.update(dict(group.attrs))
@@ -250,7 +257,7 @@ def _upgrade_encoder(cache: Cache, name: str, enc: EncoderState, written: list[P
                 source = cache._open_ref(attrs["file"], stack)
                 tmp = cache._bulk_temp()
                 written.append(tmp)
-                with h5py.File(tmp, "w", locking=False) as fh:
+                with h5py.File(tmp, "w", locking=False, rdcc_nbytes=0) as fh:
                     fh.attrs["format"] = BULK_FORMAT
                     if isinstance(source, h5py.Dataset):
                         fh.create_dataset("views", data=source[()])
