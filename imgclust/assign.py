@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .cache import Cache, encoder_key
+from .cache import Cache
 from .cluster import load_run
 from .clusterers import Clusterer
 from .decode import DEFAULT_MAX_PIXELS
@@ -101,19 +101,7 @@ def assign(
     stored = load_run(cache_obj.path, run, encoder)
     files = discover(inputs, files_from=files_from)
     failures = {f.path: f.error for f in files if f.error}
-    with cache_obj.open() as fh:
-        state_group = fh[f"encoders/{encoder_key(stored.encoder)}/runs/{stored.run_id}"].get("state")
-        state = {k: state_group[k][()] for k in state_group} if state_group is not None else None
-    if state is not None:
-        head = Clusterer.from_state(state)
-        method, place = "head", (lambda new: (head.predict(new), [None] * len(new)))
-    else:
-        ids, centres = cluster_centres(cache_obj.iter_embeddings(stored.encoder), stored.labels)
-        method = "nearest-centre"
-
-        def place(new):
-            clusters, similarity = nearest_centre(ids, centres, new)
-            return clusters, [float(v) for v in similarity]
+    method, place = _placer(cache_obj, stored)
     enc = run_encoder(cache_obj, stored.encoder, device)
     batch_size = batch_size or default_batch_size(enc.device)
     workers = default_workers(enc.device) if workers is None else workers
@@ -129,3 +117,50 @@ def assign(
     if not paths:
         raise UsageError("none of the images to assign could be read", hint="; ".join(f"{p}: {r}" for p, r in list(failures.items())[:3]))
     return Assignment(stored.run_id, method, paths, clusters, similarity, failures)
+
+
+def _placer(cache_obj: Cache, stored) -> tuple[str, Callable]:
+    """``(method, place)``: ``place(vectors) -> (clusters, similarities)`` for a stored run."""
+    state = cache_obj.read_result(stored.encoder, "runs", stored.run_id).get("state")
+    if state is not None:
+        head = Clusterer.from_state(state)
+        return "head", (lambda new: (head.predict(new), [None] * len(new)))
+    ids, centres = cluster_centres(cache_obj.iter_embeddings(stored.encoder), stored.labels)
+
+    def place(new):
+        clusters, similarity = nearest_centre(ids, centres, new)
+        return clusters, [float(v) for v in similarity]
+    return "nearest-centre", place
+
+
+def assign_vectors(
+    cache: str | os.PathLike,
+    vectors: str | os.PathLike,
+    paths: str | os.PathLike,
+    run: str | None = None,
+    *,
+    encoder: str | None = None,
+    dataset: str | None = None,
+) -> Assignment:
+    """Assign vectors made elsewhere (a file :func:`imgclust.vectors.open_vectors` reads, with one
+    path per line in ``paths``) to the clusters of run ``run``, a chunk at a time."""
+    from .vectors import open_vectors, read_lines
+
+    cache_obj = Cache(cache)
+    stored = load_run(cache_obj.path, run, encoder)
+    source = open_vectors(vectors, dataset)
+    names = read_lines(paths, "paths")
+    if len(names) != source.n:
+        raise UsageError(f"{paths} lists {len(names)} paths but {source.source} holds {source.n} vectors",
+                         hint="give exactly one path per vector, in the same order")
+    dim = cache_obj.rows(stored.encoder).dim
+    if source.dim != dim:
+        raise UsageError(f"{source.source} has {source.dim}-d vectors; run {stored.run_id} clustered {dim}-d "
+                         f"'{stored.encoder}' embeddings", hint="give vectors of the run's encoder")
+    method, place = _placer(cache_obj, stored)
+    clusters, similarity = [], []
+    for chunk in source.chunks(4096):
+        batch_clusters, batch_similarity = place(chunk)
+        clusters += [int(c) for c in batch_clusters]
+        similarity += list(batch_similarity)
+    return Assignment(stored.run_id, method, names, clusters, similarity, {})

@@ -1,6 +1,7 @@
 """``cluster``: run a registered clustering method on the cached (reduced) embeddings; store the run.
 
-The input is the space the method wants (``Clusterer.input_space``): for shallow methods the
+Every run records the row set it was computed from; a run of other rows is stale: it is kept and
+listed, but :func:`load_run` never hands it to a stage. The input is the space the method wants (``Clusterer.input_space``): for shallow methods the
 reduction named by ``reduction`` (UMAP 50 by default, computed and stored on first use), for the
 trained heads the raw embeddings. ``n_clusters`` is an int, ``"auto"`` (chosen without labels by
 :func:`imgclust.select.choose_n_clusters`) or None (the method finds it; agglomerative then cuts
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .cache import Cache, encode_attrs, encoder_key, new_run_id, now_iso
+from .cache import Cache, Rows, now_iso
 from .clusterers import CLUSTERERS, create_clusterer
 from .clusterers._agglomerative import agglomerative_defaults
 from .clusterers._base import available_memory_bytes
@@ -67,22 +68,20 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
     return params
 
 
-def input_space(cache: Cache, encoder: str, method_input: str, reduction: str | None, dims: int | None,
+def input_space(cache: Cache, rows: Rows, method_input: str, reduction: str | None, dims: int | None,
                 random_state: int, memory_budget: int | None = None) -> tuple[str, np.ndarray]:
-    """The data a method clusters: ``(space name, array)``."""
+    """The data a method clusters, for exactly ``rows``: ``(space name, array)``."""
     budget = memory_budget or available_memory_bytes() // 2
     if reduction is None:
         reduction = DEFAULT_REDUCTION if method_input == "reduced" else "none"
     if reduction == "none":
-        return "raw", cache.read_embeddings(encoder, max_bytes=budget)
-    stored = cache.list_groups(encoder, "reductions")
-    if reduction in stored:  # an explicit stored key
+        return "raw", rows.read_embeddings(max_bytes=budget)
+    if reduction in cache.list_groups(rows.encoder, "reductions"):  # an explicit stored key
         key = reduction
     else:
-        key = reduce(cache.path, encoder, reduction, dims if dims is not None else DEFAULT_DIMS,
+        key = reduce(cache.path, rows.encoder, reduction, dims if dims is not None else DEFAULT_DIMS,
                      random_state=random_state, memory_budget=budget).key
-    data, _ = cache.read_array(encoder, f"reductions/{key}/data")
-    return key, data
+    return key, cache.read_result(rows.encoder, "reductions", key, rows.fingerprint)["data"]
 
 
 def cluster(
@@ -139,7 +138,8 @@ def cluster(
     # Build once now so bad parameters fail before any heavy work ('auto' is validated with a stand-in K).
     probe_k = n_clusters if not auto else (2 if cls.n_clusters_mode == "required" else None)
     create_clusterer(method, n_clusters=probe_k, random_state=random_state, **params)
-    space, X = input_space(cache_obj, encoder, cls.input_space, reduction, dims, random_state)
+    rows = cache_obj.rows(encoder)
+    space, X = input_space(cache_obj, rows, cls.input_space, reduction, dims, random_state)
     started = time.perf_counter()
     selection = None
     k = n_clusters
@@ -154,6 +154,8 @@ def cluster(
     clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
     clusterer.on_epoch = on_epoch
     views = cache_obj.read_views(encoder) if cls.needs_views else None
+    if views is not None and len(views) != len(rows):
+        views = None  # views of other rows (the rows changed meanwhile): the method says what to run
     labels = clusterer.fit_predict(X, views)
     seconds = round(time.perf_counter() - started, 3)
     run = ClusterRun(
@@ -161,7 +163,7 @@ def cluster(
         n_clusters=clusterer.n_clusters_, n_clusters_requested=n_clusters, space=space, n_samples=len(labels),
         n_noise=int((labels < 0).sum()), seconds=seconds, labels=labels, selection=selection, estimator=clusterer)
     if store:
-        run.run_id = _store(cache_obj, run, clusterer)
+        run.run_id = _store(cache_obj, run, clusterer, rows.fingerprint)
     return run
 
 
@@ -174,37 +176,41 @@ def _jsonable(params: dict) -> dict:
     return json.loads(json.dumps(params, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
-def _store(cache: Cache, run: ClusterRun, clusterer) -> str:
-    with cache.writer():
-        with cache.transaction() as fh:
-            runs = fh[f"encoders/{encoder_key(run.encoder)}"].require_group("runs")
-            run_id = new_run_id(runs)
-            group = runs.create_group(run_id)
-            group.create_dataset("labels", data=run.labels.astype(np.int64))
-            if getattr(clusterer, "supports_predict", False):
-                state = group.create_group("state")
-                for key, value in clusterer.state().items():
-                    state.create_dataset(key, data=value)
-            encode_attrs(group, {"method": run.method, "params": run.params, "n_clusters": run.n_clusters,
-                                 "n_clusters_requested": run.n_clusters_requested, "space": run.space,
-                                 "n_samples": run.n_samples, "n_noise": run.n_noise, "seconds": run.seconds,
-                                 "selection": run.selection, "created": now_iso()})
-    return run_id
+def _store(cache: Cache, run: ClusterRun, clusterer, fingerprint: str) -> str:
+    arrays = {"labels": run.labels.astype(np.int64)}
+    if getattr(clusterer, "supports_predict", False):
+        arrays["state"] = dict(clusterer.state())
+    return cache.store_result(run.encoder, "runs", None, arrays, {
+        "method": run.method, "params": run.params, "n_clusters": run.n_clusters,
+        "n_clusters_requested": run.n_clusters_requested, "space": run.space, "n_samples": run.n_samples,
+        "n_noise": run.n_noise, "seconds": run.seconds, "selection": run.selection, "created": now_iso()}, fingerprint)
 
 
 def load_run(cache: str | os.PathLike, run_id: str | None = None, encoder: str | None = None) -> ClusterRun:
-    """A stored run (the latest when ``run_id`` is None)."""
+    """A stored run of the cache's current rows (the latest when ``run_id`` is None).
+
+    A stale run (computed from other rows) is refused: its labels do not belong to these rows.
+    """
     cache_obj = Cache(cache)
     encoder = cache_obj.resolve_encoder(encoder)
     runs = cache_obj.list_groups(encoder, "runs")
-    if not runs:
+    current = {name: attrs for name, attrs in runs.items() if not attrs["stale"]}
+    hint = f"cluster them again: imgclust cluster {cache_obj.path}"
+    if run_id is not None and run_id not in runs:
+        raise UsageError(f"no run '{run_id}' in {cache_obj.path}",
+                         hint=f"runs there: {', '.join(sorted(runs))}" if runs else f"run imgclust cluster {cache_obj.path}")
+    if run_id is not None and run_id not in current:
+        raise UsageError(f"run '{run_id}' in {cache_obj.path} is stale: the images changed after it was computed",
+                         hint=hint)
+    if not current:
+        if runs:
+            raise UsageError(f"every clustering run in {cache_obj.path} was computed from other images than it holds now",
+                             hint=hint)
         raise UsageError(f"{cache_obj.path} has no clustering runs for '{encoder}'", hint=f"run imgclust cluster {cache_obj.path}")
     if run_id is None:
-        run_id = max(runs, key=lambda name: int(name.rpartition("-")[2]))  # ids are run-1, run-2, ...
-    if run_id not in runs:
-        raise UsageError(f"no run '{run_id}' in {cache_obj.path}", hint=f"runs there: {', '.join(sorted(runs))}")
+        run_id = max(current, key=lambda name: int(name.rpartition("-")[2]))  # ids are run-1, run-2, ...
     attrs = runs[run_id]
-    labels, _ = cache_obj.read_array(encoder, f"runs/{run_id}/labels")
+    labels = cache_obj.read_result(encoder, "runs", run_id, attrs["fingerprint"])["labels"]
     return ClusterRun(run_id=run_id, encoder=encoder, method=attrs["method"], params=attrs["params"],
                       n_clusters=int(attrs["n_clusters"]), n_clusters_requested=attrs["n_clusters_requested"],
                       space=attrs["space"], n_samples=int(attrs["n_samples"]), n_noise=int(attrs["n_noise"]),
@@ -214,7 +220,7 @@ def load_run(cache: str | os.PathLike, run_id: str | None = None, encoder: str |
 def run_space(cache: str | os.PathLike, run: ClusterRun) -> np.ndarray:
     """The data a run clustered (its reduction, or the raw embeddings)."""
     cache_obj = Cache(cache)
+    rows = cache_obj.rows(run.encoder)
     if run.space == "raw":
-        return cache_obj.read_embeddings(run.encoder, max_bytes=available_memory_bytes() // 2)
-    data, _ = cache_obj.read_array(run.encoder, f"reductions/{run.space}/data")
-    return data
+        return rows.read_embeddings(max_bytes=available_memory_bytes() // 2)
+    return cache_obj.read_result(run.encoder, "reductions", run.space, rows.fingerprint)["data"]

@@ -1,10 +1,15 @@
 """``embed``: images -> one embedding each, in the resumable HDF5 cache.
 
 The work list is every discovered image that the cache does not already hold unchanged (same
-size and mtime). Decoding runs in DataLoader worker processes, overlapped with the model. Each
-finished block of rows is journalled to ``<cache>.journal/<encoder>/`` (written to a temporary
-name, then renamed), so a killed run keeps its work; the journal is merged into the cache with
-one atomic replace at the end, or at the start of the next run.
+size and mtime, or, when those changed, the same content hash). Decoding runs in DataLoader worker
+processes, overlapped with the model. Each finished block of rows is journalled to
+``<cache>.journal/<encoder>/`` (written to a temporary name, then renamed), so a killed run keeps
+its work; at the end (or at the start of the next run) the journal becomes one new block of the
+cache (:meth:`imgclust.cache.Cache.write_rows`): a commit costs what it adds.
+
+Nothing is dropped unasked: rows of files that cannot be found are kept (``prune`` drops them),
+labels stay unless ``labels`` is given, and a row whose file changed is replaced in place, so
+results of the other rows keep their order (they are marked stale, never deleted).
 
 Every batch is padded to the full batch size before the forward pass (``Encoder.encode_padded``),
 which makes a resumed run bit-for-bit equal to an uninterrupted one.
@@ -28,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .cache import Cache, Failures, Index, encoder_key, now_iso, write_failures, write_rows
+from .cache import Cache, Failures, NewRows, Rows, encoder_key, file_hash
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode
 from .discover import ImageFile, discover
-from .encoders import DEFAULT_ENCODER, Encoder, create_encoder, resolve_spec
+from .encoders import DEFAULT_ENCODER, Encoder, best_device, create_encoder, resolve_spec
 from .errors import UsageError
 from .sources import expand_sources
 from .views import add_views
@@ -56,11 +61,13 @@ class EmbedSummary:
     changed: int = 0  # of which re-embedded because size or mtime changed
     skipped: int = 0  # already in the cache, unchanged
     failed: int = 0  # could not be read in this run
-    removed: int = 0  # rows dropped because their file no longer exists
+    removed: int = 0  # rows dropped because their file no longer exists (prune) or is not listed (exact)
+    kept_missing: int = 0  # rows kept although their file cannot be found (prune drops them)
+    confirmed: int = 0  # files whose size or mtime changed but whose content hash did not: not embedded again
     recovered: int = 0  # rows taken over from an interrupted run's journal
     images: int = 0  # rows in the cache for this encoder after the run
     failures_total: int = 0
-    dropped_derived: list[str] = field(default_factory=list)  # reductions/runs made stale by changed rows
+    stale_results: list[str] = field(default_factory=list)  # reductions/runs/views made stale by changed rows
     seconds: float = 0.0
     images_per_second: float = 0.0
     interrupted: bool = False
@@ -81,6 +88,7 @@ class _Block:
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
     fail_paths: list[str] = field(default_factory=list)
     fail_sizes: list[int] = field(default_factory=list)
@@ -95,6 +103,7 @@ class _Block:
         self.sizes.append(f.size)
         self.mtimes.append(f.mtime_ns)
         self.labels.append(f.label or "")
+        self.hashes.append(file_hash(f.path))
         self.embeddings.append(vector)
 
     def add_failure(self, f: ImageFile, reason: str) -> None:
@@ -124,6 +133,7 @@ class _Journal:
                 identity=np.array(repr(sorted(self.identity.items()))),
                 paths=np.array(block.paths, dtype=str), sizes=np.array(block.sizes, dtype=np.int64),
                 mtimes=np.array(block.mtimes, dtype=np.int64), labels=np.array(block.labels, dtype=str),
+                hashes=np.array(block.hashes, dtype=str),
                 embeddings=np.array(block.embeddings, dtype=np.float32).reshape(len(block.paths), dim),
                 fail_paths=np.array(block.fail_paths, dtype=str), fail_sizes=np.array(block.fail_sizes, dtype=np.int64),
                 fail_mtimes=np.array(block.fail_mtimes, dtype=np.int64), fail_reasons=np.array(block.fail_reasons, dtype=str),
@@ -260,6 +270,8 @@ def embed(
     split: str = "test",
     exact: bool = False,
     views: int = 0,
+    prune: bool = False,
+    reembed: bool = False,
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
     exclude: Sequence[str | os.PathLike] = (),
@@ -285,7 +297,11 @@ def embed(
         seconds, whichever comes first; a kill loses at most that much (CLI: ``--flush-rows``).
     data_root, split : where data-set sources are written, and which split torchvision sources use.
     exact : make the cache hold exactly these images (drop rows of other files); by default rows of
-        other files that still exist are kept, so several folders can share one cache.
+        other files are kept, so several folders can share one cache.
+    prune : drop the rows of files that cannot be found any more (by default they are kept: the disk
+        may only be unmounted).
+    reembed : replace every row of ``encoder`` by embedding the images again, e.g. with other
+        settings (device, precision, batch size) than the rows were made with.
     views : also store this many augmented-view embeddings per image (for ``cc``; see :mod:`imgclust.views`).
     exclude : folders discovery never walks into (the one-step command's output folder).
 
@@ -307,23 +323,28 @@ def embed(
     cache = Cache(cache)
     summary = EmbedSummary(cache=str(cache.path), encoder=encoder, discovered=len(files))
     with cache.writer():
+        if cache.exists():
+            cache._require_writable()
         cache.clean_temp_files()
-        committed, committed_failures, identity_old = _read_committed(cache, encoder)
-        journal_identity = {"architecture": spec.architecture, "weights": weights or spec.weights}
-        if identity_old is not None and identity_old != journal_identity:
-            raise UsageError(
-                f"{cache.path} holds '{encoder}' embeddings made with {identity_old['architecture']} / "
-                f"{identity_old['weights']}, not {journal_identity['architecture']} / {journal_identity['weights']}",
-                hint="use another --cache, or the same --weights as before")
-        journal = _Journal(cache, encoder, journal_identity)
+        rows = cache.rows(encoder) if cache.exists() and encoder in cache.encoders() else None
+        committed = rows.index() if rows is not None and not reembed else None
+        run_device = best_device(device)
+        summary.batch_size = batch_size or default_batch_size(run_device)
+        identity = block_identity(spec, weights, run_device, summary.batch_size)
+        if rows is not None and not reembed:
+            _check_identity(cache, encoder, rows.state.attrs, identity)
+        journal = _Journal(cache, encoder, identity)
         recovered = journal.load()
         summary.recovered = sum(len(part["paths"]) for part in recovered)
+        committed_failures = cache.read_failures(encoder) if committed is not None else None
         known = _known_state(committed, committed_failures, recovered)
         recheck = _rechecked_failures(committed_failures, recovered)
-        pending, block = [], _Block()
+        hashes = dict(zip(committed.paths, committed.hashes)) if committed is not None else {}
+        pending, block, confirmed = [], _Block(), {}
         for f in files:
             state = known.get(f.path)
-            unchanged = state == (f.size if f.size is not None else -1, f.mtime_ns if f.mtime_ns is not None else -1)
+            current = (f.size if f.size is not None else -1, f.mtime_ns if f.mtime_ns is not None else -1)
+            unchanged = state == current
             reason = _still_failing(f, recheck[f.path], max_pixels) if unchanged and f.path in recheck else None
             if unchanged and (f.path not in recheck or reason == recheck[f.path]):
                 summary.skipped += 1
@@ -333,15 +354,17 @@ def embed(
             elif f.error is not None:
                 block.add_failure(f, f.error)
                 summary.failed += 1
+            elif state is not None and hashes.get(f.path) and hashes[f.path] == file_hash(f.path):
+                confirmed[f.path] = current  # copied or re-mounted: new size/mtime, same bytes
+                summary.confirmed += 1
             else:
                 pending.append(f)
                 summary.changed += state is not None and not unchanged
         enc = None
         try:
             if pending:
-                enc = create_encoder(encoder, weights=weights, device=device)
+                enc = create_encoder(encoder, weights=weights, device=run_device)
                 summary.device = enc.device
-                summary.batch_size = batch_size or default_batch_size(enc.device)
                 summary.workers = default_workers(enc.device) if workers is None else workers
                 _run(enc, pending, block, journal, summary, summary.batch_size, summary.workers, max_pixels, progress,
                      flush_rows, flush_seconds)
@@ -352,11 +375,11 @@ def embed(
                 journal.write(block, enc.embedding_dim if enc else (spec.embedding_dim or 0))
         dim = enc.embedding_dim if enc is not None else None
         relabel = {f.path: f.label for f in files} if labels is not None else {}
-        _commit(cache, encoder, spec, journal, journal_identity, committed, summary, dim, relabel,
-                present={f.path for f in files}, exact=exact)
+        _commit(cache, encoder, spec, journal, identity, rows, summary, dim, relabel, confirmed,
+                present={f.path for f in files}, exact=exact, prune=prune, reembed=reembed)
         journal.clear()
         if views and not summary.interrupted and summary.images:
-            enc = enc or create_encoder(encoder, weights=weights, device=device)
+            enc = enc or create_encoder(encoder, weights=weights, device=run_device)
             summary.views_computed = add_views(cache, encoder, enc, views, batch_size or default_batch_size(enc.device),
                                                max_pixels, progress)
     summary.seconds = round(time.perf_counter() - started, 3)
@@ -364,12 +387,28 @@ def embed(
     return summary
 
 
-def _read_committed(cache: Cache, encoder: str) -> tuple[Index | None, Failures | None, dict | None]:
-    if not cache.exists() or encoder not in cache.encoders():
-        return None, None, None
-    info = cache.info(encoder)
-    return (cache.read_index(encoder), cache.read_failures(encoder),
-            {"architecture": info["architecture"], "weights": info["weights"]})
+def block_identity(spec, weights: str | None, device: str, batch_size: int) -> dict:
+    """The settings that decide an embedding's bits, recorded per block: rows made with other ones
+    (float16 on a GPU against float32 on a CPU, another batch size) are not mixed in one cache."""
+    kind = device.split(":")[0]
+    return {"architecture": spec.architecture, "weights": weights or spec.weights,
+            "preprocess": spec.preprocess.to_dict(), "device": kind,
+            "dtype": "float16" if kind == "cuda" else "float32", "batch_size": int(batch_size)}
+
+
+def _check_identity(cache: Cache, encoder: str, attrs: dict, identity: dict) -> None:
+    stored = attrs.get("identity") or {"architecture": attrs.get("architecture"), "weights": attrs.get("weights")}
+    differ = [k for k in identity if k in stored and stored[k] != identity[k]]
+    if differ:
+        was = ", ".join(f"{k} {stored[k]}" for k in differ if k != "preprocess")
+        now = ", ".join(f"{k} {identity[k]}" for k in differ if k != "preprocess")
+        if "preprocess" in differ:
+            was, now = (was + ", " if was else "") + "other preprocessing", (now + ", " if now else "") + "this preprocessing"
+        raise UsageError(
+            f"{cache.path} holds '{encoder}' embeddings made with {was}, not {now}: mixing them would give "
+            f"rows that are not comparable",
+            hint="pass the same settings as before (--weights, --device, --batch-size), use another --cache, or "
+                 "add --reembed to embed every image again with these settings")
 
 
 def _rechecked_failures(failures: Failures | None, parts: list[dict]) -> dict[str, str]:
@@ -390,7 +429,7 @@ def _still_failing(f: ImageFile, reason: str, max_pixels: int | None) -> str | N
     return None
 
 
-def _known_state(committed: Index | None, failures: Failures | None, parts: list[dict]) -> dict[str, tuple[int, int]]:
+def _known_state(committed, failures: Failures | None, parts: list[dict]) -> dict[str, tuple[int, int]]:
     """``{path: (size, mtime)}`` of everything already embedded or recorded as failed."""
     known: dict[str, tuple[int, int]] = {}
     for paths, sizes, mtimes in ([(committed.paths, committed.sizes, committed.mtimes)] if committed is not None else []) + \
@@ -473,89 +512,103 @@ def _embed_batches(enc: Encoder, pending: list[ImageFile], block: _Block, journa
             last_flush = time.monotonic()
 
 
-def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict, committed: Index | None,
-            summary: EmbedSummary, dim: int | None, relabel: dict[str, str | None], present: set[str],
-            exact: bool) -> None:
-    """Merge the committed rows and the journal into a new cache file (one atomic replace)."""
+def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict, rows: Rows | None,
+            summary: EmbedSummary, dim: int | None, relabel: dict[str, str | None], confirmed: dict[str, tuple],
+            present: set[str], exact: bool, prune: bool, reembed: bool) -> None:
+    """Turn the journal (and confirmed or relabelled rows) into one new block and commit the index."""
     parts = journal.load()
-    rows: dict[str, tuple] = {}  # path -> (size, mtime, label, source, position)
-    fails: dict[str, tuple] = {}
-    old_failures = None
-    if committed is not None:
-        for pos, (p, s, m, lab) in enumerate(zip(committed.paths, committed.sizes, committed.mtimes, committed.labels)):
-            rows[p] = (int(s), int(m), lab, -1, pos)
-        old_failures = cache.read_failures(encoder)
-        for p, s, m, r in zip(old_failures.paths, old_failures.sizes, old_failures.mtimes, old_failures.reasons):
-            fails[p] = (int(s), int(m), r)
+    committed = rows.index() if rows is not None and not reembed else None
+    position = {p: i for i, p in enumerate(committed.paths)} if committed is not None else {}
+    old_failures = rows.state.failures if rows is not None else Failures.empty()
+    fails = {p: (int(s), int(m), r) for p, s, m, r in zip(old_failures.paths, old_failures.sizes, old_failures.mtimes,
+                                                         old_failures.reasons)}
+    new: dict[str, tuple] = {}  # path -> (size, mtime, label, hash, part, position in part)
     for k, part in enumerate(parts):
         if dim is None and len(part["paths"]):
             dim = part["embeddings"].shape[1]
-        for pos, (p, s, m, lab) in enumerate(zip(part["paths"], part["sizes"], part["mtimes"], part["labels"])):
-            rows[str(p)] = (int(s), int(m), str(lab), k, pos)
+        for pos, (p, s, m, lab, h) in enumerate(zip(part["paths"], part["sizes"], part["mtimes"], part["labels"],
+                                                    part["hashes"])):
+            new[str(p)] = (int(s), int(m), str(lab), str(h), k, pos)
             fails.pop(str(p), None)
         for p, s, m, r in zip(part["fail_paths"], part["fail_sizes"], part["fail_mtimes"], part["fail_reasons"]):
             fails[str(p)] = (int(s), int(m), str(r))
-            rows.pop(str(p), None)
-    # Drop rows whose file is gone (and, unless exact, keep rows of other folders embedded separately).
-    for table in (rows, fails):
-        for p in [p for p in table if p not in present and (exact or not os.path.exists(p))]:
-            del table[p]
-            summary.removed += table is rows
+            new.pop(str(p), None)
+    remove = {p for p in fails if p in position}  # a file that now fails to read loses its old row
+    for p in [p for p in new if p in position]:  # already committed (a kill between commit and clearing the journal)
+        i = position[p]
+        if (new[p][0], new[p][1], new[p][3]) == (committed.sizes[i], committed.mtimes[i], committed.hashes[i]) \
+                and (p not in relabel or (relabel[p] or "") == committed.labels[i]):
+            del new[p]
+    copies = {p: confirmed[p] for p in confirmed if p in position}
+    if relabel and committed is not None:
+        copies.update({p: (int(committed.sizes[i]), int(committed.mtimes[i])) for p, i in position.items()
+                       if p in relabel and (relabel[p] or "") != committed.labels[i] and p not in new and p not in copies})
+    for p in [p for p in fails if p not in present and (exact or not os.path.exists(p))]:
+        del fails[p]  # a failure record of a file that is gone holds nothing worth keeping
+    for p in [p for p in new if p not in present and (exact or (prune and not os.path.exists(p)))]:
+        del new[p]  # journalled by an interrupted run, gone (or not asked for) since
+    for p in ([] if committed is None else committed.paths):
+        if p not in present and p not in new and p not in remove:
+            if exact or (prune and not os.path.exists(p)):
+                remove.add(p)
+                summary.removed += 1
+            elif not exact and not os.path.exists(p):
+                summary.kept_missing += 1
+    failures = _failures(fails)
+    summary.images = (len(committed) if committed is not None else 0) - len(remove) + sum(p not in position for p in new)
+    summary.failures_total = len(failures)
     if dim is None:
-        dim = spec.embedding_dim or (cache.info(encoder)["embedding_dim"] if committed is not None else 0)
-    paths = sorted(rows)
-    rows_same = (committed is not None and not any(len(part["paths"]) for part in parts)
-                 and list(committed.paths) == paths)
-    index = Index(np.array(paths, dtype=object),
-                  np.array([rows[p][0] for p in paths], dtype=np.int64),
-                  np.array([rows[p][1] for p in paths], dtype=np.int64),
-                  np.array([(relabel.get(p) or "") if p in relabel else rows[p][2] for p in paths], dtype=object))
-    fail_paths = sorted(fails)
-    failures = Failures(np.array(fail_paths, dtype=object), np.array([fails[p][0] for p in fail_paths], dtype=np.int64),
-                        np.array([fails[p][1] for p in fail_paths], dtype=np.int64),
-                        np.array([fails[p][2] for p in fail_paths], dtype=object))
-    summary.images, summary.failures_total = len(paths), len(fail_paths)
-    if rows_same and np.array_equal(index.labels, committed.labels) and _same_failures(failures, old_failures):
+        dim = spec.embedding_dim or (rows.dim if rows is not None else 0)
+    if not new and not copies and not remove and not reembed and rows is not None \
+            and _same_failures(failures, old_failures):
         return  # nothing to write: the cache already is the result
+    table = _new_rows(new, copies, parts, rows, position, committed, relabel, dim)
+    attrs = {"encoder": encoder, "family": spec.family, "architecture": identity["architecture"],
+             "weights": identity["weights"], "embedding_dim": dim, "description": spec.description,
+             "preprocess": json.dumps(spec.preprocess.to_dict()), "imgclust_version": __version__,
+             "identity": identity}
+    before = rows.fingerprint if rows is not None else None
+    after = cache.write_rows(encoder, attrs, table, remove=remove, failures=failures, base=rows, replace_all=reembed)
+    if before is not None and after.fingerprint != before:
+        summary.stale_results = [f"{kind}/{name}" for kind, stored in after.results.items()
+                                 for name, a in stored.items() if a.get("fingerprint") == before]
 
-    def build(group, old_group):
-        group.attrs.update({"encoder": encoder, "family": spec.family, "architecture": identity["architecture"],
-                            "weights": identity["weights"], "embedding_dim": dim, "description": spec.description,
-                            "preprocess": json.dumps(spec.preprocess.to_dict()), "imgclust_version": __version__,
-                            "updated": now_iso()})
-        write_rows(group, index, _gather(old_group, parts, rows, paths, dim), dim)
-        write_failures(group, failures)
-        if old_group is not None:
-            if rows_same and "views" in old_group:  # views of other rows are recomputed by add_views
-                old_group.file.copy(old_group["views"], group, name="views")
-            for kind in ("reductions", "runs"):
-                if kind in old_group:
-                    if rows_same:
-                        old_group.file.copy(old_group[kind], group, name=kind)
-                    else:
-                        summary.dropped_derived += [f"{kind}/{name}" for name in old_group[kind]]
 
-    cache.rewrite(encoder, build)
+def _new_rows(new: dict, copies: dict, parts: list[dict], rows: Rows | None, position: dict, committed,
+              relabel: dict, dim: int) -> NewRows | None:
+    """The rows of the new block: embedded ones (in path order), then copies of committed rows whose
+    size/mtime (same content) or label changed."""
+    paths = sorted(new)
+    copied = sorted(copies, key=position.get)
+    if not paths and not copied:
+        return None
+
+    def label(p, fallback):
+        if p in relabel:
+            return relabel[p] or ""
+        return committed.labels[position[p]] if p in position else fallback  # labels are sticky
+
+    vectors = np.empty((len(paths) + len(copied), dim), np.float32)
+    for j, p in enumerate(paths):
+        vectors[j] = parts[new[p][4]]["embeddings"][new[p][5]]
+    if copied:
+        vectors[len(paths):] = rows.take(np.array([position[p] for p in copied], np.int64))
+    return NewRows(
+        paths=paths + copied,
+        sizes=np.array([new[p][0] for p in paths] + [copies[p][0] for p in copied], np.int64),
+        mtimes=np.array([new[p][1] for p in paths] + [copies[p][1] for p in copied], np.int64),
+        labels=[label(p, new[p][2]) for p in paths] + [label(p, "") for p in copied],
+        hashes=[new[p][3] for p in paths] + [committed.hashes[position[p]] for p in copied],
+        embeddings=vectors)
+
+
+def _failures(fails: dict) -> Failures:
+    paths = sorted(fails)
+    return Failures(np.array(paths, dtype=object), np.array([fails[p][0] for p in paths], dtype=np.int64),
+                    np.array([fails[p][1] for p in paths], dtype=np.int64),
+                    np.array([fails[p][2] for p in paths], dtype=object))
 
 
 def _same_failures(new: Failures, old: Failures | None) -> bool:
     return old is not None and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in (
         (new.paths, old.paths), (new.sizes, old.sizes), (new.mtimes, old.mtimes), (new.reasons, old.reasons)))
-
-
-def _gather(old_group, parts: list[dict], rows: dict, paths: list[str], dim: int):
-    """Yield ``(start, block)`` of the merged embeddings in final row order, a chunk at a time."""
-    step = 4096
-    for start in range(0, len(paths), step):
-        chunk = paths[start:start + step]
-        out = np.empty((len(chunk), dim), np.float32)
-        from_old = [(j, rows[p][4]) for j, p in enumerate(chunk) if rows[p][3] == -1]
-        if from_old:
-            # Old rows are sorted like the new ones, so their positions increase (h5py needs that).
-            out[[j for j, _ in from_old]] = old_group["embeddings"][[pos for _, pos in from_old]]
-        for j, p in enumerate(chunk):
-            source = rows[p][3]
-            if source >= 0:
-                out[j] = parts[source]["embeddings"][rows[p][4]]
-        yield start, out
-

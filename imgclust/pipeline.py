@@ -21,12 +21,12 @@ from .cluster import DEFAULT_METHOD, ClusterRun, cluster, takes_device
 from .embed import EmbedSummary, embed
 from .encoders import DEFAULT_ENCODER
 from .errors import UsageError
-from .export import FORMATS, LINK_MODES, ExportResult, check_destination, export
+from .export import LINK_MODES, TARGETS, ExportResult, check_destination, export
 from .manifest import read_entries
 from .score import RunReport, score
 
 CACHE_NAME = "imgclust-cache.h5"
-DEFAULT_FORMATS = FORMATS
+DEFAULT_FORMATS = tuple(TARGETS)  # every export that writes into the output folder
 
 
 @dataclass
@@ -123,9 +123,9 @@ def run_pipeline(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {folder}: {exc.strerror}", hint="choose a writable --out") from None
-    unknown = [fmt for fmt in formats if fmt not in FORMATS]
+    unknown = [fmt for fmt in formats if fmt not in DEFAULT_FORMATS]
     if unknown:
-        raise UsageError(f"unknown export format '{unknown[0]}' in --formats", hint=f"choose from {', '.join(FORMATS)}")
+        raise UsageError(f"unknown export format '{unknown[0]}' in --formats", hint=f"choose from {', '.join(DEFAULT_FORMATS)}")
     if link not in LINK_MODES:
         raise UsageError(f"unknown --link mode '{link}'", hint=f"choose from {', '.join(LINK_MODES)}")
     wanted = [fmt for fmt in formats if _available(fmt) is None]

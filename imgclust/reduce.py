@@ -8,7 +8,8 @@ Methods (chain with ``+``, e.g. ``l2+umap``):
 * ``l2``   -- normalise each row to unit length (ES: it helps shallow clusterers).
 * ``none`` -- the raw embeddings.
 
-A reduction is stored once under a key naming its settings and reused by later stages. When the
+A reduction is stored once under a key naming its settings and the row set it was computed from
+(``<settings>@<fingerprint>``), and reused by later stages for exactly those rows. When the
 embeddings would not fit the memory budget, the reducer is fitted on a random sample and applied
 to all rows a chunk at a time.
 """
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .cache import Cache, encode_attrs, encoder_key, now_iso, settings_key
+from .cache import Cache, Rows, now_iso, settings_key
 from .clusterers._base import available_memory_bytes
 from .errors import ParameterError, UsageError
 
@@ -111,31 +112,31 @@ def reduce(
     """
     cache = Cache(cache)
     encoder = cache.resolve_encoder(encoder)
-    key, settings = reduction_settings(method, dims, variance, n_neighbors, min_dist, metric, random_state)
-    stored = cache.list_groups(encoder, "reductions")
+    settings_name, settings = reduction_settings(method, dims, variance, n_neighbors, min_dist, metric, random_state)
+    rows = cache.rows(encoder)
+    key = reduction_key(settings_name, rows.fingerprint)
+    stored = cache.current(encoder, "reductions", rows.fingerprint)
     if key in stored and not force:
         attrs = stored[key]
         return Reduction(key, encoder, attrs["method"], attrs["settings"], tuple(attrs["shape"]), attrs["seconds"],
                          True, attrs["fitted_on"])
-    info = cache.info(encoder)
-    n, dim = info["n_images"], info["embedding_dim"]
+    n, dim = len(rows), rows.dim
     if n == 0:
         raise UsageError(f"{cache.path} holds no embeddings for '{encoder}'", hint="every image failed to embed; see imgclust info")
     steps = parse_method(method)
     started = time.perf_counter()
     budget = memory_budget or available_memory_bytes() // 2
-    data, fitted_on = _compute(cache, encoder, steps, settings, n, dim, budget)
+    data, fitted_on = _compute(rows, steps, settings, n, dim, budget)
     seconds = round(time.perf_counter() - started, 3)
     attrs = {"method": "+".join(steps), "settings": settings, "shape": list(data.shape), "seconds": seconds,
              "fitted_on": fitted_on, "created": now_iso()}
-    with cache.writer(), cache.transaction() as fh:
-        group = fh[f"encoders/{encoder_key(encoder)}"].require_group("reductions")
-        if key in group:
-            del group[key]
-        sub = group.create_group(key)
-        sub.create_dataset("data", data=data.astype(np.float32))
-        encode_attrs(sub, attrs)
+    cache.store_result(encoder, "reductions", key, {"data": data.astype(np.float32)}, attrs, rows.fingerprint)
     return Reduction(key, encoder, attrs["method"], settings, tuple(data.shape), seconds, False, fitted_on)
+
+
+def reduction_key(settings_name: str, fingerprint: str) -> str:
+    """The stored name of a reduction: its settings and the row set it belongs to."""
+    return f"{settings_name}@{fingerprint[:8]}"
 
 
 def load_reduction(cache: str | os.PathLike, encoder: str, key: str) -> np.ndarray:
@@ -148,16 +149,16 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def _compute(cache: Cache, encoder: str, steps: list[str], settings: dict, n: int, dim: int, budget: int):
+def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, budget: int):
     """Fit on everything when it fits the budget, else on a sample; apply to all rows chunk by chunk."""
     fits = n * dim * 4 <= budget
     if fits:
-        x = cache.read_embeddings(encoder)
+        x = rows.read_embeddings()
         sample_rows = None
     else:
         rng = np.random.default_rng(settings.get("seed", 0))
         sample_rows = np.sort(rng.choice(n, size=max(2, budget // (dim * 4)), replace=False))
-        x = _read_rows(cache, encoder, sample_rows)
+        x = rows.take(sample_rows)
     if "l2" in steps:
         x = l2_normalise(x)
     model = _fit(steps, settings, x)
@@ -165,19 +166,11 @@ def _compute(cache: Cache, encoder: str, steps: list[str], settings: dict, n: in
         out = model(None, fitted=True) if model else x
         return out.astype(np.float32), n
     blocks = []
-    for _, block in cache.iter_embeddings(encoder):
+    for _, block in rows.iter_embeddings():
         if "l2" in steps:
             block = l2_normalise(block)
         blocks.append(model(block, fitted=False) if model else block)
     return np.concatenate(blocks).astype(np.float32), len(sample_rows)
-
-
-def _read_rows(cache: Cache, encoder: str, rows: np.ndarray) -> np.ndarray:
-    out = []
-    for start, block in cache.iter_embeddings(encoder):
-        inside = rows[(rows >= start) & (rows < start + len(block))] - start
-        out.append(block[inside])
-    return np.concatenate(out)
 
 
 def fit_umap(x: np.ndarray, **params):

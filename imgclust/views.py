@@ -1,7 +1,8 @@
 """Embeddings of augmented views of every image, for contrastive clustering (``cc``, METHODS.md §5).
 
 ``embed --views N`` stores N views per image next to the plain embedding, as ``views`` (N_rows, N, D)
-in the encoder's group. Each view is a SimCLR/CC-style augmentation: random resized crop, colour
+in a result file of the cache that records the rows it belongs to (a set of views of other rows
+is stale and never used). Each view is a SimCLR/CC-style augmentation: random resized crop, colour
 jitter, random greyscale, Gaussian blur, horizontal flip (ViT-IC's solarize is left out: it barely
 matters for frozen features). A view's randomness is seeded by its row and view number, so the
 stored views are the same on every run.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cache import Cache, encoder_key
+from .cache import Cache
 from .decode import DecodeError, Preprocess, load_rgb, preprocess
 
 
@@ -35,18 +36,15 @@ def augment(image, spec: Preprocess, seed: int) -> np.ndarray:
 
 def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, batch_size: int = 32, max_pixels=None,
               progress=None) -> int:
-    """Compute and store ``n_views`` views for every row of ``encoder_name`` in one transaction.
+    """Compute and store ``n_views`` views for every row of ``encoder_name``.
 
-    The caller holds the cache's writer lock (``embed`` does). Returns the number of rows whose views
-    were computed: 0 when the stored views already belong to exactly these rows.
+    Returns the number of rows whose views were computed: 0 when views of exactly these rows are stored.
     """
-    index = cache.read_index(encoder_name)
-    with cache.open() as fh:
-        group = fh[f"encoders/{encoder_key(encoder_name)}"]
-        if "views" in group and group["views"].shape[:2] == (len(index), n_views) \
-                and group["views"].attrs.get("rows_signature") == _signature(index):
-            return 0
-    plain = cache.read_embeddings(encoder_name)
+    rows = cache.rows(encoder_name)
+    if any(a.get("n_views") == n_views for a in cache.current(encoder_name, "views", rows.fingerprint).values()):
+        return 0
+    index = rows.index()
+    plain = rows.read_embeddings()
     # A file unreadable now, or a view whose embedding is not finite even in float32, keeps its plain embedding.
     out = np.repeat(plain[:, None, :], n_views, axis=1)
     jobs = [(row, view) for row in range(len(index)) for view in range(n_views)]
@@ -66,20 +64,16 @@ def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, batch_size
                     out[row, view] = vector
         if progress:
             progress(min(start + batch_size, len(jobs)), len(jobs))
-    with cache.transaction() as fh:
-        group = fh[f"encoders/{encoder_key(encoder_name)}"]
-        if "views" in group:
-            del group["views"]
-        dataset = group.create_dataset("views", data=out, chunks=(max(1, min(len(out), 256)), n_views, out.shape[2]))
-        dataset.attrs["rows_signature"] = _signature(index)
+    cache.store_result(encoder_name, "views", f"views-{n_views}-{rows.fingerprint[:8]}", {"views": out},
+                       {"n_views": n_views, "shape": list(out.shape)}, rows.fingerprint)
     return len(index)
 
 
-def _signature(index) -> str:
-    """Identifies the exact rows (paths, sizes, mtimes) the views belong to."""
+def rows_signature(paths, sizes, mtimes) -> str:
+    """Identifies the exact rows (paths, sizes, mtimes) a schema-1 cache's views belong to."""
     import hashlib
 
     digest = hashlib.sha1()
-    for path, size, mtime in zip(index.paths, index.sizes, index.mtimes):
+    for path, size, mtime in zip(paths, sizes, mtimes):
         digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()

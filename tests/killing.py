@@ -159,24 +159,16 @@ def make_folder(root: Path, n_good: int = 16) -> Path:
 
 
 def seed_other_encoder(cache: Path, mib: int = 16) -> None:
-    """Give ``cache`` another encoder's group of ``mib`` MiB: every merge copies it (a wider window)."""
-    from imgclust.cache import Cache, Failures, Index, write_failures, write_rows
+    """Give ``cache`` another encoder's rows, ``mib`` MiB of them (they must stay untouched)."""
+    from imgclust.cache import Cache, NewRows
 
     n, dim = mib * 1024, 256
     data = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
-
-    def build(group, _old):
-        group.attrs.update({"encoder": OTHER_ENCODER, "architecture": "x", "weights": "y", "embedding_dim": dim,
-                            "preprocess": "{}"})
-        write_rows(group, Index(np.array([f"/elsewhere/{i:06d}.jpg" for i in range(n)], dtype=object),
-                                np.zeros(n, np.int64), np.zeros(n, np.int64), np.array([""] * n, dtype=object)),
-                   [(0, data)], dim)
-        empty = np.array([], dtype=object)
-        write_failures(group, Failures(empty, np.array([], np.int64), np.array([], np.int64), empty))
-
+    attrs = {"encoder": OTHER_ENCODER, "architecture": "x", "weights": "y", "embedding_dim": dim, "preprocess": "{}"}
     c = Cache(cache)
     with c.writer():
-        c.rewrite(OTHER_ENCODER, build)
+        c.write_rows(OTHER_ENCODER, attrs, NewRows([f"/elsewhere/{i:06d}.jpg" for i in range(n)], np.zeros(n, np.int64),
+                                                   np.zeros(n, np.int64), [""] * n, [""] * n, data))
 
 
 @dataclass
@@ -198,7 +190,6 @@ def snapshot(cache: Path) -> Snapshot:
     if ENCODER in encoders:
         index, x = c.read_index(ENCODER), c.read_embeddings(ENCODER)
         assert x.shape[0] == len(index), "embeddings and paths differ in length"
-        assert list(index.paths) == sorted(index.paths), "rows are not sorted by path"
         rows = {p: x[i].tobytes() for i, p in enumerate(index.paths)}
         f = c.read_failures(ENCODER)
         failures = dict(zip(f.paths, f.reasons))
@@ -213,11 +204,19 @@ def snapshot(cache: Path) -> Snapshot:
 
 
 def leftovers(cache: Path) -> list[str]:
-    """A journal or temporary files next to ``cache`` (the lock file is meant to stay)."""
+    """A journal, temporary files, or bulk files the index does not name (the lock files are meant to stay)."""
+    from imgclust.cache import Cache
+
     found = [str(p) for p in cache.parent.glob(f".{cache.name}.*.tmp")]
     journal = cache.with_name(cache.name + ".journal")
     if journal.exists():
         found.append(str(journal))
+    bulk = cache.with_name(cache.name + ".d")
+    if bulk.is_dir():
+        state = Cache(cache).load()
+        named = {ref for enc in state.encoders.values() for ref in enc.blocks}
+        named |= {a["file"] for enc in state.encoders.values() for kind in enc.results.values() for a in kind.values()}
+        found += [str(p) for p in bulk.iterdir() if p.name != "commit.lock" and p.name not in named]
     return found
 
 
@@ -249,7 +248,7 @@ def check_final(cache: Path, ref: Snapshot) -> list[str]:
     except Exception as exc:  # noqa: BLE001
         return [f"the final cache does not open cleanly: {type(exc).__name__}: {exc}"]
     problems = []
-    if list(snap.rows) != list(ref.rows):
+    if sorted(snap.rows) != sorted(ref.rows):
         problems.append(f"paths differ from the reference: missing {sorted(set(ref.rows) - set(snap.rows))[:3]}, "
                         f"extra {sorted(set(snap.rows) - set(ref.rows))[:3]}")
     elif any(snap.rows[p] != ref.rows[p] for p in ref.rows):
@@ -466,3 +465,201 @@ def torch_threads(n: int = 1):
 def sigint_as_in_a_terminal() -> None:
     """``preexec_fn`` for a child that must see Ctrl-C: undo an inherited SIG_IGN (see ZYGOTE)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# -- kills while a result is stored, during a compaction, during a pack ----------------------------
+
+STORE_ENCODER = "synthetic"
+STORE_OPS = ("cluster", "compact", "pack")
+
+
+def make_store_cache(cache: Path, blocks: int = 4, rows: int = 1500, dim: int = 64) -> None:
+    """A cache of several blocks, one of them mostly replaced (compaction has work to do)."""
+    from imgclust.cache import Cache, NewRows
+
+    c = Cache(cache)
+    attrs = {"encoder": STORE_ENCODER, "architecture": "x", "weights": "y", "embedding_dim": dim, "preprocess": "{}"}
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((5, dim)).astype(np.float32) * 4
+    with c.writer():
+        for b in range(blocks):
+            x = centres[rng.integers(0, 5, rows)] + rng.standard_normal((rows, dim)).astype(np.float32)
+            names = [f"/synthetic/{b}/{i:05d}.jpg" for i in range(rows)]
+            c.write_rows(STORE_ENCODER, attrs, NewRows(names, np.zeros(rows), np.zeros(rows), [""] * rows,
+                                                       [""] * rows, x))
+        names = [f"/synthetic/0/{i:05d}.jpg" for i in range(0, rows, 2)]  # replace half of block 0 in place
+        x = centres[rng.integers(0, 5, len(names))] + rng.standard_normal((len(names), dim)).astype(np.float32)
+        c.write_rows(STORE_ENCODER, attrs, NewRows(names, np.ones(len(names)), np.ones(len(names)),
+                                                   [""] * len(names), [""] * len(names), x))
+
+
+def store_argv(op: str, cache: Path) -> list[str]:
+    if op == "cluster":
+        return ["cluster", str(cache), "--encoder", STORE_ENCODER, "--method", "kmeans", "-k", "5", "--reduction",
+                "pca", "--dims", "32", "--seed", "0", "--quiet"]
+    if op == "compact":
+        return ["cache", "compact", str(cache), "--quiet"]
+    return ["cache", "pack", str(cache), str(cache.with_name(cache.stem + "-packed.h5")), "--force", "--quiet"]
+
+
+@dataclass
+class StoreSnapshot:
+    rows: bytes
+    paths: list[str]
+    fingerprint: str
+    runs: dict[str, bytes]  # run id -> labels bytes
+    reductions: dict[str, bytes]
+    blocks: int
+
+
+def store_snapshot(cache: Path) -> StoreSnapshot:
+    from imgclust.cache import Cache
+
+    c = Cache(cache)
+    rows = c.rows(STORE_ENCODER)
+    runs = {n: c.read_result(STORE_ENCODER, "runs", n)["labels"].tobytes() for n in c.list_groups(STORE_ENCODER, "runs")}
+    reductions = {n: c.read_result(STORE_ENCODER, "reductions", n)["data"].tobytes()
+                  for n in c.list_groups(STORE_ENCODER, "reductions")}
+    x = rows.read_embeddings().tobytes()
+    with h5py.File(cache, "r") as fh:  # plain h5py opens it and reads every row through the virtual dataset
+        fh.visit(lambda name: None)
+        assert fh[f"encoders/{STORE_ENCODER}/embeddings"][()].tobytes() == x
+    return StoreSnapshot(x, list(rows.index().paths), rows.fingerprint, runs, reductions, len(rows.state.blocks))
+
+
+def _check_store(op: str, cache: Path, base: StoreSnapshot, ref: StoreSnapshot, final: bool) -> list[str]:
+    try:
+        snap = store_snapshot(cache)
+    except Exception as exc:  # noqa: BLE001
+        return [f"the cache does not open cleanly: {type(exc).__name__}: {exc}"]
+    problems = []
+    if (snap.rows, snap.paths, snap.fingerprint) != (base.rows, base.paths, base.fingerprint):
+        problems.append("the rows changed")
+    ref_run = next(iter(ref.runs.values()), None)
+    if any(labels != ref_run for labels in snap.runs.values()):
+        problems.append("a stored run differs from an uninterrupted run's")
+    if any(data not in ref.reductions.values() for data in snap.reductions.values()):
+        problems.append("a stored reduction differs from an uninterrupted run's")
+    packed = cache.with_name(cache.stem + "-packed.h5")
+    if op == "pack" and packed.exists():
+        try:
+            other = store_snapshot(packed)
+            if (other.rows, other.paths, other.fingerprint) != (base.rows, base.paths, base.fingerprint):
+                problems.append("the packed file's rows differ")
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"the packed file does not open cleanly: {type(exc).__name__}: {exc}")
+    if final:
+        if op == "cluster" and not snap.runs:
+            problems.append("no run stored after the re-run")
+        if op == "compact" and snap.blocks != ref.blocks:
+            problems.append(f"{snap.blocks} blocks after the re-run, not {ref.blocks}")
+        if op == "pack" and not packed.exists():
+            problems.append("no packed file after the re-run")
+        left = leftovers(cache) + [str(p) for p in cache.parent.glob(f".{packed.name}.*.tmp")]
+        if left:
+            problems.append(f"left behind: {left}")
+    return problems
+
+
+def _copy_cache(source: Path, target: Path) -> None:
+    _remove(target)
+    shutil.copyfile(source, target)
+    shutil.copytree(source.with_name(source.name + ".d"), target.with_name(target.name + ".d"),
+                    ignore=shutil.ignore_patterns("commit.lock"))
+
+
+def _fire_when_store(pid: int, cache: Path, op: str, trigger: str, rng: random.Random, full_s: float) -> bool:
+    started = time.monotonic()
+    bulk = cache.with_name(cache.name + ".d")
+    packed = cache.with_name(cache.stem + "-packed.h5")
+    if trigger in ("time", "early"):
+        at = started + (rng.uniform(0, 0.3) if trigger == "early" else rng.uniform(0, full_s))
+        while time.monotonic() < at:
+            if not running(pid):
+                return False
+            time.sleep(0.002)
+        return True
+    if trigger == "bulk":  # a bulk file (or the packed file) is being written
+        condition = (lambda: any(packed.parent.glob(f".{packed.name}.*.tmp"))) if op == "pack" else \
+            (lambda: any(bulk.glob(".tmp-*")))  # noqa: E731
+    else:  # replace: the index (or the packed file) changes
+        before = _file_key(packed if op == "pack" else cache)
+        condition = lambda: _file_key(packed if op == "pack" else cache) != before  # noqa: E731
+    while running(pid):
+        if condition():
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+def run_store_trials(workdir: Path, zygote: Zygote, op: str, n_trials: int, seed: int, sig: int = signal.SIGKILL,
+                     max_links: int = 3, log=None) -> TrialReport:
+    """Interrupt ``imgclust cluster`` (storing a reduction and a run), ``cache compact`` or ``cache pack``
+    ``n_trials`` times with ``sig``; after every kill the cache must open cleanly with its rows unchanged
+    and every stored result equal to an uninterrupted run's; after the chain's last (uninterrupted) run, the
+    work is done and nothing is left behind."""
+    rng = random.Random(seed)
+    name = signal.Signals(sig).name
+    report = TrialReport(signal=f"{name} {op}", workers=0)
+    started = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    base_cache = workdir / "store-base.h5"
+    if not base_cache.exists():
+        make_store_cache(base_cache)
+    base = store_snapshot(base_cache)
+    reference = workdir / f"store-ref-{op}.h5"
+    _copy_cache(base_cache, reference)
+    t0 = time.monotonic()
+    code = zygote.run(store_argv(op, reference), workdir / f"store-ref-{op}.log")
+    assert code == 0, (workdir / f"store-ref-{op}.log").read_text()
+    full_s = time.monotonic() - t0
+    ref = store_snapshot(reference)
+    triggers = ["time", "time", "bulk", "replace", "early"]
+    chain = 0
+    while report.trials < n_trials and chain < 4 * n_trials:
+        chain += 1
+        report.chains += 1
+        cache = workdir / f"store-{op}-{name}-{seed}-chain{chain:03d}.h5"
+        _copy_cache(base_cache, cache)
+        chain_problems: list[str] = []
+        for link in range(max_links + 1):
+            trigger = None if link == max_links or report.trials >= n_trials else rng.choice(triggers)
+            logfile = cache.with_name(f"{cache.stem}-{link}.log")
+            pid = zygote.start(store_argv(op, cache), logfile)
+            fired = trigger is not None and _fire_when_store(pid, cache, op, trigger, rng, full_s)
+            if fired:
+                try:
+                    os.killpg(pid, sig) if sig == signal.SIGINT else os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            code = zygote.wait(pid)
+            text = logfile.read_text(errors="replace")
+            if fired and (code == -sig or (sig == signal.SIGINT and code == 130)):
+                report.trials += 1
+                report.triggers[trigger] += 1
+                problems = _check_store(op, cache, base, ref, final=False)
+                if "Traceback" in text:
+                    problems.append(f"a traceback after {name}: {text[-500:]!r}")
+                if problems:
+                    report.failures += 1
+                    chain_problems += [f"chain {chain} link {link} ({trigger}): {p}" for p in problems]
+                if log:
+                    log(f"{name} {op} #{report.trials} chain {chain} link {link} {trigger}: {problems or 'OK'}")
+                continue
+            if code != 0:
+                report.failures += 1
+                chain_problems.append(f"chain {chain} link {link}: exit code {code}: {text[-800:]!r}")
+                break
+            if trigger is not None:
+                report.finished_before_signal += 1
+            final = _check_store(op, cache, base, ref, final=True)
+            if final:
+                report.failures += 1
+                chain_problems += [f"chain {chain} final: {p}" for p in final]
+            break
+        report.problems += chain_problems
+        if not chain_problems:
+            _remove(cache)
+            _remove(cache.with_name(cache.stem + "-packed.h5"))
+    report.seconds = time.monotonic() - started
+    return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.datasets import make_blobs
 
-from imgclust.cache import Cache, Failures, Index, write_failures, write_rows
+from imgclust.cache import Cache, NewRows
 
 ENCODER = "blobs"
 
@@ -23,16 +23,10 @@ def blob_cache(path, n_per=30, centers=4, dim=16, seed=0, files_dir=None) -> Cac
     else:
         paths = [f"/nonexistent/{i:04d}.jpg" for i in range(len(x))]
     cache = Cache(path)
-
-    def build(group, old):
-        group.attrs.update({"encoder": ENCODER, "family": "test", "architecture": "blobs", "weights": "none",
-                            "embedding_dim": dim, "preprocess": "{}"})
-        index = Index(np.array(paths, dtype=object), np.zeros(len(x), np.int64), np.zeros(len(x), np.int64),
-                      np.array([f"class-{k}" for k in y], dtype=object))
-        write_rows(group, index, [(0, x)], dim)
-        empty = np.array([], dtype=object)
-        write_failures(group, Failures(empty, np.array([], np.int64), np.array([], np.int64), empty))
-
+    attrs = {"encoder": ENCODER, "family": "test", "architecture": "blobs", "weights": "none", "embedding_dim": dim,
+             "preprocess": "{}"}
+    rows = NewRows(paths, np.zeros(len(x), np.int64), np.zeros(len(x), np.int64), [f"class-{k}" for k in y],
+                   [""] * len(x), x)
     with cache.writer():
-        cache.rewrite(ENCODER, build)
+        cache.write_rows(ENCODER, attrs, rows)
     return cache

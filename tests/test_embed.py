@@ -48,13 +48,67 @@ def test_rerun_embeds_nothing_and_changes_are_incremental(image_folder, tmp_path
     make_image(changed, (0, 200, 0), noise_seed=5)
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
     (image_folder / "red_things" / "r0.jpg").unlink()
+    order = list(Cache(cache).read_index(TINY_ENCODER).paths)
     summary = embed([image_folder], cache=cache, **TINY)
-    assert (summary.embedded, summary.changed, summary.removed, summary.images) == (2, 1, 1, 12)
+    # The missing file keeps its row (an unmounted disk is not a deletion) until --prune.
+    assert (summary.embedded, summary.changed, summary.removed, summary.kept_missing, summary.images) == (2, 1, 0, 1, 13)
     after = rows(cache)
-    assert str(new) in after and str(image_folder / "red_things" / "r0.jpg") not in after
+    assert str(new) in after and str(image_folder / "red_things" / "r0.jpg") in after
     assert not np.array_equal(after[str(changed)], before[str(changed)])
     untouched = str(image_folder / "red_things" / "r1.jpg")
     assert np.array_equal(after[untouched], before[untouched])
+    # The changed row was replaced where it was; the new one is appended.
+    assert list(Cache(cache).read_index(TINY_ENCODER).paths) == order + [str(new)]
+    pruned = embed([image_folder], cache=cache, prune=True, **TINY)
+    assert (pruned.embedded, pruned.removed, pruned.images) == (0, 1, 12)
+    assert str(image_folder / "red_things" / "r0.jpg") not in rows(cache)
+
+
+def test_copied_files_with_new_mtimes_are_confirmed_by_content_not_embedded_again(image_folder, tmp_path):
+    cache = tmp_path / "c.h5"
+    embed([image_folder], cache=cache, labels="folder", **TINY)
+    before = rows(cache)
+    for path in image_folder.rglob("*.*"):  # a copy or a re-mount: same bytes, new mtimes
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 5 * 10**9))
+    summary = embed([image_folder], cache=cache, **TINY)  # no --labels: the stored labels stay
+    assert (summary.embedded, summary.confirmed, summary.images) == (0, 12, 12)
+    after = Cache(cache)
+    index = after.read_index(TINY_ENCODER)
+    assert set(index.labels) == {"red_things", "blue_things"}
+    assert all(index.mtimes[i] == os.stat(p).st_mtime_ns for i, p in enumerate(index.paths))
+    assert all(np.array_equal(v, before[p]) for p, v in rows(cache).items())
+    assert embed([image_folder], cache=cache, **TINY).skipped == 12  # recorded: no hashing next time
+
+
+def test_results_of_other_rows_are_kept_marked_stale_and_never_used(image_folder, tmp_path):
+    from imgclust.cluster import cluster, load_run
+
+    cache = tmp_path / "c.h5"
+    embed([image_folder], cache=cache, **TINY)
+    first = cluster(cache, n_clusters=2, reduction="none")
+    make_image(image_folder / "red_things" / "new.jpg", noise_seed=77)
+    summary = embed([image_folder], cache=cache, **TINY)
+    assert summary.stale_results == [f"runs/{first.run_id}"]
+    runs = Cache(cache).list_groups(TINY_ENCODER, "runs")
+    assert runs[first.run_id]["stale"] and runs[first.run_id]["n_samples"] == 12
+    with pytest.raises(UsageError, match="other images"):
+        load_run(cache)
+    with pytest.raises(UsageError, match="stale"):
+        load_run(cache, first.run_id)
+    second = cluster(cache, n_clusters=2, reduction="none")
+    assert load_run(cache).run_id == second.run_id and len(second.labels) == 13
+
+
+def test_other_settings_are_refused_and_reembed_replaces_the_rows(image_folder, tmp_path):
+    cache = tmp_path / "c.h5"
+    embed([image_folder], cache=cache, **TINY)
+    make_image(image_folder / "red_things" / "new.jpg", noise_seed=77)
+    with pytest.raises(UsageError, match="batch_size 4, not batch_size 2") as refused:
+        embed([image_folder], cache=cache, **{**TINY, "batch_size": 2})
+    assert "--reembed" in refused.value.hint
+    summary = embed([image_folder], cache=cache, reembed=True, **{**TINY, "batch_size": 2})
+    assert (summary.embedded, summary.images) == (13, 13)
+    assert Cache(cache).info(TINY_ENCODER)["identity"]["batch_size"] == 2
 
 
 def test_fresh_run_equals_incremental_run(image_folder, tmp_path):
@@ -62,7 +116,7 @@ def test_fresh_run_equals_incremental_run(image_folder, tmp_path):
     embed([image_folder], cache=tmp_path / "inc.h5", **TINY)
     embed([image_folder], cache=tmp_path / "fresh.h5", **TINY)
     inc, fresh = rows(tmp_path / "inc.h5"), rows(tmp_path / "fresh.h5")
-    assert list(inc) == list(fresh)
+    assert sorted(inc) == sorted(fresh)  # rows are in the order they were added
     assert all(np.array_equal(inc[p], fresh[p]) for p in fresh)
 
 

@@ -1,8 +1,8 @@
 """Two writers on one cache, and readers while a writer works.
 
 A second ``embed`` on a cache that another one is writing stops at once (exit 1, one clear line);
-the first finishes undisturbed. Readers never see a half-written file: writes go to a temporary
-file that atomically replaces the cache.
+the first finishes undisturbed. Readers never see a half-written cache: bulk files are immutable
+and the index is a temporary file that atomically replaces the old one.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from imgclust.cache import Cache, Failures, Index, write_failures, write_rows
+from imgclust.cache import Cache, NewRows
 
 from .killing import THREADS, check_final, embed_argv, make_folder, running, snapshot
 
@@ -83,37 +83,26 @@ def test_a_second_embed_stops_at_once_with_a_clear_message(folder_and_reference,
 WRITER = r"""
 import sys
 import numpy as np
-from imgclust.cache import Cache, Failures, Index, write_failures, write_rows
+from imgclust.cache import Cache, NewRows
 
 cache, versions, rows, dim = Cache(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), 256
+attrs = {"encoder": "enc", "architecture": "a", "weights": "w", "embedding_dim": dim, "preprocess": "{}"}
 for v in range(1, versions + 1):
     n = rows + v
-    def build(group, old, v=v, n=n):
-        group.attrs.update({"encoder": "enc", "architecture": "a", "weights": "w", "embedding_dim": dim, "preprocess": "{}"})
-        paths = np.array([f"/v{v}/{i:06d}.jpg" for i in range(n)], dtype=object)
-        write_rows(group, Index(paths, np.full(n, v), np.full(n, v), np.array([""] * n, dtype=object)),
-                   ((start, np.full((min(1024, n - start), dim), v, np.float32)) for start in range(0, n, 1024)), dim)
-        empty = np.array([], dtype=object)
-        write_failures(group, Failures(empty, np.array([], np.int64), np.array([], np.int64), empty))
+    new = NewRows([f"/v{v}/{i:06d}.jpg" for i in range(n)], np.full(n, v), np.full(n, v), [""] * n, [""] * n,
+                  (np.full((min(1024, n - start), dim), v, np.float32) for start in range(0, n, 1024)))
     with cache.writer():
-        cache.rewrite("enc", build)
+        cache.write_rows("enc", attrs, new, replace_all=True)  # every version replaces every row and block
 print("done", flush=True)
 """
 
 
 def _initial_cache(path, rows, dim=256):
     cache = Cache(path)
-
-    def build(group, _old):
-        group.attrs.update({"encoder": "enc", "architecture": "a", "weights": "w", "embedding_dim": dim, "preprocess": "{}"})
-        paths = np.array([f"/v0/{i:06d}.jpg" for i in range(rows)], dtype=object)
-        write_rows(group, Index(paths, np.zeros(rows), np.zeros(rows), np.array([""] * rows, dtype=object)),
-                   [(0, np.zeros((rows, dim), np.float32))], dim)
-        empty = np.array([], dtype=object)
-        write_failures(group, Failures(empty, np.array([], np.int64), np.array([], np.int64), empty))
-
+    attrs = {"encoder": "enc", "architecture": "a", "weights": "w", "embedding_dim": dim, "preprocess": "{}"}
     with cache.writer():
-        cache.rewrite("enc", build)
+        cache.write_rows("enc", attrs, NewRows([f"/v0/{i:06d}.jpg" for i in range(rows)], np.zeros(rows), np.zeros(rows),
+                                               [""] * rows, [""] * rows, np.zeros((rows, dim), np.float32)))
     return cache
 
 

@@ -169,7 +169,7 @@ def _old_schema(path, folder):
 
 @pytest.mark.parametrize("kind, pattern", [
     ("other-tool", "is an HDF5 file but not an imgclust cache"),
-    ("old-schema", "has cache schema 0; this imgclust reads schema 1"),
+    ("old-schema", "has cache schema 0; this imgclust reads schemas 1 and 2"),
     ("not-hdf5", "is not a readable HDF5 file (not an HDF5 file)"),
 ])
 def test_a_cache_that_is_not_ours_is_refused_and_left_alone(folder, tmp_path, kind, pattern):
@@ -227,24 +227,26 @@ def test_disk_full_while_journalling_loses_nothing(folder, tmp_path, monkeypatch
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ulimit -f and Python's ignored SIGXFSZ")
 def test_disk_full_while_writing_the_cache_keeps_the_old_one_and_the_work(folder, tmp_path):
-    # A real failing write: with `ulimit -f`, writing past 1 MiB fails with EFBIG ("File too large"),
-    # as a full disk fails with ENOSPC. The cache already holds 2 MiB of another encoder's data, so
-    # the new cache cannot be written; the small journal parts can.
+    # A real failing write: with `ulimit -f`, writing past 24 KiB fails with EFBIG ("File too large"),
+    # as a full disk fails with ENOSPC. Journal parts of one row fit; the cache's new block of 19
+    # rows (a commit writes what it adds) does not.
     from .killing import seed_other_encoder
 
     cache = tmp_path / "c.h5"
-    seed_other_encoder(cache, mib=2)
+    seed_other_encoder(cache, mib=1)
     before = cache.read_bytes()
-    for i in range(6):
+    for i in range(18):
         make_image(folder / f"n{i}.png", noise_seed=20 + i)
-    command = [sys.executable, "-m", "imgclust", "embed", str(folder), "--cache", str(cache), *TINY_ARGS]
-    limited = subprocess.run(["bash", "-c", 'ulimit -f 1024 && exec "$@"', "bash", *command], capture_output=True,
+    command = [sys.executable, "-m", "imgclust", "embed", str(folder), "--cache", str(cache), *TINY_ARGS,
+               "--flush-rows", "1"]
+    limited = subprocess.run(["bash", "-c", 'ulimit -f 24 && exec "$@"', "bash", *command], capture_output=True,
                              text=True, timeout=300, env={**os.environ, **THREADS})
     assert limited.returncode == 1, limited.stderr
     lines = [line for line in limited.stderr.splitlines() if line.strip()]
     assert lines[-2] == f"error: cannot write the cache {cache}: File too large", limited.stderr
     assert lines[-1].startswith("hint: free some disk space") and "Traceback" not in limited.stderr
     assert cache.read_bytes() == before and not list(tmp_path.glob(".c.h5.*.tmp"))
+    assert not list(cache.with_name("c.h5.d").glob(".tmp-*"))
     # Without the limit, the same command merges the journalled work without embedding it again.
     summary = embed([folder], cache=cache, **TINY)
-    assert (summary.recovered, summary.embedded, summary.images) == (7, 0, 7)
+    assert (summary.recovered, summary.embedded, summary.images) == (19, 0, 19)

@@ -19,8 +19,8 @@ import pytest
 
 from imgclust.cache import Cache
 
-from .killing import (THREADS, check_final, check_partial, embed_argv, journal_parts, make_folder, running,
-                      seed_other_encoder, sigint_as_in_a_terminal, snapshot, run_trials)
+from .killing import (STORE_OPS, THREADS, check_final, check_partial, embed_argv, journal_parts, make_folder, running,
+                      run_store_trials, run_trials, seed_other_encoder, sigint_as_in_a_terminal, snapshot)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the harness reads /proc and forks")
 
@@ -114,3 +114,11 @@ def test_a_killed_runs_worker_does_not_keep_the_cache_locked(workdir, zygote, tm
     time.sleep(0.2)
     with Cache(cache).writer():  # CacheLockedError here means the orphaned worker still holds the lock
         pass
+
+
+@pytest.mark.parametrize("op", STORE_OPS)
+def test_sigkill_while_storing_a_run_compacting_or_packing_loses_nothing(tmp_path, zygote, record_property, op):
+    # More trials: benchmarks/kill_trials.py --store-ops cluster,compact,pack
+    report = run_store_trials(tmp_path, zygote, op, n_trials=3, seed=11, sig=signal.SIGKILL)
+    data = _report(record_property, report)
+    assert data["trials"] >= 3 and data["failures"] == 0, data["problems"]

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..assign import assign as run_assign
+from ..assign import assign as run_assign, assign_vectors
 from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bar, stdout
 from ..decode import DEFAULT_MAX_PIXELS
+from ..errors import UsageError
 from .embed import BatchSizeOption, DeviceOption, MaxPixelsOption, WorkersOption
 from .reduce import CacheArgument, CacheEncoderOption
 from .score import RunOption
@@ -27,15 +28,25 @@ def assign_command(
     batch_size: BatchSizeOption = None,
     workers: WorkersOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
+    vectors: Annotated[Optional[str], typer.Option("--vectors", help="Assign vectors made elsewhere instead of images (.npy, .npz, .parquet, .h5; needs --paths).")] = None,
+    vector_paths: Annotated[Optional[str], typer.Option("--paths", help="With --vectors: a file naming each vector, one per line.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="With --vectors: the array, column or HDF5 dataset to read.")] = None,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
     """Assign new images to the clusters of a run (trained heads predict; other runs use the nearest centre).
 
-    Prints path<TAB>cluster per image (the run and the cache are not changed).
+    Prints path<TAB>cluster per image (the run and the cache are not changed). With --vectors FILE
+    --paths FILE, vectors made elsewhere (by the run's encoder) are assigned instead of images.
     """
-    with progress_bar("assigning") as update:
-        result = run_assign(cache, paths or [], run, encoder=encoder, files_from=files_from, device=device,
-                            batch_size=batch_size, workers=workers, max_pixels=max_pixels or None, progress=update)
+    if vectors is not None or vector_paths is not None:
+        if vectors is None or vector_paths is None or paths:
+            raise UsageError("--vectors and --paths go together, without image arguments",
+                             hint="imgclust assign CACHE --vectors new.npy --paths new.txt")
+        result = assign_vectors(cache, vectors, vector_paths, run, encoder=encoder, dataset=dataset)
+    else:
+        with progress_bar("assigning") as update:
+            result = run_assign(cache, paths or [], run, encoder=encoder, files_from=files_from, device=device,
+                                batch_size=batch_size, workers=workers, max_pixels=max_pixels or None, progress=update)
     if json_:
         emit_json(result.to_dict())
         return

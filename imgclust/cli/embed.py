@@ -50,6 +50,8 @@ def embed_command(
     data_root: DataRootOption = None,
     split: SplitOption = "test",
     views: Annotated[int, typer.Option("--views", min=0, help="Also store N augmented-view embeddings per image (for --method cc).")] = 0,
+    prune: Annotated[bool, typer.Option("--prune", help="Drop the rows of files that cannot be found (by default they are kept: a disk may only be unmounted).")] = False,
+    reembed: Annotated[bool, typer.Option("--reembed", help="Embed every image again, replacing this encoder's rows (e.g. with another --device or --batch-size than they were made with).")] = False,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
     """Embed every image into the cache (resumable: unchanged images are skipped, new ones appended).
@@ -65,7 +67,7 @@ def embed_command(
             summary = run_embed(paths or [], encoder=encoder, cache=cache, files_from=files_from, labels=labels,
                                 weights=weights, device=device, batch_size=batch_size, workers=workers,
                                 max_pixels=max_pixels or None, progress=update, data_root=data_root, split=split,
-                                flush_rows=flush_rows, views=views)
+                                flush_rows=flush_rows, views=views, prune=prune, reembed=reembed)
     except KeyboardInterrupt:  # Ctrl-C while saving: the cache is unchanged and the journal keeps the work
         _interrupted(str(cache))
     all_failed = summary.images == 0 and summary.failures_total > 0 and not summary.interrupted
@@ -80,7 +82,8 @@ def embed_command(
             out.print(f"nothing new to embed: {summary.images} images already in {where} ({name})")
         else:
             out.print(f"embedded {summary.embedded} new ({summary.changed} changed), skipped {summary.skipped} cached, "
-                      f"failed {summary.failed}, removed {summary.removed} in {summary.seconds:.1f} s "
+                      f"failed {summary.failed}, removed {summary.removed}, confirmed {summary.confirmed} moved "
+                      f"in {summary.seconds:.1f} s "
                       f"({summary.images_per_second:.1f} images/s on {summary.device})")
             out.print(f"cache {where}: {summary.images} images, {summary.failures_total} failures ({name})")
         if summary.recomputed_float32:
@@ -88,8 +91,11 @@ def embed_command(
                  f"embedded again in float32")
         if summary.failures_total:
             note(f"[dim]list failures with: imgclust info {escape(str(where))} --failures[/dim]")
-        if summary.dropped_derived:
-            note(f"[yellow]note:[/yellow] the images changed, so {len(summary.dropped_derived)} stored reductions/runs were dropped")
+        if summary.kept_missing:
+            note(f"[yellow]note:[/yellow] kept {summary.kept_missing} rows of missing files; --prune drops them")
+        if summary.stale_results:
+            note(f"[yellow]note:[/yellow] the images changed: {len(summary.stale_results)} stored reductions/runs are "
+                 f"now stale (kept; imgclust info lists them, imgclust cache rm removes them)")
     if summary.interrupted:
         _interrupted(summary.cache)
     if all_failed:

@@ -1,4 +1,4 @@
-"""``imgclust info``: what a cache holds: encoders, images, failures, reductions and runs."""
+"""``imgclust info``: what a cache holds: encoders, rows, blocks, failures, reductions, runs, views."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ import typer
 from rich.markup import escape
 
 from ..cache import Cache
+from ..cache_admin import describe
 from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, stdout
 from .reduce import CacheArgument, CacheEncoderOption
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 @app.command("info")
@@ -20,27 +29,42 @@ def info_command(
     failures: Annotated[bool, typer.Option("--failures", help="List the files that could not be read, with why.")] = False,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
-    """Describe a cache: per encoder its images, failures, stored reductions and clustering runs."""
+    """Describe a cache: per encoder its rows, blocks, failures, reductions, runs and views (stale ones marked).
+
+    A result is stale when the images changed after it was computed: it is kept, never used; remove
+    it with imgclust cache rm. --verbose lists the blocks.
+    """
     store = Cache(cache)
-    names = [store.resolve_encoder(encoder)] if encoder else store.encoders()
-    report = []
-    for name in names:
-        entry = {**store.info(name), "reductions": store.list_groups(name, "reductions"), "runs": store.list_groups(name, "runs")}
+    report = describe(cache)
+    if encoder:
+        name = store.resolve_encoder(encoder)
+        report["encoders"] = [e for e in report["encoders"] if e["encoder"] == name]
+    for entry in report["encoders"]:
         if failures:
-            f = store.read_failures(name)
+            f = store.read_failures(entry["encoder"])
             entry["failures"] = [{"path": p, "reason": r} for p, r in zip(f.paths, f.reasons)]
-        report.append(entry)
     if json_:
-        emit_json({"cache": str(store.path), "encoders": report})
+        emit_json(report)
         return
     out = stdout()
-    out.print(f"[bold]{escape(str(store.path))}[/bold]", markup=True)
-    for entry in report:
+    packed = ", packed" if report["packed"] else ""
+    out.print(f"[bold]{escape(report['cache'])}[/bold] (schema {report['schema_version']}{packed}, "
+              f"{human_bytes(report['total_bytes'])} in all)", markup=True)
+    for entry in report["encoders"]:
         out.print(f"encoder {entry['encoder']}: {entry['n_images']} images, {entry['n_failures']} failures, "
-                  f"{entry['embedding_dim']}-d ({entry['architecture']}, weights {entry['weights']})")
-        for key, attrs in entry["reductions"].items():
-            out.print(f"  reduction {key}: {attrs.get('shape')}")
-        for key, attrs in entry["runs"].items():
-            out.print(f"  {key}: {attrs.get('method')} -> {attrs.get('n_clusters')} clusters ({attrs.get('created')})")
+                  f"{entry['embedding_dim']}-d ({entry['architecture']}, weights {entry['weights']}), "
+                  f"{len(entry['blocks'])} blocks")
+        if verbose:
+            for block in entry["blocks"]:
+                out.print(f"  block {block['file']}: {block['live_rows']} of {block['rows']} rows live, "
+                          f"{human_bytes(block['nbytes'])}")
+        for kind in ("reductions", "runs", "views", "knn"):
+            for item in entry[kind]:
+                what = (f"{item['method']} -> {item['n_clusters']} clusters" if kind == "runs"
+                        else f"shape {item['shape']}" if item.get("shape") else "")
+                stale = " [yellow]stale[/yellow]" if item["stale"] else ""
+                rows = f"{item['rows']} rows, " if item["rows"] is not None else ""
+                out.print(f"  {kind[:-1] if kind != 'knn' else 'knn'} {escape(item['name'])}: {what} "
+                          f"({rows}{human_bytes(item['nbytes'])}, {item['created']}){stale}", markup=True)
         for failure in entry.get("failures", []):
             out.print(f"  failed {failure['path']}: {failure['reason']}")

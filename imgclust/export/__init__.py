@@ -3,7 +3,8 @@
 Formats: ``csv``, ``json``, ``parquet`` (one row per image: path, cluster, silhouette, distance to
 the cluster centre, label; plus a per-cluster summary), ``folders`` (one folder per cluster of
 symlinks, hard links or copies -- originals are never moved or changed), ``html`` (an offline
-gallery) and ``plot`` (2-D UMAP scatter and silhouette plot, PNG).
+gallery) and ``plot`` (2-D UMAP scatter and silhouette plot, PNG). ``embeddings`` writes the
+cache's rows themselves (no run needed) to a ``.parquet`` or ``.npy`` file (:mod:`imgclust.vectors`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..score import RunReport, score
 from ..manifest import Manifest
 from ._records import ClusterSummary, ImageRecord
 
-FORMATS = ("csv", "json", "parquet", "folders", "html", "plot")
+FORMATS = ("csv", "json", "parquet", "folders", "html", "plot", "embeddings")
 # What each format writes in the export folder (a folder for ``folders``; the gallery's thumbnails are
 # recorded as they are made).
 TARGETS = {"csv": ["assignments.csv", "clusters.csv"], "json": ["assignments.json"],
@@ -92,6 +93,12 @@ def export(
         raise UsageError(f"unknown export format '{format}'", hint=f"choose from {', '.join(FORMATS)}")
     if link not in LINK_MODES:
         raise UsageError(f"unknown --link mode '{link}'", hint=f"choose from {', '.join(LINK_MODES)}")
+    if format == "embeddings":
+        from ..vectors import export_embeddings
+
+        if out is None or out == "-":
+            raise UsageError("--format embeddings writes a file", hint="give --out rows.parquet or --out rows.npy")
+        return ExportResult(format, export_embeddings(cache, out, encoder, force=force, progress=on_progress))
     if out == "-" and format not in ("csv", "json"):
         raise UsageError(f"--out - (stdout) works for csv and json, not {format}", hint="give a folder with --out")
     report = report or score(cache, run, encoder, labels)
