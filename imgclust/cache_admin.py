@@ -44,10 +44,9 @@ def describe(cache: str | os.PathLike) -> dict:
     for name, enc in state.encoders.items():
         live = np.bincount(enc.segments[:, 0], weights=enc.segments[:, 2] - enc.segments[:, 1],
                            minlength=len(enc.blocks)) if len(enc.segments) else np.zeros(len(enc.blocks))
-        results = {kind: [{"name": key, "stale": enc.is_stale(a), "nbytes": int(a.get("nbytes", 0)),
-                           "created": a.get("created"), "rows": _result_rows(a), "method": a.get("method"),
-                           "n_clusters": a.get("n_clusters"), "shape": a.get("shape")}
-                          for key, a in stored.items()] for kind, stored in enc.results.items()}
+        results = {kind: {key: {**{k: v for k, v in a.items() if k not in ("kind", "encoder")},
+                                "stale": enc.is_stale(a), "nbytes": int(a.get("nbytes", 0)), "rows": _result_rows(a)}
+                          for key, a in stored.items()} for kind, stored in enc.results.items()}
         encoders.append({
             "encoder": name, "n_images": enc.n_rows, "n_failures": len(enc.failures), "embedding_dim": enc.dim,
             "architecture": enc.attrs.get("architecture"), "weights": enc.attrs.get("weights"),

@@ -196,17 +196,16 @@ def load_run(cache: str | os.PathLike, run_id: str | None = None, encoder: str |
     runs = cache_obj.list_groups(encoder, "runs")
     current = {name: attrs for name, attrs in runs.items() if not attrs["stale"]}
     hint = f"cluster them again: imgclust cluster {cache_obj.path}"
+    if not runs:
+        raise UsageError(f"{cache_obj.path} has no clustering runs for '{encoder}'", hint=f"run imgclust cluster {cache_obj.path}")
     if run_id is not None and run_id not in runs:
-        raise UsageError(f"no run '{run_id}' in {cache_obj.path}",
-                         hint=f"runs there: {', '.join(sorted(runs))}" if runs else f"run imgclust cluster {cache_obj.path}")
+        raise UsageError(f"no run '{run_id}' in {cache_obj.path}", hint=f"runs there: {', '.join(sorted(runs))}")
     if run_id is not None and run_id not in current:
         raise UsageError(f"run '{run_id}' in {cache_obj.path} is stale: the images changed after it was computed",
                          hint=hint)
     if not current:
-        if runs:
-            raise UsageError(f"every clustering run in {cache_obj.path} was computed from other images than it holds now",
-                             hint=hint)
-        raise UsageError(f"{cache_obj.path} has no clustering runs for '{encoder}'", hint=f"run imgclust cluster {cache_obj.path}")
+        raise UsageError(f"every clustering run in {cache_obj.path} was computed from other images than it holds now",
+                         hint=hint)
     if run_id is None:
         run_id = max(current, key=lambda name: int(name.rpartition("-")[2]))  # ids are run-1, run-2, ...
     attrs = runs[run_id]

@@ -593,7 +593,7 @@ def _fire_when_store(pid: int, cache: Path, op: str, trigger: str, rng: random.R
 
 
 def run_store_trials(workdir: Path, zygote: Zygote, op: str, n_trials: int, seed: int, sig: int = signal.SIGKILL,
-                     max_links: int = 3, log=None) -> TrialReport:
+                     max_links: int = 3, rows_per_block: int = 1500, log=None) -> TrialReport:
     """Interrupt ``imgclust cluster`` (storing a reduction and a run), ``cache compact`` or ``cache pack``
     ``n_trials`` times with ``sig``; after every kill the cache must open cleanly with its rows unchanged
     and every stored result equal to an uninterrupted run's; after the chain's last (uninterrupted) run, the
@@ -603,9 +603,9 @@ def run_store_trials(workdir: Path, zygote: Zygote, op: str, n_trials: int, seed
     report = TrialReport(signal=f"{name} {op}", workers=0)
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
-    base_cache = workdir / "store-base.h5"
+    base_cache = workdir / f"store-base-{rows_per_block}.h5"
     if not base_cache.exists():
-        make_store_cache(base_cache)
+        make_store_cache(base_cache, rows=rows_per_block)
     base = store_snapshot(base_cache)
     reference = workdir / f"store-ref-{op}.h5"
     _copy_cache(base_cache, reference)

@@ -250,7 +250,7 @@ def test_describe_lists_blocks_and_results_with_sizes_and_staleness(tmp_path):
     info = cache_admin.describe(cache.path)
     enc = info["encoders"][0]
     assert enc["n_images"] == 11 and len(enc["blocks"]) == 2 and enc["blocks"][0]["nbytes"] > 0
-    assert enc["runs"][0]["name"] == "run-1" and enc["runs"][0]["stale"] and enc["runs"][0]["rows"] == 10
+    assert enc["runs"]["run-1"]["stale"] and enc["runs"]["run-1"]["rows"] == 10 and enc["runs"]["run-1"]["method"] == "m"
 
 
 def test_settings_key_is_stable_and_readable():

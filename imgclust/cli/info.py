@@ -59,12 +59,12 @@ def info_command(
                 out.print(f"  block {block['file']}: {block['live_rows']} of {block['rows']} rows live, "
                           f"{human_bytes(block['nbytes'])}")
         for kind in ("reductions", "runs", "views", "knn"):
-            for item in entry[kind]:
-                what = (f"{item['method']} -> {item['n_clusters']} clusters" if kind == "runs"
+            for key, item in entry[kind].items():
+                what = (f"{item.get('method')} -> {item.get('n_clusters')} clusters" if kind == "runs"
                         else f"shape {item['shape']}" if item.get("shape") else "")
                 stale = " [yellow]stale[/yellow]" if item["stale"] else ""
                 rows = f"{item['rows']} rows, " if item["rows"] is not None else ""
-                out.print(f"  {kind[:-1] if kind != 'knn' else 'knn'} {escape(item['name'])}: {what} "
-                          f"({rows}{human_bytes(item['nbytes'])}, {item['created']}){stale}", markup=True)
+                out.print(f"  {kind[:-1] if kind != 'knn' else 'knn'} {escape(key)}: {what} "
+                          f"({rows}{human_bytes(item['nbytes'])}, {item.get('created')}){stale}", markup=True)
         for failure in entry.get("failures", []):
             out.print(f"  failed {failure['path']}: {failure['reason']}")
