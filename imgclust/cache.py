@@ -706,7 +706,8 @@ class Cache:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def _require_writable(self, state: State | None = None) -> None:
+    def require_writable(self, state: State | None = None) -> None:
+        """Refuse, with what to run, a cache this version reads but does not write (schema 1, packed)."""
         if not self.path.exists():
             return
         state = state or self.load()
@@ -725,7 +726,7 @@ class Cache:
         with self.committing():
             state = self.load() if self.path.exists() else State(SCHEMA_VERSION, {})
             if not upgrading:
-                self._require_writable(state)
+                self.require_writable(state)
             self._clean_leftovers(state)
             try:
                 yield state
@@ -812,7 +813,7 @@ class Cache:
 
         The bulk file is written without any lock; the commit refuses when the rows changed meanwhile.
         """
-        self._require_writable()
+        self.require_writable()
         attrs = {**attrs, "fingerprint": fingerprint, "encoder": encoder, "kind": kind,
                  "created": attrs.get("created") or now_iso()}
         tmp = self.write_bulk(arrays, attrs)
@@ -853,7 +854,7 @@ class Cache:
         Costs what it adds: one block of the new rows, then a new index. Call under :meth:`writer`.
         ``base`` is the caller's pinned view of the current rows (to reuse its index).
         """
-        self._require_writable()
+        self.require_writable()
         dim = int(attrs["embedding_dim"])
         tmp, keys = (self._write_block(encoder, attrs, new, dim) if new is not None and len(new) else (None, None))
         try:

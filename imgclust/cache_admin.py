@@ -79,7 +79,7 @@ def compact(cache: str | os.PathLike, min_rows: int = COMPACT_MIN_ROWS, progress
     cache = Cache(cache)
     report = {"cache": str(cache.path), "encoders": []}
     with cache.writer():
-        cache._require_writable()
+        cache.require_writable()
         cache.clean_temp_files()
         for name, enc in cache.load().encoders.items():
             report["encoders"].append(_compact_encoder(cache, name, enc, min_rows, progress))

@@ -138,6 +138,8 @@ def cluster(
     # Build once now so bad parameters fail before any heavy work ('auto' is validated with a stand-in K).
     probe_k = n_clusters if not auto else (2 if cls.n_clusters_mode == "required" else None)
     create_clusterer(method, n_clusters=probe_k, random_state=random_state, **params)
+    if store:
+        cache_obj.require_writable()  # before the work: a schema-1 or packed cache says what to run first
     rows = cache_obj.rows(encoder)
     space, X = input_space(cache_obj, rows, cls.input_space, reduction, dims, random_state)
     started = time.perf_counter()

@@ -324,7 +324,7 @@ def embed(
     summary = EmbedSummary(cache=str(cache.path), encoder=encoder, discovered=len(files))
     with cache.writer():
         if cache.exists():
-            cache._require_writable()
+            cache.require_writable()
         cache.clean_temp_files()
         rows = cache.rows(encoder) if cache.exists() and encoder in cache.encoders() else None
         committed = rows.index() if rows is not None and not reembed else None

@@ -120,6 +120,7 @@ def reduce(
         attrs = stored[key]
         return Reduction(key, encoder, attrs["method"], attrs["settings"], tuple(attrs["shape"]), attrs["seconds"],
                          True, attrs["fitted_on"])
+    cache.require_writable()  # before the work: a schema-1 or packed cache says what to run first
     n, dim = len(rows), rows.dim
     if n == 0:
         raise UsageError(f"{cache.path} holds no embeddings for '{encoder}'", hint="every image failed to embed; see imgclust info")

@@ -7,6 +7,7 @@ import pytest
 from imgclust import cache_admin
 from imgclust.cache import FORMAT, SCHEMA_VERSION, Cache, NewRows, settings_key
 from imgclust.cluster import load_run
+from imgclust.reduce import reduce
 from imgclust.errors import CacheError, CacheLockedError, NotFoundError, UsageError
 
 ATTRS = {"encoder": "enc", "architecture": "a", "weights": "w", "embedding_dim": 4, "preprocess": "{}"}
@@ -195,6 +196,8 @@ def test_a_schema1_cache_is_read_as_it_is_and_upgraded_in_one_pass(tmp_path):
     with pytest.raises(CacheError, match="schema-1") as refused:
         cache.store_result("enc", "runs", None, {"labels": np.zeros(6)}, {}, cache.rows("enc").fingerprint)
     assert f"imgclust cache upgrade {path}" in refused.value.hint
+    with pytest.raises(CacheError, match="schema-1"):  # before computing anything
+        reduce(path, method="pca", dims=2)
     assert path.read_bytes() == before  # reading changed nothing
     report = cache_admin.upgrade(path)
     assert report["upgraded"] and Cache(path).load().schema == SCHEMA_VERSION
