@@ -26,7 +26,11 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shortest side to ``size`` (keeping aspect), centre-crop ``size`` x ``size``, normalise."""
+    """Resize the shortest side to ``size`` (keeping aspect), centre-crop ``size`` x ``size``, normalise.
+
+    The loader does the resize and crop (uint8 pixels); the encoder's runtime normalises with ``mean``
+    and ``std`` where the model runs (:func:`imgclust.runtimes.normalised_network`).
+    """
 
     size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -186,7 +190,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def preprocess(im: Image.Image, spec: Preprocess) -> np.ndarray:
-    """RGB image -> normalised float32 array (3, size, size), as ZS: shortest side resized, centre crop."""
+    """RGB image -> uint8 array (size, size, 3), as ZS: shortest side resized, centre crop.
+
+    uint8 is a quarter of the bytes of float32 between the decoding workers and the model; the
+    normalisation happens in the encoder's runtime.
+    """
     width, height = im.size
     longest = _MAX_ASPECT * min(width, height)
     if max(width, height) > longest:
@@ -201,13 +209,11 @@ def preprocess(im: Image.Image, spec: Preprocess) -> np.ndarray:
         im = im.resize((new_w, new_h), _RESAMPLE[spec.interpolation])
     left, top = (new_w - spec.size) // 2, (new_h - spec.size) // 2
     im = im.crop((left, top, left + spec.size, top + spec.size))
-    array = np.asarray(im, dtype=np.float32) / 255.0
-    array = (array - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return np.array(im, dtype=np.uint8)
 
 
 def decode(path: str, spec: Preprocess, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Load ``path`` and preprocess it for an encoder; raises :class:`DecodeError`."""
+    """Load ``path`` and preprocess it for an encoder (uint8, ``(size, size, 3)``); raises :class:`DecodeError`."""
     im = load_rgb(path, draft_size=spec.size, max_pixels=max_pixels)
     try:
         return preprocess(im, spec)

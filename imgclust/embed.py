@@ -13,8 +13,10 @@ which makes a resumed run bit-for-bit equal to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import queue
 import signal
 import sys
 import threading
@@ -31,8 +33,9 @@ from . import __version__
 from .cache import Cache, Failures, Index, encoder_key, now_iso, write_failures, write_rows
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode
 from .discover import ImageFile, discover
-from .encoders import DEFAULT_ENCODER, Encoder, create_encoder, resolve_spec
+from .encoders import DEFAULT_ENCODER, Encoder, best_device, create_encoder, resolve_spec
 from .errors import UsageError
+from .runtimes import LEGACY_RUNTIME, default_threads, resolve_runtime
 from .sources import expand_sources
 from .views import add_views
 
@@ -68,6 +71,7 @@ class EmbedSummary:
     recomputed_float32: int = 0  # rows of half-precision batches computed again in float32 (NaN/Inf)
     batch_size: int = 0
     workers: int = 0
+    runtime: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,7 +164,7 @@ class _Journal:
 
 
 class _DecodeDataset:
-    """Map-style dataset for the DataLoader: index -> (index, array or None, failure reason)."""
+    """Map-style dataset for the DataLoader: index -> (index, uint8 image or None, failure reason)."""
 
     def __init__(self, files: Sequence[ImageFile], spec: Preprocess, max_pixels: int | None):
         self.files, self.spec, self.max_pixels = files, spec, max_pixels
@@ -175,8 +179,18 @@ class _DecodeDataset:
             return i, None, str(exc)
 
 
-def _collate(items):
-    return items
+def collate_uint8(items) -> tuple[list[int], object, list[tuple[int, str]]]:
+    """A batch as ``(indices, images, failures)``: the decoded images stacked into one uint8 tensor
+    ``(n, size, size, 3)`` (None when none decoded), ``failures`` as ``(index, reason)``.
+
+    Runs in the worker: one tensor per batch travels to the main process through shared memory
+    (torch's tensor pickling), where the DataLoader can pin it for a GPU copy.
+    """
+    import torch
+
+    good = [(i, array) for i, array, _ in items if array is not None]
+    images = torch.from_numpy(np.stack([array for _, array in good])) if good else None
+    return [i for i, _ in good], images, [(i, reason) for i, array, reason in items if array is None]
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -216,30 +230,18 @@ def _sigint_ignored_while_forking(workers: int):
         signal.signal(signal.SIGINT, previous)
 
 
-def default_batch_size(device: str = "cpu") -> int:
-    """Images per forward pass: 32 on a CPU (larger batches are no faster there), 128 on a GPU."""
-    return 32 if device == "cpu" else 128
-
-
 def default_workers(device: str = "cpu") -> int:
-    """Decoding processes. On a GPU decoding is the bottleneck: every core but one. On a CPU the
-    model needs the cores more: a quarter of them decode (at least one, at most four)."""
-    cores = os.cpu_count() or 2
+    """Decoding processes: every core (at most 8) on a CPU, every core but one (at most 8) on a GPU.
+
+    On a CPU the model's threads use every core too (:func:`imgclust.runtimes.default_threads`): a
+    worker whose queue of finished batches is full waits without using a core, so decoding and the
+    model share the cores as their costs need (small JPEGs: the model takes nearly all; camera photos:
+    decoding takes more).
+    """
+    cores = default_threads()
     if device != "cpu":
         return max(1, min(8, cores - 1))
-    return max(1, min(4, cores // 4))
-
-
-def model_threads() -> int:
-    """Torch threads for a CPU forward pass: the cores the default decoding workers leave free.
-
-    The cores are split, never oversubscribed: on 2 cores 1 thread beside 1 worker ran 3x faster
-    than torch's default of 2 threads (25-28 against 9 images/s for effnet-lite0), which spin
-    against the worker for the same cores. The count depends only on the machine, not on
-    ``--workers``: the last bits of a model's output can depend on the thread count, and a resumed
-    run must give the same bits whatever ``--workers`` it was given.
-    """
-    return max(1, (os.cpu_count() or 2) - default_workers("cpu"))
+    return max(1, min(8, cores))
 
 
 def embed(
@@ -262,6 +264,7 @@ def embed(
     views: int = 0,
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
+    runtime: str | None = None,
 ) -> EmbedSummary:
     """Embed every image under ``inputs`` into ``cache`` (resumable; unchanged images are skipped).
 
@@ -275,7 +278,7 @@ def embed(
     labels : ``"folder"`` or a ``path,label`` CSV; stored with the embeddings for scoring.
     weights : a local checkpoint path, or ``"random"`` (tests).
     device : ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; None picks CUDA, then MPS, then the CPU.
-    batch_size, workers : images per forward pass (None: :func:`default_batch_size` of the device);
+    batch_size, workers : images per forward pass (None: :func:`imgclust.encoders.default_batch_size` of the device);
         decoding processes (None: :func:`default_workers` of the device; 0 decodes inline).
     max_pixels : the decompression-bomb limit (None disables it).
     progress : called as ``progress(done, total)`` after each batch.
@@ -286,6 +289,8 @@ def embed(
     exact : make the cache hold exactly these images (drop rows of other files); by default rows of
         other files that still exist are kept, so several folders can share one cache.
     views : also store this many augmented-view embeddings per image (for ``cc``; see :mod:`imgclust.views`).
+    runtime : what runs the model (:data:`imgclust.runtimes.RUNTIMES`); None or ``"auto"``: the one this
+        cache's rows were made with, else the best for the encoder on the device (:data:`imgclust.runtimes.AUTO`).
 
     Returns
     -------
@@ -307,7 +312,10 @@ def embed(
     with cache.writer():
         cache.clean_temp_files()
         committed, committed_failures, identity_old = _read_committed(cache, encoder)
-        journal_identity = {"architecture": spec.architecture, "weights": weights or spec.weights}
+        device = best_device(device)
+        runtime = resolve_runtime(runtime, spec.family, device, identity_old["runtime"] if identity_old else None)
+        journal_identity = {"architecture": spec.architecture, "weights": weights or spec.weights, "runtime": runtime}
+        summary.runtime = runtime
         if identity_old is not None and identity_old != journal_identity:
             raise UsageError(
                 f"{cache.path} holds '{encoder}' embeddings made with {identity_old['architecture']} / "
@@ -337,12 +345,11 @@ def embed(
         enc = None
         try:
             if pending:
-                enc = create_encoder(encoder, weights=weights, device=device)
-                summary.device = enc.device
-                summary.batch_size = batch_size or default_batch_size(enc.device)
+                enc = create_encoder(encoder, weights=weights, device=device, runtime=runtime, batch_size=batch_size)
+                summary.device, summary.batch_size = enc.device, enc.batch_size
                 summary.workers = default_workers(enc.device) if workers is None else workers
-                _run(enc, pending, block, journal, summary, summary.batch_size, summary.workers, max_pixels, progress,
-                     flush_rows, flush_seconds)
+                _embed_batches(enc, pending, block, journal, summary, summary.workers, max_pixels, progress,
+                               flush_rows, flush_seconds)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -354,9 +361,8 @@ def embed(
                 present={f.path for f in files}, exact=exact)
         journal.clear()
         if views and not summary.interrupted and summary.images:
-            enc = enc or create_encoder(encoder, weights=weights, device=device)
-            summary.views_computed = add_views(cache, encoder, enc, views, batch_size or default_batch_size(enc.device),
-                                               max_pixels, progress)
+            enc = enc or create_encoder(encoder, weights=weights, device=device, runtime=runtime, batch_size=batch_size)
+            summary.views_computed = add_views(cache, encoder, enc, views, max_pixels, progress)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.images_per_second = round(summary.embedded / summary.seconds, 2) if summary.seconds > 0 else 0.0
     return summary
@@ -367,7 +373,8 @@ def _read_committed(cache: Cache, encoder: str) -> tuple[Index | None, Failures 
         return None, None, None
     info = cache.info(encoder)
     return (cache.read_index(encoder), cache.read_failures(encoder),
-            {"architecture": info["architecture"], "weights": info["weights"]})
+            {"architecture": info["architecture"], "weights": info["weights"],
+             "runtime": info.get("runtime", LEGACY_RUNTIME)})
 
 
 def _rechecked_failures(failures: Failures | None, parts: list[dict]) -> dict[str, str]:
@@ -399,35 +406,23 @@ def _known_state(committed: Index | None, failures: Failures | None, parts: list
     return known
 
 
-def _run(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
-         batch_size: int, workers: int, max_pixels: int | None, progress: Progress | None,
-         flush_rows: int, flush_seconds: float) -> None:
-    import torch
-
-    threads = torch.get_num_threads()
-    if enc.device == "cpu":
-        torch.set_num_threads(model_threads())
-    try:
-        _embed_batches(enc, pending, block, journal, summary, batch_size, workers, max_pixels, progress,
-                       flush_rows, flush_seconds)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def encode_files(enc: Encoder, files: Sequence[ImageFile], batch_size: int, workers: int, max_pixels: int | None,
+def encode_files(enc: Encoder, files: Sequence[ImageFile], workers: int, max_pixels: int | None,
                  progress: Progress | None = None) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str]], int]]:
-    """Decode ``files`` in ``workers`` processes and encode them in padded batches, in bounded memory.
+    """Decode ``files`` in ``workers`` processes and encode them in batches of ``enc.batch_size``, in bounded memory.
 
     Yields, per batch, ``(results, recomputed)``: ``(file, vector, "")`` for each embedded file and
     ``(file, None, reason)`` for each that failed (decoding, or an embedding still not finite in
-    float32); ``recomputed`` is the number of rows of a half-precision batch computed again in
+    float32); ``recomputed`` is the number of rows of a reduced-precision batch computed again in
     float32 because some row was not finite. ``embed`` and ``assign`` share this loader.
+
+    One batch is in flight: batch n+1 is submitted to the runtime before batch n's result is
+    collected, so on a GPU the copy and forward pass of one overlap the host's work on the other.
     """
     import torch
 
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(files, enc.preprocess, max_pixels), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
+        _DecodeDataset(files, enc.preprocess, max_pixels), batch_size=enc.batch_size, shuffle=False,
+        num_workers=workers, collate_fn=collate_uint8, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
         pin_memory=enc.device.startswith("cuda"))
     done = 0
@@ -435,40 +430,90 @@ def encode_files(enc: Encoder, files: Sequence[ImageFile], batch_size: int, work
         progress(0, len(files))
     with _sigint_ignored_while_forking(workers):
         batches = iter(loader)  # starts the workers
-    for items in batches:
-        results: list[tuple[ImageFile, np.ndarray | None, str]] = [
-            (files[i], None, reason) for i, array, reason in items if array is None]
-        good = [(i, array) for i, array, _ in items if array is not None]
-        if good:
-            vectors, finite, recomputed = enc.encode_finite(np.stack([array for _, array in good]), batch_size)
-            for (i, _), vector, ok in zip(good, vectors, finite):
-                results.append((files[i], vector, "") if ok else (files[i], None, NON_FINITE_REASON))
-        done += len(items)
-        yield results, (len(good) if good and recomputed else 0)
+    in_flight = None
+    for indices, images, failures in batches:
+        submitted = (indices, images, failures, enc.submit(images) if images is not None else None)
+        if in_flight is not None:
+            done += len(in_flight[0]) + len(in_flight[2])
+            yield _finish(enc, files, *in_flight)
+            if progress:
+                progress(done, len(files))
+        in_flight = submitted
+    if in_flight is not None:
+        done += len(in_flight[0]) + len(in_flight[2])
+        yield _finish(enc, files, *in_flight)
         if progress:
             progress(done, len(files))
+
+
+def _finish(enc: Encoder, files: Sequence[ImageFile], indices, images, failures, pending):
+    results: list[tuple[ImageFile, np.ndarray | None, str]] = [(files[i], None, reason) for i, reason in failures]
+    if pending is None:
+        return results, 0
+    vectors, finite, recomputed = enc.finish(pending, images)
+    for i, vector, ok in zip(indices, vectors, finite):
+        results.append((files[i], vector, "") if ok else (files[i], None, NON_FINITE_REASON))
+    return results, len(indices) if recomputed else 0
 
 
 NON_FINITE_REASON = "the encoder gave a non-finite embedding (NaN or Inf), also in float32"
 
 
+class _JournalWriter:
+    """Writes journal parts in a thread, so the main thread keeps feeding the model while one is fsynced.
+
+    At most two blocks wait; :meth:`close` writes what is queued and re-raises a write's error.
+    """
+
+    def __init__(self, journal: _Journal, dim: int):
+        self.journal, self.dim, self.error = journal, dim, None
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._loop, name="imgclust-journal", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (block := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.journal.write(block, self.dim)
+                except BaseException as exc:  # re-raised in the main thread
+                    self.error = exc
+
+    def put(self, block: _Block) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(block)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def _embed_batches(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
-                   batch_size: int, workers: int, max_pixels: int | None, progress: Progress | None,
+                   workers: int, max_pixels: int | None, progress: Progress | None,
                    flush_rows: int, flush_seconds: float) -> None:
+    """Encode ``pending`` into ``block``; full blocks go to the journal (written off the main thread),
+    the last, partial one stays in ``block`` for the caller."""
     last_flush = time.monotonic()
-    for results, recomputed in encode_files(enc, pending, batch_size, workers, max_pixels, progress):
-        summary.recomputed_float32 += recomputed
-        for f, vector, reason in results:
-            if vector is None:
-                block.add_failure(f, reason)
-                summary.failed += 1
-            else:
-                block.add_row(f, vector)
-                summary.embedded += 1
-        if len(block) >= flush_rows or time.monotonic() - last_flush > flush_seconds:
-            journal.write(block, enc.embedding_dim)
-            block.__init__()
-            last_flush = time.monotonic()
+    writer = _JournalWriter(journal, enc.embedding_dim)
+    try:
+        for results, recomputed in encode_files(enc, pending, workers, max_pixels, progress):
+            summary.recomputed_float32 += recomputed
+            for f, vector, reason in results:
+                if vector is None:
+                    block.add_failure(f, reason)
+                    summary.failed += 1
+                else:
+                    block.add_row(f, vector)
+                    summary.embedded += 1
+            if len(block) >= flush_rows or time.monotonic() - last_flush > flush_seconds:
+                writer.put(copy.copy(block))
+                block.__init__()
+                last_flush = time.monotonic()
+    finally:
+        writer.close()
 
 
 def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict, committed: Index | None,
@@ -518,7 +563,7 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
 
     def build(group, old_group):
         group.attrs.update({"encoder": encoder, "family": spec.family, "architecture": identity["architecture"],
-                            "weights": identity["weights"], "embedding_dim": dim, "description": spec.description,
+                            "weights": identity["weights"], "runtime": identity["runtime"], "embedding_dim": dim, "description": spec.description,
                             "preprocess": json.dumps(spec.preprocess.to_dict()), "imgclust_version": __version__,
                             "updated": now_iso()})
         write_rows(group, index, _gather(old_group, parts, rows, paths, dim), dim)
