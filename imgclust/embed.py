@@ -31,7 +31,7 @@ import numpy as np
 
 from . import __version__
 from .cache import Cache, Failures, Index, encoder_key, now_iso, write_failures, write_rows
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode
+from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode, decode_jpegs_on_device, jpeg_bytes
 from .discover import ImageFile, discover
 from .encoders import DEFAULT_ENCODER, Encoder, best_device, create_encoder, resolve_spec
 from .errors import UsageError
@@ -72,6 +72,7 @@ class EmbedSummary:
     batch_size: int = 0
     workers: int = 0
     runtime: str = ""
+    decode: str = "cpu"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,33 +165,64 @@ class _Journal:
 
 
 class _DecodeDataset:
-    """Map-style dataset for the DataLoader: index -> (index, uint8 image or None, failure reason)."""
+    """Map-style dataset for the DataLoader: index -> (index, uint8 image or None, failure reason, JPEG bytes or None).
 
-    def __init__(self, files: Sequence[ImageFile], spec: Preprocess, max_pixels: int | None):
-        self.files, self.spec, self.max_pixels = files, spec, max_pixels
+    With ``jpeg_on_device`` a JPEG is not decoded here: its bytes go to the main process, which decodes
+    them on the GPU (:func:`imgclust.decode.decode_jpegs_on_device`); other formats are decoded here.
+    """
+
+    def __init__(self, files: Sequence[ImageFile], spec: Preprocess, max_pixels: int | None, jpeg_on_device: bool = False):
+        self.files, self.spec, self.max_pixels, self.jpeg_on_device = files, spec, max_pixels, jpeg_on_device
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
+        path = self.files[i].path
         try:
-            return i, decode(self.files[i].path, self.spec, self.max_pixels), ""
+            data = jpeg_bytes(path, self.max_pixels) if self.jpeg_on_device else None
+            if data is not None:
+                return i, None, "", data
+            return i, decode(path, self.spec, self.max_pixels), "", None
         except DecodeError as exc:
-            return i, None, str(exc)
+            return i, None, str(exc), None
 
 
-def collate_uint8(items) -> tuple[list[int], object, list[tuple[int, str]]]:
-    """A batch as ``(indices, images, failures)``: the decoded images stacked into one uint8 tensor
-    ``(n, size, size, 3)`` (None when none decoded), ``failures`` as ``(index, reason)``.
+def collate_uint8(items) -> tuple[list[int], object, list[tuple[int, str]], list[tuple[int, object]]]:
+    """A batch as ``(indices, images, failures, jpegs)``: the decoded images stacked into one uint8 tensor
+    ``(n, size, size, 3)`` (None when none decoded), ``failures`` as ``(index, reason)``, ``jpegs`` as
+    ``(index, uint8 tensor of the file's bytes)`` for decoding on the device.
 
     Runs in the worker: one tensor per batch travels to the main process through shared memory
     (torch's tensor pickling), where the DataLoader can pin it for a GPU copy.
     """
     import torch
 
-    good = [(i, array) for i, array, _ in items if array is not None]
+    good = [(i, array) for i, array, _, _ in items if array is not None]
     images = torch.from_numpy(np.stack([array for _, array in good])) if good else None
-    return [i for i, _ in good], images, [(i, reason) for i, array, reason in items if array is None]
+    failures = [(i, reason) for i, array, reason, data in items if array is None and data is None]
+    jpegs = [(i, torch.from_numpy(data.copy())) for i, _, _, data in items if data is not None]
+    return [i for i, _ in good], images, failures, jpegs
+
+
+def _decode_on_device(enc: Encoder, files: Sequence[ImageFile], indices: list[int], images, failures: list,
+                      jpegs: list, max_pixels: int | None):
+    """Decode a batch's JPEG bytes on the encoder's device; a file the device cannot decode is decoded
+    on the CPU instead (or recorded as a failure). Returns ``(indices, images on the device, failures)``."""
+    import torch
+
+    indices, failures, parts = list(indices), list(failures), [] if images is None else [images.to(enc.device)]
+    decoded = decode_jpegs_on_device([data for _, data in jpegs], enc.preprocess, enc.device) if jpegs else []
+    for (i, _), image in zip(jpegs, decoded):
+        if image is None:
+            try:
+                image = torch.from_numpy(decode(files[i].path, enc.preprocess, max_pixels)).to(enc.device)
+            except DecodeError as exc:
+                failures.append((i, str(exc)))
+                continue
+        indices.append(i)
+        parts.append(image[None])
+    return indices, (torch.cat(parts) if parts else None), failures
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -265,6 +297,7 @@ def embed(
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
     runtime: str | None = None,
+    decode_on: str | None = None,
 ) -> EmbedSummary:
     """Embed every image under ``inputs`` into ``cache`` (resumable; unchanged images are skipped).
 
@@ -291,6 +324,9 @@ def embed(
     views : also store this many augmented-view embeddings per image (for ``cc``; see :mod:`imgclust.views`).
     runtime : what runs the model (:data:`imgclust.runtimes.RUNTIMES`); None or ``"auto"``: the one this
         cache's rows were made with, else the best for the encoder on the device (:data:`imgclust.runtimes.AUTO`).
+    decode_on : ``"cpu"`` (decoding workers) or ``"gpu"`` (JPEGs decoded by nvJPEG on the CUDA device,
+        any file it cannot decode on the CPU); None: what the cache's rows were made with, else ``"cpu"``.
+        GPU resizing is close to Pillow's, not bit-equal, so one cache holds one kind.
 
     Returns
     -------
@@ -314,8 +350,10 @@ def embed(
         committed, committed_failures, identity_old = _read_committed(cache, encoder)
         device = best_device(device)
         runtime = resolve_runtime(runtime, spec.family, device, identity_old["runtime"] if identity_old else None)
-        journal_identity = {"architecture": spec.architecture, "weights": weights or spec.weights, "runtime": runtime}
-        summary.runtime = runtime
+        decode_on = _resolve_decode(decode_on, device, identity_old["decode"] if identity_old else None)
+        journal_identity = {"architecture": spec.architecture, "weights": weights or spec.weights, "runtime": runtime,
+                            "decode": decode_on}
+        summary.runtime, summary.decode = runtime, decode_on
         if identity_old is not None and identity_old != journal_identity:
             raise UsageError(
                 f"{cache.path} holds '{encoder}' embeddings made with {identity_old['architecture']} / "
@@ -349,7 +387,7 @@ def embed(
                 summary.device, summary.batch_size = enc.device, enc.batch_size
                 summary.workers = default_workers(enc.device) if workers is None else workers
                 _embed_batches(enc, pending, block, journal, summary, summary.workers, max_pixels, progress,
-                               flush_rows, flush_seconds)
+                               flush_rows, flush_seconds, decode_on)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -368,13 +406,27 @@ def embed(
     return summary
 
 
+def _resolve_decode(requested: str | None, device: str, recorded: str | None) -> str:
+    """Where JPEGs are decoded: ``requested``, else the cache's record, else the CPU."""
+    if requested is None:
+        return recorded or "cpu"
+    if requested not in ("cpu", "gpu"):
+        raise UsageError(f"--decode {requested}: choose cpu or gpu")
+    if requested == "gpu" and not device.startswith("cuda"):
+        raise UsageError(f"--decode gpu needs a CUDA device, and this run uses {device}", hint="leave --decode out")
+    if recorded is not None and recorded != requested:
+        raise UsageError(f"--decode {requested}: this cache's rows were decoded on the {recorded.upper()}; "
+                         "one cache holds one kind", hint=f"leave --decode out to continue it, or use another --cache")
+    return requested
+
+
 def _read_committed(cache: Cache, encoder: str) -> tuple[Index | None, Failures | None, dict | None]:
     if not cache.exists() or encoder not in cache.encoders():
         return None, None, None
     info = cache.info(encoder)
     return (cache.read_index(encoder), cache.read_failures(encoder),
             {"architecture": info["architecture"], "weights": info["weights"],
-             "runtime": info.get("runtime", LEGACY_RUNTIME)})
+             "runtime": info.get("runtime", LEGACY_RUNTIME), "decode": info.get("decode", "cpu")})
 
 
 def _rechecked_failures(failures: Failures | None, parts: list[dict]) -> dict[str, str]:
@@ -407,7 +459,8 @@ def _known_state(committed: Index | None, failures: Failures | None, parts: list
 
 
 def encode_files(enc: Encoder, files: Sequence[ImageFile], workers: int, max_pixels: int | None,
-                 progress: Progress | None = None) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str]], int]]:
+                 progress: Progress | None = None, decode_on: str = "cpu",
+                 ) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str]], int]]:
     """Decode ``files`` in ``workers`` processes and encode them in batches of ``enc.batch_size``, in bounded memory.
 
     Yields, per batch, ``(results, recomputed)``: ``(file, vector, "")`` for each embedded file and
@@ -415,13 +468,16 @@ def encode_files(enc: Encoder, files: Sequence[ImageFile], workers: int, max_pix
     float32); ``recomputed`` is the number of rows of a reduced-precision batch computed again in
     float32 because some row was not finite. ``embed`` and ``assign`` share this loader.
 
+    ``decode_on="gpu"``: JPEGs are decoded on the encoder's device (nvJPEG), other files by the workers.
+
     One batch is in flight: batch n+1 is submitted to the runtime before batch n's result is
     collected, so on a GPU the copy and forward pass of one overlap the host's work on the other.
     """
     import torch
 
+    jpeg_on_device = decode_on == "gpu"
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(files, enc.preprocess, max_pixels), batch_size=enc.batch_size, shuffle=False,
+        _DecodeDataset(files, enc.preprocess, max_pixels, jpeg_on_device), batch_size=enc.batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate_uint8, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
         pin_memory=enc.device.startswith("cuda"))
@@ -431,7 +487,9 @@ def encode_files(enc: Encoder, files: Sequence[ImageFile], workers: int, max_pix
     with _sigint_ignored_while_forking(workers):
         batches = iter(loader)  # starts the workers
     in_flight = None
-    for indices, images, failures in batches:
+    for indices, images, failures, jpegs in batches:
+        if jpegs:
+            indices, images, failures = _decode_on_device(enc, files, indices, images, failures, jpegs, max_pixels)
         submitted = (indices, images, failures, enc.submit(images) if images is not None else None)
         if in_flight is not None:
             done += len(in_flight[0]) + len(in_flight[2])
@@ -493,13 +551,13 @@ class _JournalWriter:
 
 def _embed_batches(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
                    workers: int, max_pixels: int | None, progress: Progress | None,
-                   flush_rows: int, flush_seconds: float) -> None:
+                   flush_rows: int, flush_seconds: float, decode_on: str = "cpu") -> None:
     """Encode ``pending`` into ``block``; full blocks go to the journal (written off the main thread),
     the last, partial one stays in ``block`` for the caller."""
     last_flush = time.monotonic()
     writer = _JournalWriter(journal, enc.embedding_dim)
     try:
-        for results, recomputed in encode_files(enc, pending, workers, max_pixels, progress):
+        for results, recomputed in encode_files(enc, pending, workers, max_pixels, progress, decode_on):
             summary.recomputed_float32 += recomputed
             for f, vector, reason in results:
                 if vector is None:
@@ -563,7 +621,7 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
 
     def build(group, old_group):
         group.attrs.update({"encoder": encoder, "family": spec.family, "architecture": identity["architecture"],
-                            "weights": identity["weights"], "runtime": identity["runtime"], "embedding_dim": dim, "description": spec.description,
+                            "weights": identity["weights"], "runtime": identity["runtime"], "decode": identity["decode"], "embedding_dim": dim, "description": spec.description,
                             "preprocess": json.dumps(spec.preprocess.to_dict()), "imgclust_version": __version__,
                             "updated": now_iso()})
         write_rows(group, index, _gather(old_group, parts, rows, paths, dim), dim)

@@ -294,9 +294,7 @@ class Encoder:
         if n > self.batch_size or images.dtype not in (np.uint8, _torch_uint8()) or tuple(images.shape[1:]) != (size, size, 3):
             raise ValueError(f"an encoder batch is up to {self.batch_size} uint8 images of shape ({size}, {size}, 3) "
                              f"(imgclust.decode.decode gives them), not {images.dtype} {tuple(images.shape)}")
-        if n < self.batch_size:
-            images = np.concatenate([np.asarray(images), np.repeat(np.asarray(images[-1:]), self.batch_size - n, axis=0)])
-        pending = self.runner.submit(images)
+        pending = self.runner.submit(_padded(images, self.batch_size))
         return Pending(lambda: pending.result()[:n])
 
     def encode(self, images) -> np.ndarray:
@@ -317,13 +315,24 @@ class Encoder:
         if finite.all() or not self.runner.reduced_precision:
             return vectors, finite, False
         with self.runner.in_float32() as runner:
-            padded = np.concatenate([np.asarray(images), np.repeat(np.asarray(images[-1:]), self.batch_size - len(images), axis=0)])
-            vectors = runner.submit(padded).result()[:len(images)]
+            vectors = runner.submit(_padded(images, self.batch_size)).result()[:len(images)]
         return vectors, np.isfinite(vectors).all(axis=1), True
 
     def encode_finite(self, images) -> tuple[np.ndarray, np.ndarray, bool]:
         """:meth:`finish` of one batch of up to ``batch_size`` images."""
         return self.finish(self.submit(images), images)
+
+
+def _padded(images, batch_size: int):
+    """``images`` (a numpy array or a tensor, on any device) with the last one repeated up to ``batch_size``."""
+    n = len(images)
+    if n == batch_size:
+        return images
+    if isinstance(images, np.ndarray):
+        return np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
+    import torch
+
+    return torch.cat([images, images[-1:].expand(batch_size - n, *images.shape[1:])])
 
 
 def _torch_uint8():

@@ -201,7 +201,7 @@ class TorchRunner:
         import torch
 
         images = torch.as_tensor(images)
-        if not self.cuda:
+        if not self.cuda or images.device.type != "cpu":  # (decoded on the device already: --decode gpu)
             return images.to(self.device)
         if not images.is_pinned():
             images = images.pin_memory()
