@@ -48,7 +48,7 @@ def candidates(name: str, weights: str | None, batch_size: int, threads: int, co
         enc.runner = TorchRunner(enc.runner.network, "cpu", threads=threads, **kwargs)
         return enc
 
-    timed("torch (eager float32)", lambda: create_encoder(name, weights=weights, device="cpu", runtime="torch", batch_size=batch_size))
+    timed("torch (eager float32)", lambda: torch_variant())  # the 'torch' runtime, at the same threads as the others
     timed("channels-last float32", lambda: torch_variant(channels_last=True))
     timed("torch-amp (bfloat16 autocast, channels-last)", lambda: create_encoder(name, weights=weights, device="cpu",
                                                                                   runtime="torch-amp", batch_size=batch_size))

@@ -81,7 +81,7 @@ def main() -> None:
             for _ in range(args.rounds):  # interleaved, so load changes hit both alike
                 ours.append(rate(lambda p, s: decode(p, s, None), paths, spec))
                 plain.append(rate(baseline, paths, spec))
-            row = {"format": fmt, "images": len(paths), "megapixels": SIZE[0] * SIZE[1] / 1e6, "mean_file_mb": round(mb, 2),
+            row = {"format": fmt, "images": len(paths), "megapixels": SIZE[0] * SIZE[1] / 1e6, "mean_file_mb": round(float(mb), 2),
                    "imgclust_images_per_s_per_core": round(float(np.median(ours)), 2),
                    "baseline_images_per_s_per_core": round(float(np.median(plain)), 2),
                    "speedup": round(float(np.median(np.array(ours) / np.array(plain))), 2),

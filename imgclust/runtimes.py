@@ -343,6 +343,8 @@ class OnnxRunner:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        # Idle threads sleep instead of spinning, leaving the cores to the decoding workers between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_bytes(network, size, batch_size), options,
                                             providers=["CPUExecutionProvider"])
 
@@ -399,11 +401,19 @@ class OpenVinoRunner:
         yield self.float32_runner
 
 
+def legacy_torch_threads() -> int:
+    """The CPU thread count caches without a recorded runtime were made with (the cores left beside a
+    quarter of them for decoding, as imgclust split them before runtimes): the last bits of a forward
+    pass depend on it, so the ``torch`` runtime keeps it and such caches resume bit for bit."""
+    cores = os.cpu_count() or 2
+    return max(1, cores - max(1, min(4, cores // 4)))
+
+
 def _torch(network, preprocess, device, batch_size, threads):
     import torch
 
     return TorchRunner(network, device, dtype=torch.float16 if device.startswith("cuda") else torch.float32,
-                       threads=threads)
+                       threads=legacy_torch_threads())
 
 
 def _torch_amp(network, preprocess, device, batch_size, threads):
@@ -414,8 +424,8 @@ def _torch_amp(network, preprocess, device, batch_size, threads):
 
 
 for _runtime in (
-    RuntimeSpec("torch", ("cpu", "cuda", "mps"), "eager PyTorch: float32 on CPUs, float16 on GPUs (what caches "
-                "without a recorded runtime were made with)", _torch),
+    RuntimeSpec("torch", ("cpu", "cuda", "mps"), "eager PyTorch: float32 on CPUs (with the thread count of earlier "
+                "versions), float16 on GPUs -- what caches without a recorded runtime were made with", _torch),
     RuntimeSpec("torch-amp", ("cpu", "cuda"), "PyTorch autocast (bfloat16 on CPUs, float16 on GPUs), float32 outputs; "
                 "channels-last for CNNs", _torch_amp, reduced_precision=True),
     RuntimeSpec("onnxruntime", ("cpu",), "ONNX Runtime, float32", lambda net, pre, dev, bs, th: OnnxRunner(net, pre.size, bs, th),

@@ -56,6 +56,9 @@ def test_torch_runtime_normalises_like_the_numpy_preprocessing_caches_were_made_
     numpy_way = ((x.astype(np.float32) / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32))
     network = normalised_network(lambda net, t: net(t), spec, torch.nn.Identity())
     assert np.array_equal(network.normalise(torch.from_numpy(x)).numpy(), numpy_way.transpose(0, 3, 1, 2))
+    # ... and with the thread count they were made with (the last bits depend on it).
+    enc = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="torch", batch_size=2)
+    assert enc.runner.threads == runtimes.legacy_torch_threads()
 
 
 def test_openvino_models_are_converted_once_and_kept(tmp_path, monkeypatch, images):
@@ -193,7 +196,8 @@ def test_decode_on_the_device_falls_back_to_the_cpu_per_file(image_folder, tmp_p
     embed_module = sys.modules["imgclust.embed"]
     enc = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="torch", batch_size=4)
     files = discover([image_folder])  # JPEGs (red) and PNGs (blue)
-    (tmp_path / "bad.jpg").write_bytes((image_folder / "red_things" / "r0.jpg").read_bytes()[:300])  # cut short
+    whole = (image_folder / "red_things" / "r0.jpg").read_bytes()
+    (tmp_path / "bad.jpg").write_bytes(whole[:len(whole) // 2])  # the header intact, the data cut short
     files += discover([tmp_path / "bad.jpg"])
     refused = (image_folder / "red_things" / "r1.jpg").read_bytes()
     on_device = []
