@@ -19,8 +19,9 @@ from .cluster import load_run
 from .clusterers import Clusterer
 from .decode import DEFAULT_MAX_PIXELS
 from .discover import discover
-from .embed import default_batch_size, default_workers, encode_files
-from .encoders import Encoder, create_encoder, resolve_spec
+from .embed import default_workers, encode_files
+from .encoders import Encoder, best_device, create_encoder, resolve_spec
+from .runtimes import LEGACY_RUNTIME, RUNTIMES
 from .errors import UsageError
 from .reduce import l2_normalise
 
@@ -67,11 +68,15 @@ def nearest_centre(ids: np.ndarray, centres: np.ndarray, new: np.ndarray) -> tup
     return ids[best], similarity[np.arange(len(new)), best]
 
 
-def run_encoder(cache: Cache, encoder_name: str, device: str | None = None) -> Encoder:
-    """The encoder (and weights) the cache's rows were made with."""
+def run_encoder(cache: Cache, encoder_name: str, device: str | None = None, batch_size: int | None = None) -> Encoder:
+    """The encoder (and weights) the cache's rows were made with, run by the same runtime where this
+    device has it (else the best one it has: runtimes agree to ~1e-3, enough to place an image)."""
     info = cache.info(encoder_name)
     weights = info["weights"] if info["weights"] != resolve_spec(encoder_name).weights else None
-    return create_encoder(encoder_name, weights=weights, device=device)
+    device = best_device(device)
+    recorded = info.get("runtime", LEGACY_RUNTIME)
+    runtime = recorded if recorded in RUNTIMES and RUNTIMES.get(recorded).missing(device) is None else None
+    return create_encoder(encoder_name, weights=weights, device=device, runtime=runtime, batch_size=batch_size)
 
 
 def assign(
@@ -102,11 +107,10 @@ def assign(
     files = discover(inputs, files_from=files_from)
     failures = {f.path: f.error for f in files if f.error}
     method, place = _placer(cache_obj, stored)
-    enc = run_encoder(cache_obj, stored.encoder, device)
-    batch_size = batch_size or default_batch_size(enc.device)
+    enc = run_encoder(cache_obj, stored.encoder, device, batch_size)
     workers = default_workers(enc.device) if workers is None else workers
     paths, clusters, similarity = [], [], []
-    for results, _ in encode_files(enc, [f for f in files if not f.error], batch_size, workers, max_pixels, progress):
+    for results, _ in encode_files(enc, [f for f in files if not f.error], workers, max_pixels, progress):
         good = [(f.path, vector) for f, vector, _ in results if vector is not None]
         failures.update({f.path: reason for f, vector, reason in results if vector is None})
         if good:

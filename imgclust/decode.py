@@ -26,7 +26,11 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shortest side to ``size`` (keeping aspect), centre-crop ``size`` x ``size``, normalise."""
+    """Resize the shortest side to ``size`` (keeping aspect), centre-crop ``size`` x ``size``, normalise.
+
+    The loader does the resize and crop (uint8 pixels); the encoder's runtime normalises with ``mean``
+    and ``std`` where the model runs (:func:`imgclust.runtimes.normalised_network`).
+    """
 
     size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -185,29 +189,79 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def preprocess(im: Image.Image, spec: Preprocess) -> np.ndarray:
-    """RGB image -> normalised float32 array (3, size, size), as ZS: shortest side resized, centre crop."""
-    width, height = im.size
+def _geometry(width: int, height: int, size: int) -> tuple[tuple[int, int, int, int], tuple[int, int], tuple[int, int, int, int]]:
+    """``(cut, resized, crop)`` of the preprocessing: the part of the image kept before resizing, the
+    size it is resized to, and the centre crop of ``size`` x ``size`` from that (PIL boxes)."""
     longest = _MAX_ASPECT * min(width, height)
-    if max(width, height) > longest:
-        # A very thin image (1 x 30000, say) would be resized to a huge strip only to be cropped;
-        # keep the centre part the crop can use (aspect 4:1), so memory stays ~size x 4*size.
-        left, top = (width - min(width, longest)) // 2, (height - min(height, longest)) // 2
-        im = im.crop((left, top, left + min(width, longest), top + min(height, longest)))
-        width, height = im.size
-    scale = spec.size / min(width, height)
-    new_w, new_h = max(spec.size, round(width * scale)), max(spec.size, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        im = im.resize((new_w, new_h), _RESAMPLE[spec.interpolation])
-    left, top = (new_w - spec.size) // 2, (new_h - spec.size) // 2
-    im = im.crop((left, top, left + spec.size, top + spec.size))
-    array = np.asarray(im, dtype=np.float32) / 255.0
-    array = (array - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    # A very thin image (1 x 30000, say) would be resized to a huge strip only to be cropped;
+    # keep the centre part the crop can use (aspect 4:1), so memory stays ~size x 4*size.
+    kept_w, kept_h = min(width, longest), min(height, longest)
+    left, top = (width - kept_w) // 2, (height - kept_h) // 2
+    scale = size / min(kept_w, kept_h)
+    new_w, new_h = max(size, round(kept_w * scale)), max(size, round(kept_h * scale))
+    crop_left, crop_top = (new_w - size) // 2, (new_h - size) // 2
+    return (left, top, left + kept_w, top + kept_h), (new_w, new_h), (crop_left, crop_top, crop_left + size, crop_top + size)
+
+
+def preprocess(im: Image.Image, spec: Preprocess) -> np.ndarray:
+    """RGB image -> uint8 array (size, size, 3), as ZS: shortest side resized, centre crop.
+
+    uint8 is a quarter of the bytes of float32 between the decoding workers and the model; the
+    normalisation happens in the encoder's runtime.
+    """
+    cut, resized, crop = _geometry(*im.size, spec.size)
+    if cut != (0, 0, *im.size):
+        im = im.crop(cut)
+    if resized != im.size:
+        im = im.resize(resized, _RESAMPLE[spec.interpolation])
+    return np.array(im.crop(crop), dtype=np.uint8)
+
+
+def jpeg_bytes(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """The file's bytes when it is a JPEG within ``max_pixels`` (for :func:`decode_jpegs_on_device`),
+    None for any other format; raises :class:`DecodeError` for a file that cannot be opened."""
+    with _reasons(path), _open(path, max_pixels) as im:
+        if im.format != "JPEG" or im.mode not in ("RGB", "L"):  # CMYK etc.: Pillow knows them better
+            return None
+    with _reasons(path), open(path, "rb") as fh:
+        return np.frombuffer(fh.read(), dtype=np.uint8)
+
+
+def decode_jpegs_on_device(datas: list, spec: Preprocess, device: str) -> list:
+    """JPEG bytes -> uint8 images ``(size, size, 3)`` on ``device`` (nvJPEG on a GPU, through torchvision),
+    EXIF orientation applied, resized and cropped as :func:`preprocess` (torch's antialiased resize: close
+    to Pillow's, not bit-equal). An image the device cannot decode is None: the caller decodes that
+    file on the CPU instead."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.as_tensor(d) for d in datas]
+    try:
+        decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+    except RuntimeError:  # one bad file fails the whole batch: decode them one at a time
+        decoded = []
+        for t in tensors:
+            try:
+                decoded.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+            except RuntimeError:
+                decoded.append(None)
+    out = []
+    for image in decoded:
+        if image is None or image.shape[0] != 3 or min(image.shape[1:]) < 1:
+            out.append(None)
+            continue
+        (left, top, right, bottom), (new_w, new_h), (cl, ct, cr, cb) = _geometry(image.shape[2], image.shape[1], spec.size)
+        x = image[:, top:bottom, left:right][None].float()
+        if (new_w, new_h) != (right - left, bottom - top):
+            mode = "bicubic" if spec.interpolation in ("bicubic", "lanczos") else spec.interpolation
+            x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode=mode,
+                                                antialias=mode != "nearest", **({} if mode == "nearest" else {"align_corners": False}))
+        out.append(x[0, :, ct:cb, cl:cr].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0))
+    return out
 
 
 def decode(path: str, spec: Preprocess, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Load ``path`` and preprocess it for an encoder; raises :class:`DecodeError`."""
+    """Load ``path`` and preprocess it for an encoder (uint8, ``(size, size, 3)``); raises :class:`DecodeError`."""
     im = load_rgb(path, draft_size=spec.size, max_pixels=max_pixels)
     try:
         return preprocess(im, spec)

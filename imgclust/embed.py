@@ -18,8 +18,10 @@ which makes a resumed run bit-for-bit equal to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import queue
 import signal
 import sys
 import threading
@@ -34,10 +36,11 @@ import numpy as np
 
 from . import __version__
 from .cache import Cache, Failures, NewRows, Rows, encoder_key, file_hash
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode
+from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode, decode_jpegs_on_device, jpeg_bytes
 from .discover import ImageFile, discover
-from .encoders import DEFAULT_ENCODER, Encoder, best_device, create_encoder, resolve_spec
+from .encoders import DEFAULT_ENCODER, Encoder, best_device, create_encoder, default_batch_size, resolve_spec
 from .errors import UsageError
+from .runtimes import LEGACY_RUNTIME, default_threads, resolve_runtime
 from .sources import expand_sources
 from .views import add_views
 
@@ -75,6 +78,8 @@ class EmbedSummary:
     recomputed_float32: int = 0  # rows of half-precision batches computed again in float32 (NaN/Inf)
     batch_size: int = 0
     workers: int = 0
+    runtime: str = ""
+    decode: str = "cpu"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,23 +175,64 @@ class _Journal:
 
 
 class _DecodeDataset:
-    """Map-style dataset for the DataLoader: index -> (index, array or None, failure reason)."""
+    """Map-style dataset for the DataLoader: index -> (index, uint8 image or None, failure reason, JPEG bytes or None).
 
-    def __init__(self, files: Sequence[ImageFile], spec: Preprocess, max_pixels: int | None):
-        self.files, self.spec, self.max_pixels = files, spec, max_pixels
+    With ``jpeg_on_device`` a JPEG is not decoded here: its bytes go to the main process, which decodes
+    them on the GPU (:func:`imgclust.decode.decode_jpegs_on_device`); other formats are decoded here.
+    """
+
+    def __init__(self, files: Sequence[ImageFile], spec: Preprocess, max_pixels: int | None, jpeg_on_device: bool = False):
+        self.files, self.spec, self.max_pixels, self.jpeg_on_device = files, spec, max_pixels, jpeg_on_device
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
+        path = self.files[i].path
         try:
-            return i, decode(self.files[i].path, self.spec, self.max_pixels), ""
+            data = jpeg_bytes(path, self.max_pixels) if self.jpeg_on_device else None
+            if data is not None:
+                return i, None, "", data
+            return i, decode(path, self.spec, self.max_pixels), "", None
         except DecodeError as exc:
-            return i, None, str(exc)
+            return i, None, str(exc), None
 
 
-def _collate(items):
-    return items
+def collate_uint8(items) -> tuple[list[int], object, list[tuple[int, str]], list[tuple[int, object]]]:
+    """A batch as ``(indices, images, failures, jpegs)``: the decoded images stacked into one uint8 tensor
+    ``(n, size, size, 3)`` (None when none decoded), ``failures`` as ``(index, reason)``, ``jpegs`` as
+    ``(index, uint8 tensor of the file's bytes)`` for decoding on the device.
+
+    Runs in the worker: one tensor per batch travels to the main process through shared memory
+    (torch's tensor pickling), where the DataLoader can pin it for a GPU copy.
+    """
+    import torch
+
+    good = [(i, array) for i, array, _, _ in items if array is not None]
+    images = torch.from_numpy(np.stack([array for _, array in good])) if good else None
+    failures = [(i, reason) for i, array, reason, data in items if array is None and data is None]
+    jpegs = [(i, torch.from_numpy(data.copy())) for i, _, _, data in items if data is not None]
+    return [i for i, _ in good], images, failures, jpegs
+
+
+def _decode_on_device(enc: Encoder, files: Sequence[ImageFile], indices: list[int], images, failures: list,
+                      jpegs: list, max_pixels: int | None):
+    """Decode a batch's JPEG bytes on the encoder's device; a file the device cannot decode is decoded
+    on the CPU instead (or recorded as a failure). Returns ``(indices, images on the device, failures)``."""
+    import torch
+
+    indices, failures, parts = list(indices), list(failures), [] if images is None else [images.to(enc.device)]
+    decoded = decode_jpegs_on_device([data for _, data in jpegs], enc.preprocess, enc.device) if jpegs else []
+    for (i, _), image in zip(jpegs, decoded):
+        if image is None:
+            try:
+                image = torch.from_numpy(decode(files[i].path, enc.preprocess, max_pixels)).to(enc.device)
+            except DecodeError as exc:
+                failures.append((i, str(exc)))
+                continue
+        indices.append(i)
+        parts.append(image[None])
+    return indices, (torch.cat(parts) if parts else None), failures
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -226,30 +272,18 @@ def _sigint_ignored_while_forking(workers: int):
         signal.signal(signal.SIGINT, previous)
 
 
-def default_batch_size(device: str = "cpu") -> int:
-    """Images per forward pass: 32 on a CPU (larger batches are no faster there), 128 on a GPU."""
-    return 32 if device == "cpu" else 128
-
-
 def default_workers(device: str = "cpu") -> int:
-    """Decoding processes. On a GPU decoding is the bottleneck: every core but one. On a CPU the
-    model needs the cores more: a quarter of them decode (at least one, at most four)."""
-    cores = os.cpu_count() or 2
+    """Decoding processes: every core (at most 8) on a CPU, every core but one (at most 8) on a GPU.
+
+    On a CPU the model's threads use every core too (:func:`imgclust.runtimes.default_threads`): a
+    worker whose queue of finished batches is full waits without using a core, so decoding and the
+    model share the cores as their costs need (small JPEGs: the model takes nearly all; camera photos:
+    decoding takes more).
+    """
+    cores = default_threads()
     if device != "cpu":
         return max(1, min(8, cores - 1))
-    return max(1, min(4, cores // 4))
-
-
-def model_threads() -> int:
-    """Torch threads for a CPU forward pass: the cores the default decoding workers leave free.
-
-    The cores are split, never oversubscribed: on 2 cores 1 thread beside 1 worker ran 3x faster
-    than torch's default of 2 threads (25-28 against 9 images/s for effnet-lite0), which spin
-    against the worker for the same cores. The count depends only on the machine, not on
-    ``--workers``: the last bits of a model's output can depend on the thread count, and a resumed
-    run must give the same bits whatever ``--workers`` it was given.
-    """
-    return max(1, (os.cpu_count() or 2) - default_workers("cpu"))
+    return max(1, min(8, cores))
 
 
 def embed(
@@ -275,6 +309,8 @@ def embed(
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
     exclude: Sequence[str | os.PathLike] = (),
+    runtime: str | None = None,
+    decode_on: str | None = None,
 ) -> EmbedSummary:
     """Embed every image under ``inputs`` into ``cache`` (resumable; unchanged images are skipped).
 
@@ -288,7 +324,7 @@ def embed(
     labels : ``"folder"`` or a ``path,label`` CSV; stored with the embeddings for scoring.
     weights : a local checkpoint path, or ``"random"`` (tests).
     device : ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; None picks CUDA, then MPS, then the CPU.
-    batch_size, workers : images per forward pass (None: :func:`default_batch_size` of the device);
+    batch_size, workers : images per forward pass (None: :func:`imgclust.encoders.default_batch_size` of the device);
         decoding processes (None: :func:`default_workers` of the device; 0 decodes inline).
     max_pixels : the decompression-bomb limit (None disables it).
     progress : called as ``progress(done, total)`` after each batch.
@@ -304,6 +340,11 @@ def embed(
         settings (device, precision, batch size) than the rows were made with.
     views : also store this many augmented-view embeddings per image (for ``cc``; see :mod:`imgclust.views`).
     exclude : folders discovery never walks into (the one-step command's output folder).
+    runtime : what runs the model (:data:`imgclust.runtimes.RUNTIMES`); None or ``"auto"``: the one this
+        cache's rows were made with, else the best for the encoder on the device (:data:`imgclust.runtimes.AUTO`).
+    decode_on : ``"cpu"`` (decoding workers) or ``"gpu"`` (JPEGs decoded by nvJPEG on the CUDA device,
+        any file it cannot decode on the CPU); None: what the cache's rows were made with, else ``"cpu"``.
+        GPU resizing is close to Pillow's, not bit-equal, so one cache holds one kind.
 
     Returns
     -------
@@ -329,8 +370,12 @@ def embed(
         rows = cache.rows(encoder) if cache.exists() and encoder in cache.encoders() else None
         committed = rows.index() if rows is not None and not reembed else None
         run_device = best_device(device)
+        recorded = _recorded_identity(rows.state.attrs) if rows is not None and not reembed else None
+        runtime = resolve_runtime(runtime, spec.family, run_device, recorded["runtime"] if recorded else None)
+        decode_on = _resolve_decode(decode_on, run_device, recorded["decode"] if recorded else None)
+        summary.runtime, summary.decode = runtime, decode_on
         summary.batch_size = batch_size or default_batch_size(run_device)
-        identity = block_identity(spec, weights, run_device, summary.batch_size)
+        identity = block_identity(spec, weights, run_device, summary.batch_size, runtime, decode_on)
         if rows is not None and not reembed:
             _check_identity(cache, encoder, rows.state.attrs, identity)
         journal = _Journal(cache, encoder, identity)
@@ -363,11 +408,12 @@ def embed(
         enc = None
         try:
             if pending:
-                enc = create_encoder(encoder, weights=weights, device=run_device)
+                enc = create_encoder(encoder, weights=weights, device=run_device, runtime=runtime,
+                                     batch_size=summary.batch_size)
                 summary.device = enc.device
                 summary.workers = default_workers(enc.device) if workers is None else workers
-                _run(enc, pending, block, journal, summary, summary.batch_size, summary.workers, max_pixels, progress,
-                     flush_rows, flush_seconds)
+                _embed_batches(enc, pending, block, journal, summary, summary.workers, max_pixels, progress,
+                               flush_rows, flush_seconds, decode_on)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -379,21 +425,29 @@ def embed(
                 present={f.path for f in files}, exact=exact, prune=prune, reembed=reembed)
         journal.clear()
         if views and not summary.interrupted and summary.images:
-            enc = enc or create_encoder(encoder, weights=weights, device=run_device)
-            summary.views_computed = add_views(cache, encoder, enc, views, batch_size or default_batch_size(enc.device),
-                                               max_pixels, progress)
+            enc = enc or create_encoder(encoder, weights=weights, device=run_device, runtime=runtime,
+                                        batch_size=summary.batch_size)
+            summary.views_computed = add_views(cache, encoder, enc, views, max_pixels, progress)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.images_per_second = round(summary.embedded / summary.seconds, 2) if summary.seconds > 0 else 0.0
     return summary
 
 
-def block_identity(spec, weights: str | None, device: str, batch_size: int) -> dict:
+def block_identity(spec, weights: str | None, device: str, batch_size: int, runtime: str = LEGACY_RUNTIME,
+                   decode_on: str = "cpu") -> dict:
     """The settings that decide an embedding's bits, recorded per block: rows made with other ones
-    (float16 on a GPU against float32 on a CPU, another batch size) are not mixed in one cache."""
+    (float16 on a GPU against float32 on a CPU, another batch size or runtime) are not mixed in one cache."""
     kind = device.split(":")[0]
     return {"architecture": spec.architecture, "weights": weights or spec.weights,
             "preprocess": spec.preprocess.to_dict(), "device": kind,
-            "dtype": "float16" if kind == "cuda" else "float32", "batch_size": int(batch_size)}
+            "dtype": "float16" if kind == "cuda" else "float32", "batch_size": int(batch_size),
+            "runtime": runtime, "decode": decode_on}
+
+
+def _recorded_identity(attrs: dict) -> dict:
+    """The runtime and decoding the cache's rows were made with (caches from before runtimes: torch, CPU)."""
+    stored = attrs.get("identity") or {}
+    return {"runtime": stored.get("runtime", LEGACY_RUNTIME), "decode": stored.get("decode", "cpu")}
 
 
 def _check_identity(cache: Cache, encoder: str, attrs: dict, identity: dict) -> None:
@@ -409,6 +463,20 @@ def _check_identity(cache: Cache, encoder: str, attrs: dict, identity: dict) -> 
             f"rows that are not comparable",
             hint="pass the same settings as before (--weights, --device, --batch-size), use another --cache, or "
                  "add --reembed to embed every image again with these settings")
+
+
+def _resolve_decode(requested: str | None, device: str, recorded: str | None) -> str:
+    """Where JPEGs are decoded: ``requested``, else the cache's record, else the CPU."""
+    if requested is None:
+        return recorded or "cpu"
+    if requested not in ("cpu", "gpu"):
+        raise UsageError(f"--decode {requested}: choose cpu or gpu")
+    if requested == "gpu" and not device.startswith("cuda"):
+        raise UsageError(f"--decode gpu needs a CUDA device, and this run uses {device}", hint="leave --decode out")
+    if recorded is not None and recorded != requested:
+        raise UsageError(f"--decode {requested}: this cache's rows were decoded on the {recorded.upper()}; "
+                         "one cache holds one kind", hint="leave --decode out to continue it, or use another --cache")
+    return requested
 
 
 def _rechecked_failures(failures: Failures | None, parts: list[dict]) -> dict[str, str]:
@@ -440,35 +508,27 @@ def _known_state(committed, failures: Failures | None, parts: list[dict]) -> dic
     return known
 
 
-def _run(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
-         batch_size: int, workers: int, max_pixels: int | None, progress: Progress | None,
-         flush_rows: int, flush_seconds: float) -> None:
-    import torch
-
-    threads = torch.get_num_threads()
-    if enc.device == "cpu":
-        torch.set_num_threads(model_threads())
-    try:
-        _embed_batches(enc, pending, block, journal, summary, batch_size, workers, max_pixels, progress,
-                       flush_rows, flush_seconds)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def encode_files(enc: Encoder, files: Sequence[ImageFile], batch_size: int, workers: int, max_pixels: int | None,
-                 progress: Progress | None = None) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str]], int]]:
-    """Decode ``files`` in ``workers`` processes and encode them in padded batches, in bounded memory.
+def encode_files(enc: Encoder, files: Sequence[ImageFile], workers: int, max_pixels: int | None,
+                 progress: Progress | None = None, decode_on: str = "cpu",
+                 ) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str]], int]]:
+    """Decode ``files`` in ``workers`` processes and encode them in batches of ``enc.batch_size``, in bounded memory.
 
     Yields, per batch, ``(results, recomputed)``: ``(file, vector, "")`` for each embedded file and
     ``(file, None, reason)`` for each that failed (decoding, or an embedding still not finite in
-    float32); ``recomputed`` is the number of rows of a half-precision batch computed again in
+    float32); ``recomputed`` is the number of rows of a reduced-precision batch computed again in
     float32 because some row was not finite. ``embed`` and ``assign`` share this loader.
+
+    ``decode_on="gpu"``: JPEGs are decoded on the encoder's device (nvJPEG), other files by the workers.
+
+    One batch is in flight: batch n+1 is submitted to the runtime before batch n's result is
+    collected, so on a GPU the copy and forward pass of one overlap the host's work on the other.
     """
     import torch
 
+    jpeg_on_device = decode_on == "gpu"
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(files, enc.preprocess, max_pixels), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
+        _DecodeDataset(files, enc.preprocess, max_pixels, jpeg_on_device), batch_size=enc.batch_size, shuffle=False,
+        num_workers=workers, collate_fn=collate_uint8, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
         pin_memory=enc.device.startswith("cuda"))
     done = 0
@@ -476,40 +536,92 @@ def encode_files(enc: Encoder, files: Sequence[ImageFile], batch_size: int, work
         progress(0, len(files))
     with _sigint_ignored_while_forking(workers):
         batches = iter(loader)  # starts the workers
-    for items in batches:
-        results: list[tuple[ImageFile, np.ndarray | None, str]] = [
-            (files[i], None, reason) for i, array, reason in items if array is None]
-        good = [(i, array) for i, array, _ in items if array is not None]
-        if good:
-            vectors, finite, recomputed = enc.encode_finite(np.stack([array for _, array in good]), batch_size)
-            for (i, _), vector, ok in zip(good, vectors, finite):
-                results.append((files[i], vector, "") if ok else (files[i], None, NON_FINITE_REASON))
-        done += len(items)
-        yield results, (len(good) if good and recomputed else 0)
+    in_flight = None
+    for indices, images, failures, jpegs in batches:
+        if jpegs:
+            indices, images, failures = _decode_on_device(enc, files, indices, images, failures, jpegs, max_pixels)
+        submitted = (indices, images, failures, enc.submit(images) if images is not None else None)
+        if in_flight is not None:
+            done += len(in_flight[0]) + len(in_flight[2])
+            yield _finish(enc, files, *in_flight)
+            if progress:
+                progress(done, len(files))
+        in_flight = submitted
+    if in_flight is not None:
+        done += len(in_flight[0]) + len(in_flight[2])
+        yield _finish(enc, files, *in_flight)
         if progress:
             progress(done, len(files))
+
+
+def _finish(enc: Encoder, files: Sequence[ImageFile], indices, images, failures, pending):
+    results: list[tuple[ImageFile, np.ndarray | None, str]] = [(files[i], None, reason) for i, reason in failures]
+    if pending is None:
+        return results, 0
+    vectors, finite, recomputed = enc.finish(pending, images)
+    for i, vector, ok in zip(indices, vectors, finite):
+        results.append((files[i], vector, "") if ok else (files[i], None, NON_FINITE_REASON))
+    return results, len(indices) if recomputed else 0
 
 
 NON_FINITE_REASON = "the encoder gave a non-finite embedding (NaN or Inf), also in float32"
 
 
+class _JournalWriter:
+    """Writes journal parts in a thread, so the main thread keeps feeding the model while one is fsynced.
+
+    At most two blocks wait; :meth:`close` writes what is queued and re-raises a write's error.
+    """
+
+    def __init__(self, journal: _Journal, dim: int):
+        self.journal, self.dim, self.error = journal, dim, None
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._loop, name="imgclust-journal", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (block := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.journal.write(block, self.dim)
+                except BaseException as exc:  # re-raised in the main thread
+                    self.error = exc
+
+    def put(self, block: _Block) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(block)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def _embed_batches(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
-                   batch_size: int, workers: int, max_pixels: int | None, progress: Progress | None,
-                   flush_rows: int, flush_seconds: float) -> None:
+                   workers: int, max_pixels: int | None, progress: Progress | None,
+                   flush_rows: int, flush_seconds: float, decode_on: str = "cpu") -> None:
+    """Encode ``pending`` into ``block``; full blocks go to the journal (written off the main thread),
+    the last, partial one stays in ``block`` for the caller."""
     last_flush = time.monotonic()
-    for results, recomputed in encode_files(enc, pending, batch_size, workers, max_pixels, progress):
-        summary.recomputed_float32 += recomputed
-        for f, vector, reason in results:
-            if vector is None:
-                block.add_failure(f, reason)
-                summary.failed += 1
-            else:
-                block.add_row(f, vector)
-                summary.embedded += 1
-        if len(block) >= flush_rows or time.monotonic() - last_flush > flush_seconds:
-            journal.write(block, enc.embedding_dim)
-            block.__init__()
-            last_flush = time.monotonic()
+    writer = _JournalWriter(journal, enc.embedding_dim)
+    try:
+        for results, recomputed in encode_files(enc, pending, workers, max_pixels, progress, decode_on):
+            summary.recomputed_float32 += recomputed
+            for f, vector, reason in results:
+                if vector is None:
+                    block.add_failure(f, reason)
+                    summary.failed += 1
+                else:
+                    block.add_row(f, vector)
+                    summary.embedded += 1
+            if len(block) >= flush_rows or time.monotonic() - last_flush > flush_seconds:
+                writer.put(copy.copy(block))
+                block.__init__()
+                last_flush = time.monotonic()
+    finally:
+        writer.close()
 
 
 def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict, rows: Rows | None,
@@ -566,7 +678,7 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
     attrs = {"encoder": encoder, "family": spec.family, "architecture": identity["architecture"],
              "weights": identity["weights"], "embedding_dim": dim, "description": spec.description,
              "preprocess": json.dumps(spec.preprocess.to_dict()), "imgclust_version": __version__,
-             "identity": identity}
+             "runtime": identity["runtime"], "decode": identity["decode"], "identity": identity}
     before = rows.fingerprint if rows is not None else None
     after = cache.write_rows(encoder, attrs, table, remove=remove, failures=failures, base=rows, replace_all=reembed)
     if before is not None and after.fingerprint != before:

@@ -21,6 +21,7 @@ import numpy as np
 from ._registry import Registry
 from .decode import Preprocess
 from .errors import UsageError, WeightsUnavailableError
+from .runtimes import LEGACY_RUNTIME, RUNTIMES, Pending, default_threads, normalised_network, resolve_runtime
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -260,80 +261,97 @@ def best_device(requested: str | None = None) -> str:
                      hint=f"use --device {devices[-1] if len(devices) > 1 else 'cpu'}, or leave --device out for the best one")
 
 
-class Encoder:
-    """A loaded model that maps a batch of preprocessed images to one embedding per image.
+def default_batch_size(device: str = "cpu") -> int:
+    """Images per forward pass: 32 on a CPU (larger batches are no faster there), 128 on a GPU."""
+    return 32 if device == "cpu" else 128
 
-    The base class owns device, precision (half on GPUs), ``torch.inference_mode`` and the
-    conversion to float32 numpy; subclasses only implement :meth:`_forward`.
+
+class Encoder:
+    """A loaded model that maps a batch of uint8 images ``(n, size, size, 3)`` to one float32 embedding each.
+
+    The :mod:`runtime <imgclust.runtimes>` runs the forward pass (normalisation included) in batches of
+    exactly ``batch_size`` images: a model's output for an image can differ in the last bits with the
+    batch *size* (not with the other images in it), so a fixed size makes every row reproducible bit for
+    bit, whichever batch it lands in (a resumed run equals an uninterrupted one).
     """
 
-    def __init__(self, spec: EncoderSpec, model, device: str, dtype=None):
-        import torch
-
+    def __init__(self, spec: EncoderSpec, model, device: str, runtime: str = LEGACY_RUNTIME, batch_size: int | None = None,
+                 threads: int | None = None, forward=None):
         self.spec = spec
         self.preprocess = spec.preprocess
         self.device = device
-        self.dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
-        self.model = model.to(device=device, dtype=self.dtype).eval()
-        self.embedding_dim = spec.embedding_dim or self._probe_dim()
+        self.model = model
+        self.runtime = runtime
+        self.batch_size = batch_size or default_batch_size(device)
+        self.threads = threads or default_threads()
+        network = normalised_network(forward or (lambda net, x: net(x)), spec.preprocess, model.eval())
+        self.embedding_dim = spec.embedding_dim or _probe_dim(network, spec.preprocess.size)
+        self.runner = RUNTIMES.get(runtime).build(network, spec.preprocess, device, self.batch_size, self.threads)
 
-    def _probe_dim(self) -> int:
-        size = self.preprocess.size
-        return int(self.encode(np.zeros((1, 3, size, size), np.float32)).shape[1])
+    def submit(self, images) -> Pending:
+        """Start the forward pass of up to ``batch_size`` images (padded to it); collect with ``.result()``."""
+        n, size = len(images), self.preprocess.size
+        if n > self.batch_size or images.dtype not in (np.uint8, _torch_uint8()) or tuple(images.shape[1:]) != (size, size, 3):
+            raise ValueError(f"an encoder batch is up to {self.batch_size} uint8 images of shape ({size}, {size}, 3) "
+                             f"(imgclust.decode.decode gives them), not {images.dtype} {tuple(images.shape)}")
+        pending = self.runner.submit(_padded(images, self.batch_size))
+        return Pending(lambda: pending.result()[:n])
 
-    def encode(self, batch) -> np.ndarray:
-        """``(n, 3, size, size)`` float array or tensor -> ``(n, embedding_dim)`` float32 array."""
-        import torch
+    def encode(self, images) -> np.ndarray:
+        """``(n, size, size, 3)`` uint8 images -> ``(n, embedding_dim)`` float32 embeddings."""
+        return np.concatenate([self.submit(images[start:start + self.batch_size]).result()
+                               for start in range(0, len(images), self.batch_size)]) if len(images) else \
+            np.empty((0, self.embedding_dim), np.float32)
 
-        with torch.inference_mode():
-            x = torch.as_tensor(batch).to(self.device, dtype=self.dtype, non_blocking=True)
-            return self._forward(x).float().cpu().numpy()
+    def finish(self, pending: Pending, images) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The embeddings of a submitted batch, checked: ``(vectors, finite, recomputed)``.
 
-    def encode_padded(self, arrays: np.ndarray, batch_size: int) -> np.ndarray:
-        """:meth:`encode` with the batch padded to ``batch_size``.
-
-        A model's output for an image can differ in the last bits with the batch *size* (not with
-        the other images in it); a fixed size makes every row reproducible bit for bit, whichever
-        batch it lands in (a resumed run equals an uninterrupted one).
-        """
-        n = len(arrays)
-        if n < batch_size:
-            arrays = np.concatenate([arrays, np.repeat(arrays[-1:], batch_size - n, axis=0)])
-        return self.encode(arrays)[:n]
-
-    def encode_finite(self, arrays: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """:meth:`encode_padded`, checked: ``(vectors, finite, recomputed)``.
-
-        Half precision overflows on some inputs (a row of NaN or Inf). Such a batch is computed again
-        in float32 (``recomputed`` is True); ``finite[i]`` is False for a row that is still not
+        Reduced precision can overflow on some inputs (a row of NaN or Inf). Such a batch is computed
+        again in float32 (``recomputed`` is True); ``finite[i]`` is False for a row that is still not
         finite, which the caller records as a failure. No non-finite row reaches the cache.
         """
-        import torch
-
-        vectors = self.encode_padded(arrays, batch_size)
+        vectors = pending.result()
         finite = np.isfinite(vectors).all(axis=1)
-        if finite.all() or self.dtype == torch.float32:
+        if finite.all() or not self.runner.reduced_precision:
             return vectors, finite, False
-        self.model.float()
-        half, self.dtype = self.dtype, torch.float32
-        try:
-            vectors = self.encode_padded(arrays, batch_size)
-        finally:
-            self.model.to(half)
-            self.dtype = half
+        with self.runner.in_float32() as runner:
+            vectors = runner.submit(_padded(images, self.batch_size)).result()[:len(images)]
         return vectors, np.isfinite(vectors).all(axis=1), True
 
-    def _forward(self, x):
-        return self.model(x)
+    def encode_finite(self, images) -> tuple[np.ndarray, np.ndarray, bool]:
+        """:meth:`finish` of one batch of up to ``batch_size`` images."""
+        return self.finish(self.submit(images), images)
 
 
-class OpenClipEncoder(Encoder):
-    def _forward(self, x):
-        return self.model.encode_image(x)
+def _padded(images, batch_size: int):
+    """``images`` (a numpy array or a tensor, on any device) with the last one repeated up to ``batch_size``."""
+    n = len(images)
+    if n == batch_size:
+        return images
+    if isinstance(images, np.ndarray):
+        return np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
+    import torch
+
+    return torch.cat([images, images[-1:].expand(batch_size - n, *images.shape[1:])])
 
 
-def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, device: str | None = None) -> Encoder:
-    """Build encoder ``name`` on the best device.
+def _torch_uint8():
+    import torch
+
+    return torch.uint8
+
+
+def _probe_dim(network, size: int) -> int:
+    import torch
+
+    with torch.inference_mode():
+        return int(network(torch.zeros((1, size, size, 3), dtype=torch.uint8)).shape[1])
+
+
+def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, device: str | None = None,
+                   runtime: str | None = None, batch_size: int | None = None) -> Encoder:
+    """Build encoder ``name`` on the best device, run by ``runtime`` (None or ``"auto"``: the best for
+    its family on that device, see :data:`imgclust.runtimes.AUTO`) in batches of ``batch_size``.
 
     ``weights`` overrides where the weights come from: a local checkpoint path, or ``"random"`` for
     an untrained model (for tests). Missing weights raise :class:`WeightsUnavailableError` at once.
@@ -344,11 +362,12 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, devi
     if weights is not None:
         spec = replace(spec, weights=weights if weights == "random" else os.path.abspath(weights))
     device = best_device(device)
+    runtime = resolve_runtime(runtime, spec.family, device)
     if spec.family == "open_clip":
-        return OpenClipEncoder(spec, _load_open_clip(spec, weights), device)
-    if spec.family == "timm":
-        return Encoder(spec, _load_timm(spec, weights), device)
-    return Encoder(spec, _load_effnet_lite0(spec, weights), device)
+        return Encoder(spec, _load_open_clip(spec, weights), device, runtime, batch_size,
+                       forward=lambda net, x: net.encode_image(x))
+    model = _load_timm(spec, weights) if spec.family == "timm" else _load_effnet_lite0(spec, weights)
+    return Encoder(spec, model, device, runtime, batch_size)
 
 
 @contextlib.contextmanager

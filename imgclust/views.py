@@ -17,7 +17,7 @@ from .decode import DecodeError, Preprocess, load_rgb, preprocess
 
 
 def augment(image, spec: Preprocess, seed: int) -> np.ndarray:
-    """One augmented view of ``image`` (PIL RGB), preprocessed for the encoder."""
+    """One augmented view of ``image`` (PIL RGB), preprocessed for the encoder (uint8, ``(size, size, 3)``)."""
     import torch
     from torchvision import transforms as T
 
@@ -34,8 +34,7 @@ def augment(image, spec: Preprocess, seed: int) -> np.ndarray:
     return preprocess(view, Preprocess(spec.size, spec.mean, spec.std, spec.interpolation))
 
 
-def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, batch_size: int = 32, max_pixels=None,
-              progress=None) -> int:
+def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, max_pixels=None, progress=None) -> int:
     """Compute and store ``n_views`` views for every row of ``encoder_name``.
 
     Returns the number of rows whose views were computed: 0 when views of exactly these rows are stored.
@@ -48,6 +47,7 @@ def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, batch_size
     # A file unreadable now, or a view whose embedding is not finite even in float32, keeps its plain embedding.
     out = np.repeat(plain[:, None, :], n_views, axis=1)
     jobs = [(row, view) for row in range(len(index)) for view in range(n_views)]
+    batch_size = encoder.batch_size
     for start in range(0, len(jobs), batch_size):
         chunk, arrays = [], []
         for row, view in jobs[start:start + batch_size]:
@@ -58,7 +58,7 @@ def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, batch_size
             chunk.append((row, view))
             arrays.append(augment(image, encoder.preprocess, seed=row * 1000 + view))
         if arrays:
-            vectors, finite, _ = encoder.encode_finite(np.stack(arrays), batch_size)
+            vectors, finite, _ = encoder.encode_finite(np.stack(arrays))
             for (row, view), vector, ok in zip(chunk, vectors, finite):
                 if ok:
                     out[row, view] = vector

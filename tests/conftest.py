@@ -12,6 +12,14 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_ENCODER = "timm:test_efficientnet"  # a few-layer timm model; with weights="random" it is seeded and fast
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache(tmp_path_factory):
+    """Converted models (OpenVINO) go to one folder per test session, not the user's ~/.cache."""
+    import os
+
+    os.environ["IMGCLUST_MODEL_CACHE"] = str(tmp_path_factory.mktemp("models"))
+
+
 def make_image(path: Path, color=(200, 30, 30), size=(48, 40), mode="RGB", fmt=None, noise_seed=None) -> Path:
     """Write a real image file; ``noise_seed`` adds texture so different seeds give different embeddings."""
     path.parent.mkdir(parents=True, exist_ok=True)

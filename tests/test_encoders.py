@@ -58,7 +58,7 @@ def test_missing_weights_fail_fast_offline_naming_where_and_what_to_use(monkeypa
 
 def test_random_weights_are_seeded_and_shapes_are_probed():
     a, b = create_encoder(TINY_ENCODER, weights="random", device="cpu"), create_encoder(TINY_ENCODER, weights="random", device="cpu")
-    x = np.random.default_rng(0).normal(size=(2, 3, a.preprocess.size, a.preprocess.size)).astype(np.float32)
+    x = np.random.default_rng(0).integers(0, 256, size=(2, a.preprocess.size, a.preprocess.size, 3), dtype=np.uint8)
     out = a.encode(x)
     assert out.shape == (2, a.embedding_dim) and out.dtype == np.float32
     assert np.array_equal(out, b.encode(x))
@@ -83,7 +83,7 @@ def test_offline_encoder_has_real_imagenet_weights():
     import torch
 
     data = shared_set("imagenette-mini")
-    enc = create_encoder("effnet-lite0", device="cpu")
+    enc = create_encoder("effnet-lite0", device="cpu", runtime="torch")
     classifier = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
     state = torch.load(encoders._effnet_weights_path(), map_location="cpu", weights_only=True)
     classifier.load_state_dict(dict(zip(classifier.state_dict().keys(), state.values())))
@@ -91,6 +91,6 @@ def test_offline_encoder_has_real_imagenet_weights():
     files = sorted((data / "tench").iterdir())[:6] + sorted((data / "golf_ball").iterdir())[:6]
     x = np.stack([decode(str(f), enc.preprocess) for f in files])
     with torch.inference_mode():
-        predicted = classifier.eval()(torch.from_numpy(x)).argmax(1).numpy()
+        predicted = classifier.eval()(enc.runner.network.normalise(torch.from_numpy(x))).argmax(1).numpy()
     assert (predicted[:6] == 0).sum() >= 5 and (predicted[6:] == 574).sum() >= 5  # tench, golf ball
     assert enc.encode(x).shape == (12, 1280)

@@ -15,6 +15,7 @@ from imgclust.decode import DecodeError, load_rgb
 from imgclust.embed import NON_FINITE_REASON, embed
 from imgclust.encoders import Encoder, EncoderSpec, available_devices, best_device
 from imgclust.errors import UsageError
+from imgclust.runtimes import Pending
 from imgclust.decode import Preprocess
 
 from .conftest import TINY_ENCODER, make_image
@@ -80,27 +81,38 @@ class _Scale:
 
 
 def _half_encoder(factor: float, nan_on_negative: bool = False) -> Encoder:
+    """An encoder whose runner computes in float16 (as the torch runtime does on a GPU), on the CPU."""
     import torch
 
-    spec = EncoderSpec("scale", "timm", "scale", "none", 3, Preprocess(8))
-    return Encoder(spec, _Scale(factor, nan_on_negative), "cpu", dtype=torch.float16)
+    from imgclust.runtimes import TorchRunner
+
+    spec = EncoderSpec("scale", "timm", "scale", "none", 3, Preprocess(8, (0.5,) * 3, (0.5,) * 3))
+    enc = Encoder(spec, _Scale(factor, nan_on_negative), "cpu", runtime="torch", batch_size=4)
+    enc.runner = TorchRunner(enc.runner.network, "cpu", dtype=torch.float16)
+    return enc
 
 
 def test_a_half_precision_overflow_is_recomputed_in_float32():
     enc = _half_encoder(1e5)
-    batch = np.ones((2, 3, 8, 8), np.float32)
-    batch[1] *= 1e-3
-    assert not np.isfinite(enc.encode_padded(batch, 2)).all()  # the half-precision result overflows
-    vectors, finite, recomputed = enc.encode_finite(batch, 2)
+    batch = np.full((2, 8, 8, 3), 255, np.uint8)  # normalised to 1.0: 1e5 overflows float16
+    batch[1] = 128  # normalised to 1/255
+    assert not np.isfinite(enc.encode(batch)).all()  # the half-precision result overflows
+    vectors, finite, recomputed = enc.encode_finite(batch)
     assert recomputed and finite.all() and np.allclose(vectors[0], 1e5)
-    assert enc.dtype.is_floating_point and str(enc.dtype) == "torch.float16"  # back to half afterwards
+    assert enc.runner.dtype == torch_float16() and enc.runner.reduced_precision  # back to half afterwards
+
+
+def torch_float16():
+    import torch
+
+    return torch.float16
 
 
 def test_rows_still_not_finite_in_float32_are_marked():
     enc = _half_encoder(1.0, nan_on_negative=True)
-    batch = np.ones((3, 3, 8, 8), np.float32)
-    batch[2] *= -1
-    _, finite, recomputed = enc.encode_finite(batch, 4)
+    batch = np.full((3, 8, 8, 3), 255, np.uint8)
+    batch[2] = 0  # normalised to -1: NaN
+    _, finite, recomputed = enc.encode_finite(batch)
     assert recomputed and finite.tolist() == [True, True, False]
 
 
@@ -112,14 +124,21 @@ def test_embed_records_non_finite_rows_as_failures_and_never_stores_them(image_f
 
     def nan_for_blue(*args, **kwargs):
         enc = real(*args, **kwargs)
-        forward = enc._forward
+        submit = enc.submit
 
-        def poisoned(x):
-            out = forward(x)
-            blue = x[:, 2].mean(dim=(1, 2)) > x[:, 0].mean(dim=(1, 2))  # the blue_things images
-            return out.masked_fill(blue[:, None], float("nan"))
+        def poisoned(images):
+            pending = submit(images)
+            x = np.asarray(images, dtype=np.float32)
+            blue = x[..., 2].mean(axis=(1, 2)) > x[..., 0].mean(axis=(1, 2))  # the blue_things images
 
-        enc._forward = poisoned
+            def result():
+                out = pending.result().copy()
+                out[blue] = np.nan
+                return out
+
+            return Pending(result)
+
+        enc.submit = poisoned
         return enc
 
     monkeypatch.setattr(embed_module, "create_encoder", nan_for_blue)

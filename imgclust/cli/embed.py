@@ -29,7 +29,9 @@ DataRootOption = Annotated[Optional[Path], typer.Option("--data-root", help="Whe
 SplitOption = Annotated[str, typer.Option("--split", help="Split of a torchvision source: test or train.")]
 DeviceOption = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU); a device this machine lacks is refused.")]
 BatchSizeOption = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (default: 32 on a CPU, 128 on a GPU).")]
-WorkersOption = Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decoding processes (default: a quarter of the cores on a CPU, at least 1 and at most 4; on a GPU every core but one, at most 8; 0 decodes inline).")]
+WorkersOption = Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decoding processes (default: every core on a CPU, sharing them with the model; every core but one on a GPU; at most 8; 0 decodes inline).")]
+RuntimeOption = Annotated[str, typer.Option("--runtime", help="What runs the model: auto (the cache's own runtime, else the best here: openvino on a CPU, "
+                                            "torch-amp on a GPU), torch, torch-amp, onnxruntime, openvino or openvino-bf16. One cache holds one runtime's rows.")]
 MaxPixelsOption = Annotated[int, typer.Option("--max-pixels", min=0, help="Decompression-bomb limit in pixels; 0 disables it.")]
 
 
@@ -52,6 +54,10 @@ def embed_command(
     views: Annotated[int, typer.Option("--views", min=0, help="Also store N augmented-view embeddings per image (for --method cc).")] = 0,
     prune: Annotated[bool, typer.Option("--prune", help="Drop the rows of files that cannot be found (by default they are kept: a disk may only be unmounted).")] = False,
     reembed: Annotated[bool, typer.Option("--reembed", help="Embed every image again, replacing this encoder's rows (e.g. with another --device or --batch-size than they were made with).")] = False,
+    runtime: RuntimeOption = "auto",
+    decode: Annotated[Optional[str], typer.Option("--decode", help="Where JPEGs are decoded: cpu (worker processes) or gpu "
+                                                  "(nvJPEG on the CUDA device; files it cannot decode fall back to the CPU). "
+                                                  "Default: the cache's own, else cpu.")] = None,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
     """Embed every image into the cache (resumable: unchanged images are skipped, new ones appended).
@@ -67,7 +73,8 @@ def embed_command(
             summary = run_embed(paths or [], encoder=encoder, cache=cache, files_from=files_from, labels=labels,
                                 weights=weights, device=device, batch_size=batch_size, workers=workers,
                                 max_pixels=max_pixels or None, progress=update, data_root=data_root, split=split,
-                                flush_rows=flush_rows, views=views, prune=prune, reembed=reembed)
+                                flush_rows=flush_rows, views=views, prune=prune, reembed=reembed, runtime=runtime,
+                                decode_on=decode)
     except KeyboardInterrupt:  # Ctrl-C while saving: the cache is unchanged and the journal keeps the work
         _interrupted(str(cache))
     all_failed = summary.images == 0 and summary.failures_total > 0 and not summary.interrupted
@@ -84,7 +91,7 @@ def embed_command(
             out.print(f"embedded {summary.embedded} new ({summary.changed} changed), skipped {summary.skipped} cached, "
                       f"failed {summary.failed}, removed {summary.removed}, confirmed {summary.confirmed} moved "
                       f"in {summary.seconds:.1f} s "
-                      f"({summary.images_per_second:.1f} images/s on {summary.device})")
+                      f"({summary.images_per_second:.1f} images/s on {summary.device}, {summary.runtime})")
             out.print(f"cache {where}: {summary.images} images, {summary.failures_total} failures ({name})")
         if summary.recomputed_float32:
             note(f"[yellow]note:[/yellow] {summary.recomputed_float32} images gave NaN/Inf in half precision and were "

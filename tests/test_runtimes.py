@@ -1,0 +1,234 @@
+"""Runtimes: the same embeddings from every runtime, bit-exact repeats, the choice of ``auto``, the cache's record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from imgclust import runtimes
+from imgclust.cache import Cache
+from imgclust.decode import Preprocess, decode
+from imgclust.embed import _Journal, _JournalWriter, _Block, collate_uint8, embed, encode_files
+from imgclust.discover import discover
+from imgclust.encoders import create_encoder
+from imgclust.errors import UsageError
+from imgclust.runtimes import RUNTIMES, normalised_network, resolve_runtime
+
+from .conftest import TINY_ENCODER
+
+CPU_RUNTIMES = ["torch", "torch-amp", "onnxruntime", "openvino"] + (
+    ["openvino-bf16"] if RUNTIMES.get("openvino-bf16").missing("cpu") is None else [])
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(1, 160, 160, 3))
+    # Textured, related images (as photos are), not white noise: cosines are meaningful.
+    return np.clip(base + rng.integers(-40, 40, size=(10, 160, 160, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def reference(images):
+    return create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="torch", batch_size=4).encode(images)
+
+
+@pytest.mark.parametrize("name", CPU_RUNTIMES)
+def test_every_runtime_gives_the_same_embeddings_and_repeats_them_bit_for_bit(name, images, reference):
+    enc = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime=name, batch_size=4)
+    assert enc.runtime == name
+    out = enc.encode(images)
+    assert out.dtype == np.float32 and out.shape == reference.shape
+    cosine = (out * reference).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > (0.99 if RUNTIMES.get(name).reduced_precision else 0.9999)
+    assert np.array_equal(out, enc.encode(images))  # the same call, the same bits
+    # A row's bits do not depend on the other images in its (padded) batch: resume is bit-exact.
+    alone = enc.encode(images[5:6])
+    other_company = enc.encode(np.concatenate([images[5:6], images[:2]]))
+    assert np.array_equal(alone[0], out[5]) and np.array_equal(other_company[0], out[5])
+
+
+def test_torch_runtime_normalises_like_the_numpy_preprocessing_caches_were_made_with():
+    """Caches written before runtimes existed resume with the same bits (legacy 'torch' runtime)."""
+    spec = Preprocess(8, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = np.random.default_rng(1).integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
+    numpy_way = ((x.astype(np.float32) / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32))
+    network = normalised_network(lambda net, t: net(t), spec, torch.nn.Identity())
+    assert np.array_equal(network.normalise(torch.from_numpy(x)).numpy(), numpy_way.transpose(0, 3, 1, 2))
+    # ... and with the thread count they were made with (the last bits depend on it).
+    enc = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="torch", batch_size=2)
+    assert enc.runner.threads == runtimes.legacy_torch_threads()
+
+
+def test_openvino_models_are_converted_once_and_kept(tmp_path, monkeypatch, images):
+    monkeypatch.setenv("IMGCLUST_MODEL_CACHE", str(tmp_path))
+    first = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="openvino", batch_size=4)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert len(kept) == 2 and kept[0].endswith(".bin") and kept[1].endswith(".xml")
+    second = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="openvino", batch_size=4)
+    assert np.array_equal(first.encode(images), second.encode(images))  # the kept model gives the same bits
+    other_batch = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="openvino", batch_size=2)
+    assert other_batch.batch_size == 2 and len(list(tmp_path.glob("*.xml"))) == 2  # another shape, another model
+
+
+def test_an_encoder_refuses_what_is_not_a_batch_of_uint8_images():
+    enc = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="torch", batch_size=2)
+    with pytest.raises(ValueError, match="uint8 images of shape"):
+        enc.encode(np.zeros((2, 3, 160, 160), np.float32))
+    with pytest.raises(ValueError, match="up to 2"):
+        enc.submit(np.zeros((3, 160, 160, 3), np.uint8))
+
+
+def test_auto_picks_per_device_keeps_the_recorded_runtime_and_refuses_a_different_one(monkeypatch):
+    assert resolve_runtime("auto", "timm", "cpu") == "openvino"
+    assert resolve_runtime(None, "open_clip", "cuda") == "torch-amp"
+    assert resolve_runtime(None, "timm", "mps") == "torch"
+    assert resolve_runtime("auto", "timm", "cpu", recorded="onnxruntime") == "onnxruntime"
+    assert resolve_runtime("torch", "timm", "cpu", recorded="torch") == "torch"
+    with pytest.raises(UsageError, match="made with runtime 'torch'") as info:
+        resolve_runtime("openvino", "timm", "cpu", recorded="torch")
+    assert "--runtime torch" in info.value.hint
+    with pytest.raises(UsageError, match="runs on cpu, not cuda"):
+        resolve_runtime("openvino", "timm", "cuda")
+    monkeypatch.setattr(runtimes, "_importable", lambda module: module != "openvino")
+    assert resolve_runtime("auto", "effnet-lite0", "cpu") == "onnxruntime"  # the next best, when openvino is missing
+    with pytest.raises(UsageError, match="needs the Python package") as info:
+        resolve_runtime("openvino", "timm", "cpu")
+    assert info.value.hint == "pip install openvino"
+    with pytest.raises(Exception, match="unknown runtime"):
+        resolve_runtime("tensorrt", "timm", "cpu")
+
+
+def test_the_cache_records_the_runtime_and_a_resume_keeps_it(image_folder, tmp_path):
+    cache = tmp_path / "c.h5"
+    first = embed([image_folder / "red_things"], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu",
+                  batch_size=4, workers=0, runtime="onnxruntime")
+    assert first.runtime == "onnxruntime" and Cache(cache).info(TINY_ENCODER)["runtime"] == "onnxruntime"
+    again = embed([image_folder], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu", batch_size=4, workers=0)
+    assert again.runtime == "onnxruntime" and again.embedded == 6  # auto continues with the cache's runtime
+    with pytest.raises(UsageError, match="made with runtime 'onnxruntime'"):
+        embed([image_folder], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu", runtime="torch")
+
+
+def test_a_cache_without_a_recorded_runtime_continues_with_eager_torch(image_folder, tmp_path):
+    import h5py
+
+    cache = tmp_path / "c.h5"
+    embed([image_folder / "red_things"], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu",
+          batch_size=4, workers=0, runtime="torch")
+    with h5py.File(cache, "a") as fh:  # as written before runtimes were recorded
+        for group in fh["encoders"].values():
+            del group.attrs["runtime"]
+    summary = embed([image_folder], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu", batch_size=4, workers=0)
+    assert summary.runtime == "torch" and Cache(cache).info(TINY_ENCODER)["runtime"] == "torch"
+
+
+def test_workers_hand_over_one_uint8_tensor_per_batch_through_shared_memory(image_folder):
+    files = discover([image_folder])
+    dataset_items = [(0, np.zeros((4, 4, 3), np.uint8), "", None), (1, None, "bad file", None),
+                     (2, np.ones((4, 4, 3), np.uint8), "", None), (3, None, "", np.frombuffer(b"\xff\xd8jpeg", np.uint8))]
+    indices, batch, failures, jpegs = collate_uint8(dataset_items)
+    assert indices == [0, 2] and failures == [(1, "bad file")]
+    assert batch.dtype == torch.uint8 and batch.shape == (2, 4, 4, 3) and batch[1].eq(1).all()
+    assert [i for i, _ in jpegs] == [3] and bytes(jpegs[0][1].numpy()) == b"\xff\xd8jpeg"
+    assert collate_uint8([(0, None, "x", None)])[1] is None
+
+    from imgclust.embed import _DecodeDataset, _worker_init
+
+    enc_pre = Preprocess(16)
+    loader = torch.utils.data.DataLoader(_DecodeDataset(files, enc_pre, None), batch_size=4, num_workers=1,
+                                         collate_fn=collate_uint8, worker_init_fn=_worker_init)
+    batches = list(loader)
+    assert all(b[1].is_shared() for b in batches)  # came from the worker through shared memory, not a pipe
+    assert np.array_equal(batches[0][1][0].numpy(), decode(files[0].path, enc_pre))
+
+
+def test_the_pipelined_loader_gives_the_rows_of_one_batch_at_a_time(image_folder):
+    enc = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="torch", batch_size=4)
+    files = discover([image_folder])
+    rows = [(f.path, v) for results, _ in encode_files(enc, files, 0, None) for f, v, _ in results]
+    expected = enc.encode(np.stack([decode(f.path, enc.preprocess) for f in files]))
+    assert [p for p, _ in rows] == [f.path for f in files]
+    assert all(np.array_equal(v, e) for (_, v), e in zip(rows, expected))
+
+
+def test_a_failed_journal_write_is_raised_in_the_main_thread(tmp_path):
+    class Failing(_Journal):
+        def __init__(self):
+            pass
+
+        def write(self, block, dim):
+            raise OSError("disk full")
+
+    writer = _JournalWriter(Failing(), 3)
+    writer.put(_Block())
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+
+
+# -- decoding JPEGs on the device (--decode gpu); the same code runs on the CPU here -----------------
+
+
+def test_jpegs_decoded_by_torchvision_match_pillow_closely(tmp_path):
+    from imgclust.decode import decode_jpegs_on_device, jpeg_bytes
+
+    from .conftest import make_image
+
+    spec = Preprocess(32)
+    paths = [make_image(tmp_path / f"{k}.jpg", size=size, noise_seed=k) for k, size in enumerate([(64, 48), (30, 200), (32, 32)])]
+    png = make_image(tmp_path / "x.png", size=(40, 40), noise_seed=9)
+    assert jpeg_bytes(str(png)) is None  # other formats are decoded by the workers
+    decoded = decode_jpegs_on_device([jpeg_bytes(str(p)) for p in paths], spec, "cpu")
+    for path, image in zip(paths, decoded):
+        pillow = decode(str(path), spec)
+        assert image.shape == (32, 32, 3) and image.dtype == torch.uint8
+        assert np.abs(image.numpy().astype(int) - pillow.astype(int)).mean() < 8  # another resize, not another image
+    assert np.array_equal(decoded[2].numpy(), decode(str(paths[2]), spec))  # no resize: the same pixels
+    assert decode_jpegs_on_device([np.frombuffer(b"\xff\xd8garbage", np.uint8)], spec, "cpu") == [None]
+
+
+def test_decode_on_the_device_falls_back_to_the_cpu_per_file(image_folder, tmp_path, monkeypatch):
+    import sys
+
+    from imgclust.decode import decode_jpegs_on_device
+
+    embed_module = sys.modules["imgclust.embed"]
+    enc = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="torch", batch_size=4)
+    files = discover([image_folder])  # JPEGs (red) and PNGs (blue)
+    whole = (image_folder / "red_things" / "r0.jpg").read_bytes()
+    (tmp_path / "bad.jpg").write_bytes(whole[:len(whole) // 2])  # the header intact, the data cut short
+    files += discover([tmp_path / "bad.jpg"])
+    refused = (image_folder / "red_things" / "r1.jpg").read_bytes()
+    on_device = []
+
+    def device_refusing_r1(datas, spec, device):  # as nvJPEG refuses some JPEGs: r1.jpg must come from the CPU
+        out = decode_jpegs_on_device(datas, spec, device)
+        on_device.extend(len(datas) * [1])
+        return [None if bytes(np.asarray(d)) == refused else image for d, image in zip(datas, out)]
+
+    monkeypatch.setattr(embed_module, "decode_jpegs_on_device", device_refusing_r1)
+    rows = {f.path: (v, reason) for results, _ in encode_files(enc, files, 0, None, decode_on="gpu") for f, v, reason in results}
+    assert len(on_device) == 7 and len(rows) == 13  # 6 good JPEGs and the cut one went to the device
+    bad_vector, bad_reason = rows[str(tmp_path / "bad.jpg")]
+    assert bad_vector is None and ("truncated" in bad_reason or "corrupt" in bad_reason)
+    for name in ("red_things/r1.jpg", "blue_things/b0.png"):  # the CPU fallback, and a PNG decoded by a worker
+        path = str(image_folder / name)
+        assert np.array_equal(rows[path][0], enc.encode(decode(path, enc.preprocess)[None])[0])
+    assert sum(v is not None for v, _ in rows.values()) == 12
+
+
+def test_decode_gpu_is_refused_without_a_cuda_device(image_folder, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UsageError, match="--decode gpu needs a CUDA device"):
+        embed([image_folder], encoder=TINY_ENCODER, cache=tmp_path / "c.h5", weights="random", device="cpu", decode_on="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_runner_overlaps_pinned_copies_and_returns_the_same_rows(images):
+    enc = create_encoder(TINY_ENCODER, weights="random", device="cuda", runtime="torch-amp", batch_size=4)
+    first = enc.submit(torch.from_numpy(images[:4]).pin_memory())
+    second = enc.submit(torch.from_numpy(images[4:8]))  # submitted before the first is collected
+    a, b = first.result(), second.result()
+    assert a.dtype == np.float32 and np.array_equal(np.concatenate([a, b]), enc.encode(images[:8]))
