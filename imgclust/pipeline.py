@@ -74,12 +74,13 @@ def run_pipeline(
     embed_options: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
+    k_range: tuple[int, int] | None = None,
 ) -> PipelineResult:
     """Run the whole pipeline on ``inputs`` into the folder ``out``.
 
     ``embed_options`` are passed to :func:`imgclust.embed` (weights, device, batch_size, workers,
     data_root, split, max_pixels). ``progress(stage, done, total)`` reports embedding and export progress;
-    ``on_epoch(epoch, epochs, loss)`` the training of trained methods.
+    ``on_epoch(epoch, epochs, loss)`` the training of trained methods; ``k_range`` the range ``"auto"`` searches.
     """
     folder = Path(out) if out is not None else default_out(list(inputs) or ["files"])
     if (folder / MARKER).exists() and not force:
@@ -99,7 +100,8 @@ def run_pipeline(
     if summary.images == 0:
         raise UsageError(f"none of the {summary.discovered} images could be read ({summary.failed} failed)",
                          hint=f"see the reasons with: imgclust info {cache} --failures")
-    run = cluster(cache, encoder, method, n_clusters, params, random_state=random_state, on_epoch=on_epoch)
+    run = cluster(cache, encoder, method, n_clusters, params, random_state=random_state, on_epoch=on_epoch,
+                  k_range=k_range)
     report = score(cache, run.run_id, encoder)
     result = PipelineResult(str(folder), str(cache), summary, run, report)
     for fmt in formats:

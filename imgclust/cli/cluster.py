@@ -12,6 +12,7 @@ from ..cluster import DEFAULT_METHOD, cluster as run_cluster, parse_params
 from ..encoders import DEFAULT_ENCODER
 from ..errors import UsageError
 from ..pipeline import DEFAULT_FORMATS, run_pipeline
+from ..select import parse_k_range
 from . import app
 from ._output import (DebugOption, JsonOption, QuietOption, VerboseOption, detail, emit_json, epoch_reporter, note,
                       progress_bars, stdout)
@@ -20,6 +21,7 @@ from .reduce import SeedOption
 
 
 K_HINT = "e.g. --n-clusters 10, or --n-clusters auto to choose it without labels"
+CHOOSING_K = "choosing K"
 
 
 def parse_n_clusters(value: Optional[str]) -> int | str | None:
@@ -50,6 +52,7 @@ def cluster_command(
     targets: Annotated[Optional[list[str]], typer.Argument(help="A cache file (cluster its embeddings) or folders/images/sources (run the whole pipeline).", show_default=False)] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="Clustering method (see 'imgclust methods').")] = DEFAULT_METHOD,
     n_clusters: Annotated[Optional[str], typer.Option("--n-clusters", "-k", help="K, or 'auto' to choose it without labels. Default: cache: the method decides (agglomerative: ZS distance threshold); folders: auto.")] = None,
+    k_range: Annotated[Optional[str], typer.Option("--k-range", help="MIN:MAX searched by --n-clusters auto (default 2 to min(200, images/10)), e.g. 2:200.")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")] = None,
     reduction: Annotated[Optional[str], typer.Option("--reduction", help="umap (default), pca, l2+umap, none (raw), or a stored reduction key.")] = None,
     dims: Annotated[Optional[int], typer.Option("--dims", help="Dimensions of the reduction (default 50).")] = None,
@@ -83,12 +86,16 @@ def cluster_command(
     """
     targets = targets or []
     k = parse_n_clusters(n_clusters)
+    searched = parse_k_range(k_range) if k_range is not None else None
+    if searched is not None and isinstance(k, int):
+        raise UsageError("--k-range is the range searched by --n-clusters auto", hint="drop --k-range, or use --n-clusters auto")
     params = parse_params(param)
     train = f"training {method}"
     if len(targets) == 1 and is_cache_file(targets[0]) and files_from is None:
-        with progress_bars({train: "epochs"}) as update:
+        with progress_bars({train: "epochs", CHOOSING_K: "fits"}) as update:
             run = run_cluster(targets[0], encoder, method, k, params, reduction=reduction, dims=dims, random_state=seed,
-                              on_epoch=epoch_reporter(update, train))
+                              on_epoch=epoch_reporter(update, train), k_range=searched,
+                              on_select=(lambda done, total: update(CHOOSING_K, done, total)) if update else None)
         if json_:
             emit_json(run.to_dict())
             return
@@ -97,7 +104,7 @@ def cluster_command(
                        f"{f' and {run.n_noise} noise points' if run.n_noise else ''} in {run.n_samples} images "
                        f"({run.seconds:.1f} s, space {run.space})")
         if run.selection:
-            stdout().print(f"number of clusters chosen without labels: {run.n_clusters} ({run.selection.get('rule', '')})")
+            print_selection(run.selection)
         detail(f"cluster sizes: {sizes}")
         note(f"[dim]score it: imgclust score {escape(targets[0])} --run {run.run_id}[/dim]")
         return
@@ -106,7 +113,7 @@ def cluster_command(
     with progress_bars({train: "epochs"}) as update:
         result = run_pipeline(
             targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters="auto" if k is None else k,
-            params=params, labels=labels, files_from=files_from, force=force,
+            params=params, labels=labels, files_from=files_from, force=force, k_range=searched,
             formats=[f.strip() for f in formats.split(",") if f.strip()], link=link, random_state=seed,
             embed_options={"weights": weights, "device": device, "batch_size": batch_size, "workers": workers,
                            "data_root": data_root, "split": split},
@@ -124,12 +131,22 @@ def print_pipeline_summary(result) -> None:
     chosen = " (chosen without labels)" if run.selection else ""
     out.print(f"clusters    {run.n_clusters}{chosen}, method {run.method}, encoder {run.encoder}")
     out.print(f"silhouette  {_fmt(s.silhouette)} ({'raw embedding' if run.space == 'raw' else 'UMAP'} space)")
+    if run.selection:
+        print_selection(run.selection)
     if s.ami is not None:
         out.print(f"labels      AMI {_fmt(s.ami)}  NMI {_fmt(s.nmi)}  ARI {_fmt(s.ari)}  accuracy {_fmt(s.accuracy)}"
                   f"  BCubed F {_fmt(s.bcubed_f)}  ({s.n_classes} classes)")
     out.print(f"results     {escape(result.out)}/ (assignments.csv, clusters.csv, gallery/index.html, ...)")
     for fmt, reason in result.skipped_formats.items():
         note(f"[yellow]skipped {fmt}:[/yellow] {reason}")
+
+
+def print_selection(selection: dict) -> None:
+    """The label-free choice of K in one line on stdout; its doubts (flags) also as a warning on stderr."""
+    line = selection.get("summary") or f"K = {selection.get('n_clusters')}"
+    stdout().print(f"K chosen    {escape(line)}", highlight=False)
+    if selection.get("flags"):
+        note(f"[yellow]no confident K ({', '.join(selection['flags'])}):[/yellow] {escape(line)}")
 
 
 def _fmt(value) -> str:
