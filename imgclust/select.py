@@ -727,7 +727,7 @@ def choose_n_clusters(
         raise UsageError(f"the merge-gap rule needs a merge tree; {method} has none",
                          hint="use rule silhouette-gap, silhouette or stability")
 
-    X = check_embeddings(X, "X").astype(np.float64, copy=False)
+    X = check_embeddings(X, "X")
     n_all = X.shape[0]
     if n_all < 3:
         raise UsageError(f"choosing the number of clusters needs at least 3 samples; got {n_all}",
@@ -738,6 +738,7 @@ def choose_n_clusters(
         sample_indices = np.sort(rng.choice(n_all, size=max_samples, replace=False))
         X = X[sample_indices]
         views = None if views is None else views[sample_indices]
+    X = X.astype(np.float64, copy=False)  # only the rows swept: never a float64 copy of every row
     n = X.shape[0]
     if k_max is None:
         k_max = max(k_min, min(DEFAULT_K_MAX, n // MIN_CLUSTER_SIZE))

@@ -286,3 +286,31 @@ def test_tiny_input_and_other_linkages():
     assert sel.n_clusters == 2 and list(sel.ks) == [2]
     X, y = make_blobs(n_samples=300, centers=4, cluster_std=0.5, random_state=0)
     assert choose_n_clusters(X, params={"linkage": "average", "metric": "euclidean"}).n_clusters == 4
+
+
+# -- through imgclust.cluster: the stored run is the clustering that was scored, per family ---------
+
+
+@pytest.mark.parametrize("method, params", [
+    ("agglomerative", {}),  # the encoder's defaults (ward here)
+    ("agglomerative", {"linkage": "average", "metric": "chebyshev"}),
+    ("kmeans", {"n_init": 1}),
+    ("scan", {"epochs": 2, "device": "cpu"}),  # a trained head: raw space
+])
+def test_cluster_auto_returns_the_clustering_it_scored(tmp_path, one_torch_thread, method, params):
+    from imgclust.cluster import cluster, run_space
+    from imgclust.clusterers import CLUSTERERS
+
+    from .stage_fixtures import blob_cache
+
+    cache = blob_cache(tmp_path / "blobs.h5")
+    run = cluster(cache.path, method=method, n_clusters="auto", params=params, k_range=(2, 6))
+    sel = run.selection
+    assert sel["method"] == method and sel["space"] == run.space and sel["k_range"] == [2, 6]
+    assert (run.space == "raw") == (CLUSTERERS.get(method).input_space == "raw")  # heads select in the raw space
+    X = run_space(cache.path, run)
+    row = next(r for r in sel["table"] if r["k"] == run.n_clusters)
+    assert row["silhouette"] == pytest.approx(silhouette_score(X, run.labels), abs=1e-6)
+    assert [c["k"] for c in sel["candidates"]][0] == run.n_clusters
+    with pytest.raises(UsageError, match="k-range"):
+        cluster(cache.path, method=method, n_clusters=3, params=params, k_range=(2, 6))

@@ -197,7 +197,8 @@ def _write_html(folder, report, images, clusters, X, force, on_progress=None, **
     scores = {k: v for k, v in report.scores.to_dict().items()
               if k in ("n_samples", "n_clusters", "n_noise", "silhouette", "ami", "nmi", "ari", "accuracy", "bcubed_f", "pairwise_f")}
     title = f"{report.run.method} {report.run.run_id} ({report.run.encoder})"
-    return [write_html(folder / "gallery", images, clusters, scores, title, on_progress=on_progress)]
+    return [write_html(folder / "gallery", images, clusters, scores, title, on_progress=on_progress,
+                       selection=report.run.selection)]
 
 
 def _write_plot(folder, report, images, clusters, X, force, **_):
