@@ -149,8 +149,7 @@ def evaluate(name: str, X: np.ndarray, y: np.ndarray) -> dict:
     at_true = ami_at(true_k) if true_k >= 2 else None
     rules = {}
     for rule in SELECTION_RULES:
-        i, criterion, score, why = apply_rule(rule, ks, sel.curves)
-        k = int(ks[i])
+        k = int(ks[apply_rule(rule, ks, sel.curves).index])
         rules[rule] = {"k": k, "ami": ami_at(k), "loss": None if at_true is None else at_true - ami_at(k),
                        "within_half_double": bool(true_k / 2 <= k <= 2 * true_k) if true_k >= 2 else None}
     started = time.perf_counter()

@@ -560,43 +560,81 @@ def _plateau(s: np.ndarray, at: int, tolerance: float) -> np.ndarray:
     return np.arange(lo, hi + 1)
 
 
-def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.03) -> tuple[int, str, np.ndarray, str]:
-    """Read K off computed curves (``Selection.curves``): ``(index into ks, criterion, its curve, why)``.
+@dataclass
+class Reading:
+    """What a rule reads off the curves: the pick, its runners-up and whether the curve decided."""
+
+    index: int  # into ks
+    criterion: str  # the curve reported as the score
+    score: np.ndarray
+    why: str
+    ranking: list  # indices into ks, best first (the pick first)
+    flat: bool  # the runner-up is as good as the pick by what decided it
+
+
+def _ranked(values: np.ndarray, first: list) -> list:
+    """``first``, then the local maxima of ``values`` (highest first), then every other finite K by value."""
+    finite = np.where(np.isfinite(values), values, -np.inf)
+    rest = [int(i) for i in np.argsort(-finite, kind="stable") if np.isfinite(values[i])]
+    return list(dict.fromkeys([*first, *map(int, _local_maxima(values)), *rest]))
+
+
+def _gap_is_flat(gap: np.ndarray, ranking: list, gap_margin: float) -> bool:
+    """The largest gap is not clearly larger than the next: (g2 - 1) >= (1 - gap_margin) (g1 - 1)."""
+    if len(ranking) < 2:
+        return False
+    g1, g2 = gap[ranking[0]], gap[ranking[1]]
+    return bool(np.isfinite(g1) and g2 - 1 >= (1 - gap_margin) * (g1 - 1))
+
+
+def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.03, flat_tolerance: float = 0.02,
+               gap_margin: float = 0.2) -> Reading:
+    """Read K off computed curves (``Selection.curves``) with ``rule``.
 
     Lets one sweep be read by every rule whose curves it holds (``benchmarks/select_k.py``).
+    ``flat``: for silhouette and stability, the best other peak is within ``flat_tolerance``
+    (relative) of the pick; for a merge gap, the next gap is at least ``1 - gap_margin`` of the
+    pick's (both measured above 1).
     """
+    s = curves["silhouette"]
     if rule == "merge-gap":
-        gap = curves["merge_gap"]
-        return int(np.nanargmax(np.where(np.isfinite(gap), gap, -np.inf))), "merge_gap", gap, "largest merge gap"
+        gap = np.where(np.isfinite(curves["merge_gap"]), curves["merge_gap"], np.nan)
+        ranking = _ranked(gap, [int(np.nanargmax(gap))])
+        return Reading(ranking[0], "merge_gap", gap, "largest merge gap", ranking, _gap_is_flat(gap, ranking, gap_margin))
     if rule == "stability":
         stab = curves["stability"]
-        return int(np.nanargmax(stab)), "stability", stab, "most stable"
-    s = curves["silhouette"]
+        ranking = _ranked(stab, [int(np.nanargmax(stab))])
+        flat = len(ranking) > 1 and stab[ranking[1]] >= stab[ranking[0]] - flat_tolerance * abs(stab[ranking[0]])
+        return Reading(ranking[0], "stability", stab, "most stable", ranking, bool(flat))
     k, _ = choose_from_curve(ks, s)
     at = int(np.flatnonzero(ks == k)[0])
-    if rule == "silhouette":
-        return at, "silhouette", s, "finest well-separated silhouette peak"
-    # silhouette-gap: inside the silhouette pick's plateau, the cut with the largest merge gap
-    if "merge_gap" not in curves:
-        return at, "silhouette", s, "finest well-separated silhouette peak (no merge tree: no gap to read)"
+    peaks = [int(i) for i in _local_maxima(s) if i != at]
+    silhouette_flat = bool(peaks) and abs(s[peaks[0]] - s[at]) <= flat_tolerance * abs(s[at])
+    if rule == "silhouette" or "merge_gap" not in curves:
+        why = "finest well-separated silhouette peak" + ("" if rule == "silhouette" else " (no merge tree: no gap to read)")
+        return Reading(at, "silhouette", s, why, _ranked(s, [at]), silhouette_flat)
+    # silhouette-gap: among the K around the silhouette pick whose silhouette is within `plateau`
+    # of it, the cut with the largest merge gap (the tree's own elbow inside the plateau)
     run = _plateau(s, at, plateau)
     gap = curves["merge_gap"]
-    best = int(run[np.argmax(np.where(np.isfinite(gap[run]), gap[run], np.inf))])
-    why = "finest well-separated silhouette peak" if best == at else (
-        f"largest merge gap within {plateau:.0%} of the silhouette peak at K={int(ks[at])}")
-    return best, "silhouette", s, why
+    by_gap = [int(i) for i in run[np.argsort(-np.where(np.isfinite(gap[run]), gap[run], np.inf), kind="stable")]]
+    best = by_gap[0]
+    if len(run) == 1:
+        return Reading(at, "silhouette", s, "finest well-separated silhouette peak", _ranked(s, [at]), silhouette_flat)
+    why = f"largest merge gap among K = {int(ks[run[0]])}..{int(ks[run[-1]])}, within {plateau:.0%} of the silhouette peak"
+    outside = [i for i in peaks if i not in set(run.tolist())]
+    flat = _gap_is_flat(gap, by_gap, gap_margin) or (
+        bool(outside) and s[outside[0]] >= s[at] - flat_tolerance * abs(s[at]))
+    return Reading(best, "silhouette", s, why, _ranked(s, by_gap), flat)
 
 
-def _candidates(ks: np.ndarray, chosen: int, score: np.ndarray, curves: dict, why: str, n: int = 3) -> list[dict]:
-    """The chosen K, then the other local maxima of the rule's curve, best first, then the best other K (n in all)."""
-    finite = np.where(np.isfinite(score), score, -np.inf)
-    rest = [int(i) for i in np.argsort(-finite, kind="stable") if np.isfinite(score[i])]
-    order = list(dict.fromkeys([chosen, *map(int, _local_maxima(score)), *rest]))
+def _candidates(ks: np.ndarray, reading: Reading, curves: dict, n: int = 3) -> list[dict]:
+    """The top ``n`` K of a reading, with every curve's value there."""
     out = []
-    for rank, i in enumerate(order[:n]):
-        entry = {"k": int(ks[i]), "score": float(score[i])}
+    for rank, i in enumerate(reading.ranking[:n]):
+        entry = {"k": int(ks[i]), "score": float(reading.score[i])}
         entry.update({name: float(values[i]) for name, values in curves.items()})
-        entry["why"] = why if rank == 0 else "runner-up"
+        entry["why"] = reading.why if rank == 0 else "runner-up"
         out.append(entry)
     return out
 
@@ -768,15 +806,16 @@ def choose_n_clusters(
     reference_curve = _silhouette_curve(reference, cut_tree_labels(merge_tree(reference), ks), ks)
     data_best, reference_best = float(np.nanmax(data_curve)), float(np.nanmax(reference_curve))
 
-    chosen, criterion, score, why = apply_rule(rule, ks, curves, plateau)
+    reading = apply_rule(rule, ks, curves, plateau, flat_tolerance)
+    chosen, criterion = reading.index, reading.criterion
     k = int(ks[chosen])
-    candidates = _candidates(ks, chosen, score, curves, why)
+    candidates = _candidates(ks, reading, curves)
     flags = []
     if data_best < reference_best + structure_margin:
         flags.append("no-structure")
     if len(ks) > 1 and (chosen == len(ks) - 1 or (chosen == 0 and k_min > 2)):
         flags.append("edge")
-    if len(candidates) > 1 and candidates[1]["score"] >= candidates[0]["score"] - flat_tolerance * abs(candidates[0]["score"]):
+    if reading.flat:
         flags.append("flat")
     labels = estimator = None
     if sample_indices is None:

@@ -226,10 +226,12 @@ def test_silhouette_gap_reads_the_gap_inside_the_plateau():
     gap[KS.index(10)] = 2.5
     gap[KS.index(20)] = 9.0  # outside the plateau: ignored
     curves = {"silhouette": np.array(IMAGENETTE), "merge_gap": gap}
-    i, criterion, _, why = apply_rule("silhouette-gap", ks, curves)
-    assert ks[i] == 10 and criterion == "silhouette" and "merge gap" in why
-    assert ks[apply_rule("silhouette", ks, curves)[0]] == 9
-    assert ks[apply_rule("merge-gap", ks, curves)[0]] == 20
+    reading = apply_rule("silhouette-gap", ks, curves)
+    assert ks[reading.index] == 10 and reading.criterion == "silhouette" and "merge gap" in reading.why
+    assert not reading.flat and [int(ks[i]) for i in reading.ranking[:3]] == [10, 9, 11]
+    silhouette = apply_rule("silhouette", ks, curves)
+    assert ks[silhouette.index] == 9 and silhouette.flat  # 9 and 11 are 0.006 apart
+    assert ks[apply_rule("merge-gap", ks, curves).index] == 20
 
 
 def test_rule_edge_cases():
