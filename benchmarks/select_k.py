@@ -111,15 +111,21 @@ def umap50(X: np.ndarray, name: str) -> np.ndarray:
 def real_sets() -> dict:
     sets = {}
     Xi, yi, pi = load_cache("imagenette-val")
-    Xc, yc, _ = load_cache("cifar10-test")
+    cifar = (RESULTS / "cifar10-test-effnet-lite0.h5").exists()
+    Xc, yc, _ = load_cache("cifar10-test") if cifar else (None, None, None)
+    if not cifar:
+        print("no benchmarks/results/cifar10-test-effnet-lite0.h5: its sets are left out", flush=True)
     for prefix, X, y in (("imagenette-val", Xi, yi), ("cifar10-test", Xc, yc)):
+        if X is None:
+            continue
         for name, rows in subsets(prefix, y).items():
             sets[name] = (lambda X=X, rows=rows, name=name: umap50(X[rows], name), y[rows])
     mini = {f"{c}/{f}" for c in os.listdir(DATA / "imagenette-mini") for f in os.listdir(DATA / "imagenette-mini" / c)}
     rows = np.flatnonzero([("/".join(p.split("/")[-2:]) in mini) for p in pi])
     sets["imagenette-mini"] = (lambda rows=rows: umap50(Xi[rows], "imagenette-mini"), yi[rows])
-    union_y = np.concatenate([np.char.add("in-", yi), np.char.add("c10-", yc)])
-    sets["imagenette+cifar10"] = (lambda: umap50(np.concatenate([Xi, Xc]), "imagenette+cifar10"), union_y)
+    if cifar:
+        union_y = np.concatenate([np.char.add("in-", yi), np.char.add("c10-", yc)])
+        sets["imagenette+cifar10"] = (lambda: umap50(np.concatenate([Xi, Xc]), "imagenette+cifar10"), union_y)
     digits_X, digits_y = load_digits(return_X_y=True)
     sets["digits"] = (lambda: umap50(digits_X, "digits"), digits_y)
     return sets
@@ -184,6 +190,8 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['set']} | {r['n']} | {r['true_k'] if r['true_k'] > 1 else 'none'} | {at_true} | "
                      + " | ".join(cells) + f" | {', '.join(r['flags']) or '—'} |")
     labelled = [r for r in rows if r["ami_true_k"] is not None]
+    if not labelled:
+        return "\n".join(lines)
     worst = {rule: max(r["rules"][rule]["loss"] for r in labelled) for rule in rules}
     outside = {rule: sum(not r["rules"][rule]["within_half_double"] for r in labelled) for rule in rules}
     lines.append("| **worst loss** | | | | " + " | ".join(f"**{worst[rule]:+.1f}**" for rule in rules) + " | |")
@@ -191,10 +199,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def scale(rows: int) -> dict:
+    """Seconds of the default selection on ``rows`` rows of 50-d float32 (20 blobs): it sweeps a 10,000-row sample."""
+    X, _ = make_blobs(rows, n_features=50, centers=20, cluster_std=1.0, center_box=(-20, 20), random_state=0)
+    X = X.astype(np.float32)
+    started = time.perf_counter()
+    sel = choose_n_clusters(X)
+    seconds = time.perf_counter() - started
+    print(f"scale: {rows} rows x 50 dims -> K = {sel.n_clusters} in {seconds:.1f} s (swept {sel.n_used} rows)", flush=True)
+    return {"rows": rows, "dims": 50, "true_k": 20, "k": sel.n_clusters, "n_used": sel.n_used, "seconds": round(seconds, 2),
+            "flags": sel.flags}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="run only the sets whose name contains this")
     parser.add_argument("--out", default="select_k", help="name of the JSON/Markdown files under benchmarks/results/")
+    parser.add_argument("--scale-rows", type=int, default=1_000_000, help="rows of the timing at scale (0: skip)")
     args = parser.parse_args()
     sets = {name: (lambda X=X: X, y) for name, (X, y) in blobs().items()}
     if not (args.only and ("blobs" in args.only or "noise" in args.only)):
@@ -211,9 +232,13 @@ def main() -> None:
               f"default rule {row['seconds_default_rule']:.1f} s (set {time.perf_counter() - started:.0f} s)",
               flush=True)
         rows.append(row)
+    at_scale = scale(args.scale_rows) if args.scale_rows else None
     md = table(rows)
+    if at_scale:
+        md += (f"\n\nAt scale: {at_scale['rows']:,} rows x 50 dims (20 blobs): K = {at_scale['k']} in "
+               f"{at_scale['seconds']:.1f} s (the sweep used {at_scale['n_used']:,} rows).")
     print(md)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"sets": rows, "scale": at_scale}, indent=1))
     (RESULTS / f"{args.out}.md").write_text(md + "\n")
 
 

@@ -93,6 +93,11 @@ DEFAULT_K_MAX = 200
 #: Smallest mean cluster size the default range allows: K_max = rows / 10.
 MIN_CLUSTER_SIZE = 10
 
+#: silhouette-gap's coarse-end step: a finer cut must keep this share of the top split's
+#: silhouette (the silhouette rule's coarse_ratio) and have this share of its merge gap (above 1).
+COARSE_RATIO = 0.55
+COARSE_GAP = 0.3
+
 _RULE_CURVES = {
     "silhouette-gap": ("silhouette", "merge_gap"),
     "silhouette": ("silhouette",),
@@ -550,12 +555,16 @@ def _local_maxima(values: np.ndarray) -> np.ndarray:
 
 def _plateau(s: np.ndarray, at: int, tolerance: float) -> np.ndarray:
     """Indices of the contiguous run of K around ``at`` whose silhouette is within ``tolerance``
-    (relative) of s[at]."""
-    floor = s[at] - tolerance * abs(s[at])
+    (relative, either way) of s[at]."""
+    width = tolerance * abs(s[at])
+
+    def near(i: int) -> bool:
+        return bool(np.isfinite(s[i]) and abs(s[i] - s[at]) <= width)
+
     lo = hi = at
-    while lo - 1 >= 0 and np.isfinite(s[lo - 1]) and s[lo - 1] >= floor:
+    while lo - 1 >= 0 and near(lo - 1):
         lo -= 1
-    while hi + 1 < len(s) and np.isfinite(s[hi + 1]) and s[hi + 1] >= floor:
+    while hi + 1 < len(s) and near(hi + 1):
         hi += 1
     return np.arange(lo, hi + 1)
 
@@ -587,7 +596,7 @@ def _gap_is_flat(gap: np.ndarray, ranking: list, gap_margin: float) -> bool:
     return bool(np.isfinite(g1) and g2 - 1 >= (1 - gap_margin) * (g1 - 1))
 
 
-def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.03, flat_tolerance: float = 0.02,
+def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.01, flat_tolerance: float = 0.02,
                gap_margin: float = 0.2) -> Reading:
     """Read K off computed curves (``Selection.curves``) with ``rule``.
 
@@ -613,10 +622,21 @@ def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.03, f
     if rule == "silhouette" or "merge_gap" not in curves:
         why = "finest well-separated silhouette peak" + ("" if rule == "silhouette" else " (no merge tree: no gap to read)")
         return Reading(at, "silhouette", s, why, _ranked(s, [at]), silhouette_flat)
-    # silhouette-gap: among the K around the silhouette pick whose silhouette is within `plateau`
-    # of it, the cut with the largest merge gap (the tree's own elbow inside the plateau)
-    run = _plateau(s, at, plateau)
     gap = curves["merge_gap"]
+    # silhouette-gap, step 1: a pick at the coarse end (the top split of a hierarchy, e.g. animals |
+    # vehicles) gives way to a finer cut whose merge gap is a real elbow of the tree -- at least
+    # `coarse_gap` of the top split's gap (both above 1) -- and whose silhouette keeps `coarse_ratio`
+    if at == 0 and ks[0] == 2 and len(ks) > 1 and np.isfinite(gap[0]):
+        finer = [i for i in range(1, len(ks)) if np.isfinite(s[i]) and s[i] >= COARSE_RATIO * s[0]
+                 and np.isfinite(gap[i]) and gap[i] - 1 >= COARSE_GAP * (gap[0] - 1)]
+        if finer:
+            best = max(finer, key=lambda i: gap[i])
+            why = (f"largest merge gap below the top split (K = {int(ks[0])}) with at least "
+                   f"{COARSE_RATIO:.0%} of its silhouette")
+            return Reading(best, "silhouette", s, why, _ranked(s, [best, 0]), False)
+    # step 2: among the K around the silhouette pick whose silhouette is within `plateau` of it,
+    # the cut with the largest merge gap (the tree's own elbow inside the plateau)
+    run = _plateau(s, at, plateau)
     by_gap = [int(i) for i in run[np.argsort(-np.where(np.isfinite(gap[run]), gap[run], np.inf), kind="stable")]]
     best = by_gap[0]
     if len(run) == 1:
@@ -624,7 +644,7 @@ def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.03, f
     why = f"largest merge gap among K = {int(ks[run[0]])}..{int(ks[run[-1]])}, within {plateau:.0%} of the silhouette peak"
     outside = [i for i in peaks if i not in set(run.tolist())]
     flat = _gap_is_flat(gap, by_gap, gap_margin) or (
-        bool(outside) and s[outside[0]] >= s[at] - flat_tolerance * abs(s[at]))
+        bool(outside) and abs(s[outside[0]] - s[at]) <= flat_tolerance * abs(s[at]))
     return Reading(best, "silhouette", s, why, _ranked(s, by_gap), flat)
 
 
@@ -640,7 +660,7 @@ def _candidates(ks: np.ndarray, reading: Reading, curves: dict, n: int = 3) -> l
 
 
 def _summary(k: int, candidates: list[dict], flags: list[str], criterion: str, k_range: tuple[int, int],
-             data_best: float, reference_best: float) -> str:
+             data_best: float, reference_best: float, hierarchy: tuple | None = None) -> str:
     others = ", ".join(str(c["k"]) for c in candidates)
     if "no-structure" in flags:
         return (f"no cluster structure found: best silhouette {data_best:.2f}, a single Gaussian with the same "
@@ -651,6 +671,9 @@ def _summary(k: int, candidates: list[dict], flags: list[str], criterion: str, k
             why.append(f"the pick is at the edge of the searched range {k_range[0]}:{k_range[1]}; try a wider --k-range")
         if "flat" in flags:
             why.append(f"the {criterion.replace('_', ' ')} curve is flat between them")
+        if "hierarchy" in flags and hierarchy is not None:
+            why.append(f"K = {k} is a finer level under a cleaner split into {hierarchy[0]} "
+                       f"(silhouette {hierarchy[1]:.2f} against {hierarchy[2]:.2f})")
         return f"no clear number of clusters; candidates {others} ({'; '.join(why)})"
     return f"K = {k} ({criterion.replace('_', ' ')} {candidates[0]['score']:.3g}; runners-up {', '.join(str(c['k']) for c in candidates[1:]) or 'none'})"
 
@@ -685,7 +708,7 @@ def choose_n_clusters(
     k_max: int | None = None,
     rule: str = DEFAULT_RULE,
     max_samples: int | None = None,
-    plateau: float = 0.03,
+    plateau: float = 0.01,
     flat_tolerance: float = 0.02,
     structure_margin: float = 0.1,
     stability_repeats: int = 2,
@@ -713,7 +736,7 @@ def choose_n_clusters(
         Rows the sweep may use (a uniform random sample above it); None: the method's
         ``auto_k_samples`` (10,000 for agglomerative, 5,000 for other shallow methods, 2,000 for
         trained heads).
-    plateau : float in [0, 1], default=0.03
+    plateau : float in [0, 1], default=0.01
         silhouette-gap: K whose silhouette is within this fraction of the silhouette pick, in one
         run around it, compete on the merge gap.
     flat_tolerance : float in [0, 1], default=0.02
@@ -817,6 +840,14 @@ def choose_n_clusters(
         flags.append("edge")
     if reading.flat:
         flags.append("flat")
+    sil = curves["silhouette"]
+    coarser = [i for i in range(chosen) if np.isfinite(sil[i]) and sil[i] > sil[chosen] + flat_tolerance * abs(sil[chosen])]
+    if coarser:  # a finer level was preferred over a cleaner coarse split (CIFAR-10: 5 over animals | vehicles)
+        flags.append("hierarchy")
+        top = max(coarser, key=lambda i: sil[i])
+        hierarchy = (int(ks[top]), float(sil[top]), float(sil[chosen]))
+    else:
+        hierarchy = None
     labels = estimator = None
     if sample_indices is None:
         labels = sweep.labels[k]
@@ -824,6 +855,6 @@ def choose_n_clusters(
     return Selection(
         n_clusters=k, rule=rule, criterion=criterion, method=method, params=params, ks=ks, curves=curves,
         candidates=candidates, flags=flags,
-        summary=_summary(k, candidates, flags, criterion, (k_min, k_max), data_best, reference_best),
+        summary=_summary(k, candidates, flags, criterion, (k_min, k_max), data_best, reference_best, hierarchy),
         reference_silhouette=reference_best, k_range=(k_min, k_max), n_used=n,
         seconds=time.perf_counter() - started, sample_indices=sample_indices, labels=labels, estimator=estimator)
