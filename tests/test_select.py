@@ -234,6 +234,26 @@ def test_silhouette_gap_reads_the_gap_inside_the_plateau():
     assert ks[apply_rule("merge-gap", ks, curves).index] == 20
 
 
+# cifar10-test, 5 of its classes (effnet-lite0, UMAP-50, ward), K = 2..10: the silhouette falls from the
+# top split on; the merge gap has a second elbow at the true K = 5
+CIFAR5_SIL = [0.569, 0.546, 0.472, 0.462, 0.444, 0.438, 0.409, 0.404, 0.398]
+CIFAR5_GAP = [2.58, 1.00, 1.36, 1.80, 1.01, 1.06, 1.32, 1.10, 1.05]
+
+
+def test_silhouette_gap_looks_below_a_clean_top_split():
+    ks = np.arange(2, 11)
+    curves = {"silhouette": np.array(CIFAR5_SIL), "merge_gap": np.array(CIFAR5_GAP)}
+    assert ks[apply_rule("silhouette", ks, curves).index] == 2
+    reading = apply_rule("silhouette-gap", ks, curves)
+    assert ks[reading.index] == 5 and "below the top split" in reading.why
+    # a top split that is the tree's only real elbow (two clean groups) stays
+    clean = {"silhouette": np.array(CIFAR5_SIL), "merge_gap": np.array([20.0] + CIFAR5_GAP[1:])}
+    assert ks[apply_rule("silhouette-gap", ks, clean).index] == 2
+    # so does one whose finer cuts lose too much silhouette (< 55% of the top split's)
+    weak = {"silhouette": np.array([0.9] + CIFAR5_SIL[1:]), "merge_gap": np.array(CIFAR5_GAP)}
+    assert ks[apply_rule("silhouette-gap", ks, weak).index] == 2
+
+
 def test_rule_edge_cases():
     assert choose_from_curve([2], [0.3])[0] == 2
     assert choose_from_curve([2, 3, 4], [-0.1, -0.2, -0.05])[0] == 4  # no positive silhouette: the best
