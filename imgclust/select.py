@@ -240,13 +240,14 @@ def parse_k_range(text: str) -> tuple[int, int]:
 def k_grid(k_min: int, k_max: int, max_points: int | None = None) -> np.ndarray:
     """The K values of a sweep: every K in [k_min, k_max], or at most ``max_points`` of them.
 
-    A thinned grid keeps every small K (where one step matters most) and spaces the rest
-    geometrically, ends included.
+    A thinned grid is geometric, ends included, with duplicates after rounding replaced by more
+    points: so it holds every small K while the geometric step is below 1 (with 40 points over
+    2..200: every K from 2 to 11).
 
     >>> k_grid(2, 8).tolist()
     [2, 3, 4, 5, 6, 7, 8]
     >>> k_grid(2, 200, 12).tolist()
-    [2, 3, 4, 5, 7, 11, 16, 24, 37, 57, 87, 200]
+    [2, 3, 5, 7, 11, 16, 25, 37, 57, 87, 132, 200]
     """
     every = np.arange(k_min, k_max + 1)
     if max_points is None or every.size <= max_points:
@@ -690,7 +691,8 @@ def _summary(k: int, candidates: list[dict], flags: list[str], criterion: str, k
             why.append(f"K = {k} is a finer level under a cleaner split into {hierarchy[0]} "
                        f"(silhouette {hierarchy[1]:.2f} against {hierarchy[2]:.2f})")
         return f"no clear number of clusters; candidates {others} ({'; '.join(why)})"
-    return f"K = {k} ({criterion.replace('_', ' ')} {candidates[0]['score']:.3g}; runners-up {', '.join(str(c['k']) for c in candidates[1:]) or 'none'})"
+    runners_up = ", ".join(str(c["k"]) for c in candidates[1:]) or "none"
+    return f"K = {k} ({criterion.replace('_', ' ')} {candidates[0]['score']:.3g}; runners-up {runners_up})"
 
 
 def _check_fraction(value: Any, name: str) -> float:
