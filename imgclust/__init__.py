@@ -18,7 +18,8 @@ from .export import export  # noqa: E402
 from .pipeline import run_pipeline  # noqa: E402
 from .reduce import reduce  # noqa: E402
 from .score import score  # noqa: E402
+from .select import Selection, choose_n_clusters  # noqa: E402
 
-__all__ = ["ClusterRun", "EmbedSummary", "ImgclustError", "UsageError", "__version__", "assign", "cluster",
-           "create_clusterer", "create_encoder", "embed", "export", "list_clusterers", "list_encoders", "load_run",
+__all__ = ["ClusterRun", "EmbedSummary", "ImgclustError", "Selection", "UsageError", "__version__", "assign",
+           "choose_n_clusters", "cluster", "create_clusterer", "create_encoder", "embed", "export", "list_clusterers", "list_encoders", "load_run",
            "reduce", "run_pipeline", "score"]

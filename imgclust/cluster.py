@@ -4,8 +4,9 @@ Every run records the row set it was computed from; a run of other rows is stale
 listed, but :func:`load_run` never hands it to a stage. The input is the space the method wants (``Clusterer.input_space``): for shallow methods the
 reduction named by ``reduction`` (UMAP 50 by default, computed and stored on first use), for the
 trained heads the raw embeddings. ``n_clusters`` is an int, ``"auto"`` (chosen without labels by
-:func:`imgclust.select.choose_n_clusters`) or None (the method finds it; agglomerative then cuts
-its tree at ZS's per-encoder distance threshold).
+:func:`imgclust.select.choose_n_clusters`, which sweeps K with this very method, parameters and
+space, so the K chosen was scored on the clustering returned) or None (the method finds it;
+agglomerative then cuts its tree at ZS's per-encoder distance threshold).
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def cluster(
     device: str | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
     store: bool = True,
+    k_range: tuple[int, int] | None = None,
+    on_select: Callable[[int, int], None] | None = None,
 ) -> ClusterRun:
     """Cluster the cached embeddings and store the run in the cache.
 
@@ -111,6 +114,8 @@ def cluster(
     device : where a trained method runs (its ``device`` parameter); refused for methods that run on
         the CPU only, so it is never silently ignored.
     on_epoch : progress callback ``(epoch, epochs, loss)`` of trained methods, after each epoch.
+    k_range : ``(k_min, k_max)`` searched by ``"auto"`` (default 2 to min(200, rows / 10)).
+    on_select : progress callback ``(fits done, fits)`` of ``"auto"`` with a method fitted once per K.
     """
     cache_obj = Cache(cache)
     encoder = cache_obj.resolve_encoder(encoder)
@@ -133,6 +138,8 @@ def cluster(
                          hint="e.g. --n-clusters 10, or --n-clusters auto")
     if auto and cls.n_clusters_mode == "unused":
         raise UsageError(f"{method} finds the number of clusters itself; 'auto' does not apply", hint="drop --n-clusters")
+    if k_range is not None and not auto:
+        raise UsageError("--k-range is the range searched by --n-clusters auto", hint="add --n-clusters auto, or drop --k-range")
     if cls.n_clusters_mode == "required" and n_clusters is None:
         raise UsageError(f"{method} needs the number of clusters", hint="pass --n-clusters K or --n-clusters auto")
     # Build once now so bad parameters fail before any heavy work ('auto' is validated with a stand-in K).
@@ -145,24 +152,32 @@ def cluster(
     started = time.perf_counter()
     selection = None
     k = n_clusters
-    if auto:
-        from .select import choose_n_clusters
-
-        choice = choose_n_clusters(X, random_state=random_state)
-        k, selection = choice.n_clusters, choice.to_dict()
-        params.pop("distance_threshold", None)
-    if isinstance(k, int) and k > len(X):
-        raise UsageError(f"--n-clusters {k} is larger than the number of images ({len(X)})", hint="lower --n-clusters")
-    clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
-    clusterer.on_epoch = on_epoch
+    labels = clusterer = None
     views = cache_obj.read_views(encoder) if cls.needs_views else None
     if views is not None and len(views) != len(rows):
         views = None  # views of other rows (the rows changed meanwhile): the method says what to run
-    labels = clusterer.fit_predict(X, views)
+    if auto:
+        from .select import choose_n_clusters
+
+        params.pop("distance_threshold", None)
+        k_min, k_max = k_range if k_range is not None else (2, None)
+        choice = choose_n_clusters(X, method, params, k_min=k_min, k_max=k_max, random_state=random_state,
+                                   views=views, on_fit=on_select)
+        k, selection = choice.n_clusters, {**choice.to_dict(), "space": space}
+        if choice.labels is not None:  # the sweep ran on every row: return the very clustering it scored
+            labels, clusterer = choice.labels, choice.estimator
+    if isinstance(k, int) and k > len(X):
+        raise UsageError(f"--n-clusters {k} is larger than the number of images ({len(X)})", hint="lower --n-clusters")
+    if labels is None:
+        clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
+        clusterer.on_epoch = on_epoch
+        labels = clusterer.fit_predict(X, views)
+    elif clusterer is None:  # a tree cut: the clusterer only records the parameters
+        clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
     seconds = round(time.perf_counter() - started, 3)
     run = ClusterRun(
         run_id="", encoder=encoder, method=method, params=_jsonable(clusterer.get_params()),
-        n_clusters=clusterer.n_clusters_, n_clusters_requested=n_clusters, space=space, n_samples=len(labels),
+        n_clusters=int(np.unique(labels[labels >= 0]).size), n_clusters_requested=n_clusters, space=space, n_samples=len(labels),
         n_noise=int((labels < 0).sum()), seconds=seconds, labels=labels, selection=selection, estimator=clusterer)
     if store:
         run.run_id = _store(cache_obj, run, clusterer, rows.fingerprint)

@@ -99,13 +99,14 @@ def run_pipeline(
     embed_options: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
+    k_range: tuple[int, int] | None = None,
 ) -> PipelineResult:
     """Run the whole pipeline on ``inputs`` into the folder ``out``.
 
     ``reduction`` and ``dims`` choose the space the method clusters (see :func:`imgclust.cluster`).
     ``device`` runs the encoder, and the method when it is a trained one. ``embed_options`` are passed
     to :func:`imgclust.embed` (weights, batch_size, workers, data_root, split, max_pixels). ``progress(stage, done, total)`` reports embedding and export progress;
-    ``on_epoch(epoch, epochs, loss)`` the training of trained methods.
+    ``on_epoch(epoch, epochs, loss)`` the training of trained methods; ``k_range`` the range ``"auto"`` searches.
     """
     moved = False
     if out is None:
@@ -140,7 +141,7 @@ def run_pipeline(
         raise UsageError(f"none of the {summary.discovered} images could be read ({summary.failed} failed)",
                          hint=f"see the reasons with: imgclust info {cache} --failures")
     run = cluster(cache, encoder, method, n_clusters, params, reduction=reduction, dims=dims, random_state=random_state,
-                  device=device if takes_device(method) else None, on_epoch=on_epoch)
+                  device=device if takes_device(method) else None, on_epoch=on_epoch, k_range=k_range)
     report = score(cache, run.run_id, encoder)
     result = PipelineResult(str(folder), str(cache), summary, run, report, out_moved=moved)
     result.skipped_formats = {fmt: _available(fmt) for fmt in formats if fmt not in wanted}

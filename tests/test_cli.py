@@ -55,6 +55,26 @@ def test_cache_stages_end_to_end(cache, tmp_path):
     assert info["encoders"][0]["n_images"] == 40 and "run-1" in info["encoders"][0]["runs"]
 
 
+def test_auto_k_range_summary_and_candidates(cache):
+    # 4 blobs searched in 2:3: the pick is at the edge, and the doubt is said on stdout and in the JSON
+    plain = invoke("cluster", cache, "-k", "auto", "--k-range", "2:3")
+    assert plain.exit_code == 0, plain.output
+    assert "K chosen    no clear number of clusters; candidates 3, 2" in plain.stdout
+    assert "no confident K (edge)" in plain.stderr
+    run = json.loads(invoke("cluster", cache, "-k", "auto", "--k-range", "2:8", "--json").stdout)
+    sel = run["selection"]
+    assert run["n_clusters"] == sel["n_clusters"] == 4 and sel["k_range"] == [2, 8]
+    assert sel["confident"] and len(sel["candidates"]) == 3 and sel["candidates"][0]["k"] == 4
+    assert {"silhouette", "merge_gap"} <= set(sel["candidates"][0]) and sel["space"] == run["space"]
+    markdown = invoke("score", cache, "--markdown").stdout
+    assert "| K chosen without labels | 4 (silhouette-gap, searched 2:8) |" in markdown
+    assert "| K candidate 1 | 4: silhouette " in markdown and "| K candidate 3 |" in markdown
+    for bad, message in ((["--k-range", "5:2"], "--k-range must be MIN:MAX"),
+                         (["-k", "3", "--k-range", "2:9"], "--k-range is the range searched")):
+        result = invoke("cluster", cache, *bad)
+        assert result.exit_code == 2 and message in result.stderr
+
+
 def test_listings():
     encoders = json.loads(invoke("encoders", "--json").stdout)
     assert any(e["name"] == "effnet-lite0" and e["available_offline"] for e in encoders)

@@ -529,3 +529,20 @@ def test_thumbnails_load_lazily_in_chromium(tmp_path):
     assert result["n"] == 240
     assert 0 < result["early"] < 240, "lazy loading should leave thumbnails far below the fold unloaded"
     assert all(nw > 0 for _, nw, *_ in result["images"])
+
+
+def test_selection_curve_marks_the_pick_and_says_the_doubt(run, tmp_path):
+    from sklearn.datasets import make_blobs
+
+    from imgclust.select import choose_n_clusters
+
+    _, recs, sums, scores = run
+    X, _ = make_blobs(400, n_features=5, centers=4, cluster_std=0.5, random_state=0)
+    sel = choose_n_clusters(X, k_max=3).to_dict()  # 4 blobs searched up to 3: a pick at the edge
+    text = write_html(tmp_path / "r", recs, sums, scores, "t", selection=sel).read_text("utf-8")
+    figure = text[text.index('<figure class="kcurve doubt" data-k="3">'):]
+    figure = figure[: figure.index("</figure>")]
+    assert figure.count("<circle") == 2 and '<circle class="pick"' in figure  # K = 2..3: the pick and one runner-up
+    assert "<polyline" in figure and "no clear number of clusters" in figure and "K = 3" in figure
+    # without a selection (K given), no curve
+    assert 'class="kcurve' not in write_html(tmp_path / "s", recs, sums, scores, "t").read_text("utf-8")

@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
-from sklearn.cluster import AgglomerativeClustering
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from imgclust.errors import ParameterError, UsageError
-from imgclust.select import _peaks, choose_from_curve, choose_n_clusters, cut_tree_labels
+from imgclust.clusterers import create_clusterer
+from imgclust.select import (DEFAULT_RULE, SELECTION_RULES, _peaks, apply_rule, choose_from_curve, choose_n_clusters,
+                            cut_tree_labels, k_grid, parse_k_range)
 
 
 @pytest.fixture(scope="module")
@@ -33,56 +34,129 @@ def hierarchy():
 def test_finds_eight_well_separated_blobs(blobs8):
     X, y = blobs8
     sel = choose_n_clusters(X)
-    assert sel.n_clusters == 8 and sel.rule == "finest-peak"
+    assert sel.n_clusters == 8 and sel.rule == DEFAULT_RULE and sel.confident
     assert adjusted_rand_score(y, sel.labels) == pytest.approx(1.0)
-    assert choose_n_clusters(X, rule="max").n_clusters == 8
-    assert sel.best_k == 8 and not sel.at_upper_bound
-    # the sweep covers 2..ceil(sqrt(1200)) = 35, one row per K
-    assert [k for k, _ in sel.table] == list(range(2, 36))
-    assert sel.silhouette == pytest.approx(max(s for _, s in sel.table))
+    # the default range is 2..min(200, rows / 10), every K for a tree
+    assert sel.k_range == (2, 120) and list(sel.ks) == list(range(2, 121))
+    assert sel.silhouette == pytest.approx(np.nanmax(sel.curves["silhouette"]))
+    for rule in SELECTION_RULES:
+        if rule != "stability":  # stability prefers the coarsest stable split of blobs (BENCHMARKS.md)
+            assert choose_n_clusters(X, rule=rule).n_clusters == 8, rule
 
 
-def test_prefers_the_finest_well_separated_level(hierarchy):
+def test_silhouette_rule_prefers_the_finest_well_separated_level(hierarchy):
     X, y = hierarchy
-    naive = choose_n_clusters(X, rule="max")
-    sel = choose_n_clusters(X)
-    assert naive.n_clusters == 3  # the coarse level wins the plain silhouette ...
-    assert sel.n_clusters == 12  # ... the rule goes down to the 12 blobs
+    sel = choose_n_clusters(X, rule="silhouette")
+    assert sel.n_clusters == 12  # the coarse level (K=3) has the best silhouette; the rule goes down to the blobs
     assert adjusted_rand_score(y, sel.labels) == pytest.approx(1.0)
-    accepted = [p["k"] for p in sel.peaks if p["accepted"]]
-    assert 3 in accepted and 12 in accepted
-    # demanding a finer peak as good as the best falls back to the coarse level
-    assert choose_n_clusters(X, min_ratio=1.0).n_clusters == 3
+    assert choose_n_clusters(X).n_clusters == 12
 
 
 def test_does_not_overshoot_two_blobs():
     X, _ = make_blobs(n_samples=800, n_features=10, centers=2, center_box=(-20, 20), random_state=1)
-    assert choose_n_clusters(X).n_clusters == 2
+    sel = choose_n_clusters(X)
+    assert sel.n_clusters == 2 and "edge" not in sel.flags  # K=2 at the default start is no doubt
 
 
 def test_deterministic(hierarchy):
     X, _ = hierarchy
     a, b = choose_n_clusters(X), choose_n_clusters(X.copy())
     assert a.n_clusters == b.n_clusters
-    np.testing.assert_array_equal(a.silhouettes, b.silhouettes)
+    np.testing.assert_array_equal(a.curves["silhouette"], b.curves["silhouette"])
     np.testing.assert_array_equal(a.labels, b.labels)
-    assert a.to_dict() == b.to_dict()
+    da, db = a.to_dict(), b.to_dict()
+    da.pop("seconds"), db.pop("seconds")
+    assert da == db
 
 
-def test_sweep_matches_sklearn_agglomerative(blobs8):
+# -- consistency: the K chosen is scored on exactly the clustering that is returned ---------------
+
+
+def _returned(X, method, params, k):
+    return create_clusterer(method, n_clusters=k, random_state=0, **params).fit_predict(X)
+
+
+@pytest.mark.parametrize("params", [
+    {"linkage": "ward", "metric": "euclidean"},
+    {"linkage": "average", "metric": "chebyshev"},  # clip-vitb16's ZS default
+    {"linkage": "average", "metric": "cosine"},  # mae-vitb16's
+    {"linkage": "complete", "metric": "manhattan"},
+    {"linkage": "ward", "metric": "euclidean", "connectivity_neighbors": 10},
+])
+def test_agglomerative_sweep_is_the_clusterer_itself(blobs8, params):
     X, _ = blobs8
     X = X + np.random.default_rng(0).normal(0, 2.0, X.shape)  # overlap, so the cuts are not trivial
-    sel = choose_n_clusters(X, k_max=12)
-    table = dict(sel.table)
-    for k in (2, 5, 8, 12):
-        ref = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(X)
-        assert table[k] == pytest.approx(silhouette_score(X, ref), abs=1e-9)
-    ref = AgglomerativeClustering(n_clusters=sel.n_clusters).fit_predict(X)
-    assert adjusted_rand_score(ref, sel.labels) == pytest.approx(1.0)
-    # the reported threshold gives the chosen K in scikit-learn
-    model = AgglomerativeClustering(n_clusters=None, distance_threshold=sel.distance_threshold).fit(X)
-    assert model.n_clusters_ == sel.n_clusters
-    assert sel.distance_threshold_zs > 0
+    sel = choose_n_clusters(X, "agglomerative", params, k_max=12)
+    for k in (2, 5, sel.n_clusters, 12):
+        labels = _returned(X, "agglomerative", params, k)
+        i = int(np.flatnonzero(sel.ks == k)[0])
+        assert sel.curves["silhouette"][i] == pytest.approx(silhouette_score(X, labels), abs=1e-9)
+    assert adjusted_rand_score(_returned(X, "agglomerative", params, sel.n_clusters), sel.labels) == 1.0
+
+
+@pytest.mark.parametrize("method, params", [
+    ("kmeans", {"n_init": 2}), ("minibatch-kmeans", {}), ("spherical-kmeans", {}), ("gmm", {}), ("spectral", {}),
+])
+def test_flat_methods_sweep_the_method_itself(method, params):
+    X, y = make_blobs(n_samples=300, n_features=5, centers=5, cluster_std=0.6, center_box=(-15, 15), random_state=2)
+    sel = choose_n_clusters(X, method, params, k_max=9)
+    if method != "gmm":  # (gmm's curve has a second peak at 8 here; the point is which clustering is scored)
+        assert sel.n_clusters == 5 and adjusted_rand_score(y, sel.labels) == pytest.approx(1.0)
+    np.testing.assert_array_equal(sel.labels, _returned(X, method, params, sel.n_clusters))  # the very clustering returned
+    assert sel.estimator is not None and np.array_equal(sel.estimator.labels_, sel.labels)
+    assert sel.silhouette == pytest.approx(silhouette_score(X, sel.labels), abs=1e-9)
+    assert "merge_gap" not in sel.curves  # no tree: the gap does not apply
+
+
+def test_trained_heads_sweep_the_head_itself_on_a_coarse_grid(one_torch_thread):
+    X, y = make_blobs(n_samples=240, n_features=8, centers=3, cluster_std=0.5, center_box=(-10, 10), random_state=4)
+    params = {"epochs": 3, "heads": 1, "device": "cpu"}
+    sel = choose_n_clusters(X, "temi", params, k_max=4)
+    assert list(sel.ks) == [2, 3, 4]
+    labels = _returned(X, "temi", params, sel.n_clusters)
+    np.testing.assert_array_equal(sel.labels, labels)  # the head trained at the chosen K is the head returned
+    assert sel.silhouette == pytest.approx(silhouette_score(X, labels), abs=1e-9)
+    assert k_grid(2, 200, 8).size == 8  # a head's grid over the default range: 8 trainings
+
+
+def test_merge_gap_needs_a_tree():
+    X, _ = make_blobs(n_samples=200, centers=3, random_state=0)
+    with pytest.raises(UsageError, match="merge tree"):
+        choose_n_clusters(X, "kmeans", rule="merge-gap")
+    with pytest.raises(UsageError, match="itself"):
+        choose_n_clusters(X, "hdbscan")
+
+
+# -- doubt ----------------------------------------------------------------------------------------
+
+
+def test_no_structure_is_said():
+    X = np.random.default_rng(0).standard_normal((1000, 10))
+    sel = choose_n_clusters(X)
+    assert "no-structure" in sel.flags and not sel.confident
+    assert sel.summary.startswith("no cluster structure found")
+    assert sel.reference_silhouette > 0
+
+
+def test_edge_of_the_range_and_candidates(blobs8):
+    X, _ = blobs8
+    sel = choose_n_clusters(X, k_max=5)
+    assert sel.n_clusters == 5 and "edge" in sel.flags
+    assert "no clear number of clusters" in sel.summary and "--k-range" in sel.summary
+    assert sel.candidates[0]["k"] == 5 and len(sel.candidates) == 3
+    assert len({c["k"] for c in sel.candidates}) == 3
+    assert "edge" in choose_n_clusters(X, k_min=9, k_max=20).flags  # the start of the range, when it is not 2
+
+
+def test_k_range_and_grid():
+    assert parse_k_range("2:200") == (2, 200)
+    for bad in ("1:5", "5:2", "2-9", "a:b", "7"):
+        with pytest.raises(UsageError, match="--k-range"):
+            parse_k_range(bad)
+    assert k_grid(2, 8).tolist() == list(range(2, 9))
+    grid = k_grid(2, 200, 40)
+    assert grid.size == 40 and grid[0] == 2 and grid[-1] == 200 and (np.diff(grid) > 0).all()
+    assert grid[:10].tolist() == list(range(2, 12))  # every small K
 
 
 def test_cut_tree_labels_exact_k_even_with_ties():
@@ -130,7 +204,7 @@ KS = list(range(2, 32))
 def test_rule_on_real_curves():
     # CIFAR-10: the best silhouette is the animals|vehicles split; the rule goes past it
     k, peaks = choose_from_curve(KS, CIFAR10)
-    assert k == 5 and choose_from_curve(KS, CIFAR10, rule="max")[0] == 2
+    assert k == 5
     assert [p["k"] for p in peaks if p["accepted"]] == [2, 5]
     # another UMAP seed: the K=5 peak is too shallow to count as prominent (0.019), so only the
     # coarse-end step avoids the collapse
@@ -139,31 +213,61 @@ def test_rule_on_real_curves():
     assert choose_from_curve(KS, CIFAR10_UMAP_SEED1, coarse_ratio=1.0)[0] == 2  # the step switched off
     # a clean two-class set keeps its top split: finer cuts keep < 55% of its silhouette
     assert choose_from_curve(KS, CIFAR_CAT_TRUCK)[0] == 2
-    # Imagenette: one clear interior peak, same as the naive rule
-    assert choose_from_curve(KS, IMAGENETTE)[0] == 9 == choose_from_curve(KS, IMAGENETTE, rule="max")[0]
-    with pytest.raises(ParameterError):
-        choose_from_curve(KS, CIFAR10, rule="elbow")
+    # Imagenette: one clear interior peak
+    assert choose_from_curve(KS, IMAGENETTE)[0] == 9
     with pytest.raises(UsageError):
         choose_from_curve(KS, CIFAR10[:-1])
+
+
+def test_silhouette_gap_reads_the_gap_inside_the_plateau():
+    # Imagenette's silhouette plateau 9..11 (within 3% of the peak at 9): the merge gap is largest at 10
+    ks = np.array(KS)
+    gap = np.ones(len(KS))
+    gap[KS.index(10)] = 2.5
+    gap[KS.index(20)] = 9.0  # outside the plateau: ignored
+    curves = {"silhouette": np.array(IMAGENETTE), "merge_gap": gap}
+    reading = apply_rule("silhouette-gap", ks, curves)
+    assert ks[reading.index] == 10 and reading.criterion == "silhouette" and "merge gap" in reading.why
+    assert not reading.flat and [int(ks[i]) for i in reading.ranking[:3]] == [10, 9, 11]
+    silhouette = apply_rule("silhouette", ks, curves)
+    assert ks[silhouette.index] == 9 and silhouette.flat  # 9 and 11 are 0.006 apart
+    assert ks[apply_rule("merge-gap", ks, curves).index] == 20
+
+
+# cifar10-test, 5 of its classes (effnet-lite0, UMAP-50, ward), K = 2..10: the silhouette falls from the
+# top split on; the merge gap has a second elbow at the true K = 5
+CIFAR5_SIL = [0.569, 0.546, 0.472, 0.462, 0.444, 0.438, 0.409, 0.404, 0.398]
+CIFAR5_GAP = [2.58, 1.00, 1.36, 1.80, 1.01, 1.06, 1.32, 1.10, 1.05]
+
+
+def test_silhouette_gap_looks_below_a_clean_top_split():
+    ks = np.arange(2, 11)
+    curves = {"silhouette": np.array(CIFAR5_SIL), "merge_gap": np.array(CIFAR5_GAP)}
+    assert ks[apply_rule("silhouette", ks, curves).index] == 2
+    reading = apply_rule("silhouette-gap", ks, curves)
+    assert ks[reading.index] == 5 and "below the top split" in reading.why
+    # a top split that is the tree's only real elbow (two clean groups) stays
+    clean = {"silhouette": np.array(CIFAR5_SIL), "merge_gap": np.array([20.0] + CIFAR5_GAP[1:])}
+    assert ks[apply_rule("silhouette-gap", ks, clean).index] == 2
+    # so does one whose finer cuts lose too much silhouette (< 55% of the top split's)
+    weak = {"silhouette": np.array([0.9] + CIFAR5_SIL[1:]), "merge_gap": np.array(CIFAR5_GAP)}
+    assert ks[apply_rule("silhouette-gap", ks, weak).index] == 2
 
 
 def test_rule_edge_cases():
     assert choose_from_curve([2], [0.3])[0] == 2
     assert choose_from_curve([2, 3, 4], [-0.1, -0.2, -0.05])[0] == 4  # no positive silhouette: the best
     assert choose_from_curve([2, 3, 4], [0.2, 0.2, 0.2])[0] == 2  # flat: the first
-
-
-def test_upper_bound_is_flagged(blobs8):
-    X, _ = blobs8
-    sel = choose_n_clusters(X, k_max=5)
-    assert sel.n_clusters == 5 and sel.at_upper_bound
+    assert choose_from_curve([2, 3, 4], [np.nan, 0.2, 0.3])[0] == 4  # undefined K are skipped
+    with pytest.raises(UsageError):
+        choose_from_curve([2, 3], [np.nan, np.nan])
 
 
 def test_subsampling_large_inputs(blobs8):
     X, y = blobs8
     sel = choose_n_clusters(X, max_samples=500, random_state=3)
     assert sel.n_clusters == 8 and sel.n_used == 500 and len(sel.sample_indices) == 500
-    assert sel.labels is None and sel.distance_threshold is None
+    assert sel.labels is None and sel.estimator is None and sel.k_range == (2, 50)
     again = choose_n_clusters(X, max_samples=500, random_state=3)
     np.testing.assert_array_equal(sel.sample_indices, again.sample_indices)
     d = sel.to_dict()
@@ -173,9 +277,10 @@ def test_subsampling_large_inputs(blobs8):
 
 def test_to_dict_is_json_safe(hierarchy):
     d = choose_n_clusters(hierarchy[0]).to_dict()
-    assert d["n_clusters"] == 12 and d["rule"] == "finest-peak"
+    assert d["n_clusters"] == 12 and d["rule"] == DEFAULT_RULE and d["method"] == "agglomerative"
     assert d["table"][0]["k"] == 2 and isinstance(d["table"][0]["silhouette"], float)
-    assert d["params"]["coarse_ratio"] == 0.55
+    assert {"silhouette", "merge_gap"} <= set(d["table"][0])
+    assert [c["k"] for c in d["candidates"]][0] == 12 and len(d["candidates"]) == 3
     json.dumps(d, allow_nan=False)
 
 
@@ -184,9 +289,9 @@ def test_parameter_errors(blobs8):
     with pytest.raises(ParameterError, match="'rule'"):
         choose_n_clusters(X, rule="best")
     with pytest.raises(ParameterError, match="'linkage'"):
-        choose_n_clusters(X, linkage="single")
-    with pytest.raises(ParameterError, match="'min_ratio'"):
-        choose_n_clusters(X, min_ratio=1.5)
+        choose_n_clusters(X, params={"linkage": "median"})
+    with pytest.raises(ParameterError, match="'plateau'"):
+        choose_n_clusters(X, plateau=1.5)
     with pytest.raises(ParameterError, match="'k_min'"):
         choose_n_clusters(X, k_min=1)
     with pytest.raises(UsageError, match="k_min"):
@@ -202,4 +307,32 @@ def test_tiny_input_and_other_linkages():
     sel = choose_n_clusters(X)
     assert sel.n_clusters == 2 and list(sel.ks) == [2]
     X, y = make_blobs(n_samples=300, centers=4, cluster_std=0.5, random_state=0)
-    assert choose_n_clusters(X, linkage="average").n_clusters == 4
+    assert choose_n_clusters(X, params={"linkage": "average", "metric": "euclidean"}).n_clusters == 4
+
+
+# -- through imgclust.cluster: the stored run is the clustering that was scored, per family ---------
+
+
+@pytest.mark.parametrize("method, params", [
+    ("agglomerative", {}),  # the encoder's defaults (ward here)
+    ("agglomerative", {"linkage": "average", "metric": "chebyshev"}),
+    ("kmeans", {"n_init": 1}),
+    ("scan", {"epochs": 2, "device": "cpu"}),  # a trained head: raw space
+])
+def test_cluster_auto_returns_the_clustering_it_scored(tmp_path, one_torch_thread, method, params):
+    from imgclust.cluster import cluster, run_space
+    from imgclust.clusterers import CLUSTERERS
+
+    from .stage_fixtures import blob_cache
+
+    cache = blob_cache(tmp_path / "blobs.h5")
+    run = cluster(cache.path, method=method, n_clusters="auto", params=params, k_range=(2, 6))
+    sel = run.selection
+    assert sel["method"] == method and sel["space"] == run.space and sel["k_range"] == [2, 6]
+    assert (run.space == "raw") == (CLUSTERERS.get(method).input_space == "raw")  # heads select in the raw space
+    X = run_space(cache.path, run)
+    row = next(r for r in sel["table"] if r["k"] == run.n_clusters)
+    assert row["silhouette"] == pytest.approx(silhouette_score(X, run.labels), abs=1e-6)
+    assert [c["k"] for c in sel["candidates"]][0] == run.n_clusters
+    with pytest.raises(UsageError, match="k-range"):
+        cluster(cache.path, method=method, n_clusters=3, params=params, k_range=(2, 6))

@@ -15,6 +15,7 @@ from ..encoders import DEFAULT_ENCODER
 from ..errors import UsageError
 from ..pipeline import DEFAULT_FORMATS, run_pipeline
 from ..score import space_name
+from ..select import parse_k_range
 from . import app
 from ._output import (DebugOption, JsonOption, QuietOption, VerboseOption, detail, emit_json, epoch_reporter, note,
                       progress_bars, stdout)
@@ -23,6 +24,7 @@ from .reduce import SeedOption
 
 
 K_HINT = "e.g. --n-clusters 10, --n-clusters auto (chosen without labels), or --n-clusters none (the method decides)"
+CHOOSING_K = "choosing K"
 
 
 def parse_n_clusters(value: Optional[str]) -> int | str | None:
@@ -73,6 +75,7 @@ def cluster_command(
     targets: Annotated[Optional[list[str]], typer.Argument(help="A cache file (cluster its embeddings) or folders/images/sources (run the whole pipeline).", show_default=False)] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="Clustering method (see 'imgclust methods').")] = DEFAULT_METHOD,
     n_clusters: Annotated[Optional[str], typer.Option("--n-clusters", "-k", help="K; 'auto' to choose it without labels; 'none' to let the method decide (agglomerative: cut at ZS's distance threshold for the encoder). Default: auto where the method takes K.", show_default=False)] = None,
+    k_range: Annotated[Optional[str], typer.Option("--k-range", help="MIN:MAX searched by --n-clusters auto (default 2 to min(200, images/10)), e.g. 2:200.")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")] = None,
     reduction: Annotated[Optional[str], typer.Option("--reduction", help="umap (default), pca, l2+umap, none (raw), or a stored reduction key.")] = None,
     dims: Annotated[Optional[int], typer.Option("--dims", help="Dimensions of the reduction (default 50).")] = None,
@@ -110,15 +113,19 @@ def cluster_command(
     k = parse_n_clusters(n_clusters)
     if k == "default":
         k = default_n_clusters(method)
+    searched = parse_k_range(k_range) if k_range is not None else None
+    if searched is not None and k != "auto":
+        raise UsageError("--k-range is the range searched by --n-clusters auto", hint="drop --k-range, or use --n-clusters auto")
     params = parse_params(param)
     train = f"training {method}"
     if len(targets) == 1 and is_cache_file(targets[0]) and files_from is None:
         refuse_folder_options({"--out": out, "--force": force, "--formats": formats, "--link": link, "--labels": labels,
                                "--weights": weights, "--batch-size": batch_size, "--workers": workers,
                                "--max-pixels": max_pixels, "--data-root": data_root, "--split": split})
-        with progress_bars({train: "epochs"}) as update:
+        with progress_bars({train: "epochs", CHOOSING_K: "fits"}) as update:
             run = run_cluster(targets[0], encoder, method, k, params, reduction=reduction, dims=dims, random_state=seed,
-                              device=device, on_epoch=epoch_reporter(update, train))
+                              device=device, on_epoch=epoch_reporter(update, train), k_range=searched,
+                              on_select=(lambda done, total: update(CHOOSING_K, done, total)) if update else None)
         if json_:
             emit_json(run.to_dict())
             return
@@ -127,7 +134,7 @@ def cluster_command(
                        f"{f' and {run.n_noise} noise points' if run.n_noise else ''} in {run.n_samples} images "
                        f"({run.seconds:.1f} s, in {space_name(run.space)})")
         if run.selection:
-            stdout().print(f"number of clusters chosen without labels: {run.n_clusters} ({run.selection.get('rule', '')})")
+            print_selection(run.selection)
         detail(f"cluster sizes: {sizes}")
         note(f"[dim]score it: imgclust score {escape(targets[0])} --run {escape(run.run_id)}[/dim]")
         return
@@ -135,7 +142,7 @@ def cluster_command(
         raise UsageError("no input given", hint="pass a cache file, or folders/images to cluster (or --files-from)")
     with progress_bars({train: "epochs"}) as update:
         result = run_pipeline(
-            targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters=k, params=params,
+            targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters=k, params=params, k_range=searched,
             reduction=reduction, dims=dims, labels=labels, files_from=files_from, force=force,
             formats=DEFAULT_FORMATS if formats is None else [f.strip() for f in formats.split(",") if f.strip()],
             link=link or "symlink", random_state=seed, device=device,
@@ -155,6 +162,8 @@ def print_pipeline_summary(result) -> None:
     chosen = " (chosen without labels)" if run.selection else ""
     out.print(f"clusters    {run.n_clusters}{chosen}, method {run.method}, encoder {run.encoder}")
     out.print(f"silhouette  {_fmt(s.silhouette)} (in {result.report.silhouette_space})")
+    if run.selection:
+        print_selection(run.selection)
     if s.ami is not None:
         out.print(f"labels      AMI {_fmt(s.ami)}  NMI {_fmt(s.nmi)}  ARI {_fmt(s.ari)}  accuracy {_fmt(s.accuracy)}"
                   f"  BCubed F {_fmt(s.bcubed_f)}  ({s.n_classes} classes)")
@@ -163,6 +172,14 @@ def print_pipeline_summary(result) -> None:
         note("[dim]the output folder is beside the input, not inside it, so its files are never taken as images[/dim]")
     for fmt, reason in result.skipped_formats.items():
         note(f"[yellow]skipped {fmt}:[/yellow] {escape(reason)}")
+
+
+def print_selection(selection: dict) -> None:
+    """The label-free choice of K in one line on stdout; its doubts (flags) also as a warning on stderr."""
+    line = selection.get("summary") or f"K = {selection.get('n_clusters')}"
+    stdout().print(f"K chosen    {line}")
+    if selection.get("flags"):
+        note(f"[yellow]no confident K ({', '.join(selection['flags'])}):[/yellow] {escape(line)}")
 
 
 def _fmt(value) -> str:

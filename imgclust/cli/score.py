@@ -29,6 +29,22 @@ def score_rows(report: RunReport) -> list[tuple[str, str]]:
     if report.labels_source:
         rows += [(name, _fmt(scores.get(key))) for key, name in LABELLED if scores.get(key) is not None]
         rows.append(("accuracy rule", str(scores.get("accuracy_rule"))))
+    return rows + selection_rows(report.run.selection)
+
+
+def selection_rows(selection: dict | None) -> list[tuple[str, str]]:
+    """How K was chosen without labels (runs made with --n-clusters auto): the pick, its doubts, the top three."""
+    if not selection:
+        return []
+    criterion = str(selection.get("criterion", "score")).replace("_", " ")
+    rows = [("K chosen without labels", f"{selection.get('n_clusters')} ({selection.get('rule')}, "
+                                        f"searched {':'.join(map(str, selection.get('k_range', [])))})"),
+            ("K confidence", "confident" if selection.get("confident") else ", ".join(selection.get("flags", []))),
+            ("K summary", str(selection.get("summary", "")))]
+    for rank, c in enumerate(selection.get("candidates", []), start=1):
+        extra = "".join(f", {name.replace('_', ' ')} {_fmt(c.get(name))}" for name in ("silhouette", "merge_gap", "stability")
+                        if name in c and name != selection.get("criterion"))
+        rows.append((f"K candidate {rank}", f"{c['k']}: {criterion} {_fmt(c.get('score'))}{extra}"))
     return rows
 
 

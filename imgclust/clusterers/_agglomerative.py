@@ -160,6 +160,8 @@ class Agglomerative(Clusterer):
     paper = "ZS (Lowe et al.) §AC; ES (Scott et al.)"
     n_clusters_mode = "optional"
     input_space = "reduced"
+    nested_k = True  # the cuts of one tree: auto scores every K from one fit
+    auto_k_samples = 10000  # the tree's O(N^2) memory: about 0.4 GB
     params = (
         Param("linkage", "ward", str, "how groups are compared: ward, average, complete or single", choices=LINKAGES),
         Param("metric", "euclidean", str, "distance between samples", choices=METRICS),

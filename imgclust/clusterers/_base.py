@@ -168,6 +168,10 @@ class Clusterer:
     ``quadratic_memory`` (O(N^2) memory: checked against available memory at fit) and
     ``supports_predict`` (it learns a predictor: ``state()`` / ``from_state()`` / ``predict()``
     persist it and put new samples into the learned clusters; others raise UsageError).
+
+    How ``--n-clusters auto`` sweeps K (:mod:`imgclust.select`): ``nested_k`` (the clusterings at
+    every K are cuts of one tree, so one fit serves all K), else one fit per K on a grid of at most
+    ``auto_k_fits`` values; the sweep uses at most ``auto_k_samples`` rows (a uniform sample above).
     """
 
     name: ClassVar[str] = ""
@@ -179,6 +183,9 @@ class Clusterer:
     needs_views: ClassVar[bool] = False
     quadratic_memory: ClassVar[bool] = False
     supports_predict: ClassVar[bool] = False
+    nested_k: ClassVar[bool] = False
+    auto_k_fits: ClassVar[int] = 40
+    auto_k_samples: ClassVar[int] = 5000
 
     #: optional progress callback of trained methods: ``on_epoch(epoch, epochs, loss)`` after each epoch
     #: (epoch counts from 1 to epochs). Set it on the instance; None (default) keeps training quiet.

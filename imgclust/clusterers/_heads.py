@@ -444,6 +444,9 @@ class _TrainedHead(Clusterer):
     n_clusters_mode = "required"
     input_space = "raw"
     supports_predict = True
+    # auto trains one head per K: a coarse grid on a small sample keeps that to minutes on a CPU
+    auto_k_fits = 8
+    auto_k_samples = 2000
 
     _predict_batch = 8192
     _state_prefix = "head."

@@ -216,7 +216,7 @@ def _write_html(manifest, report, images, clusters, X, force, on_progress=None, 
     scores["silhouette_space"] = report.silhouette_space
     title = f"{report.run.method} {report.run.run_id} ({report.run.encoder})"
     return [write_html(manifest.folder / "gallery", images, clusters, scores, title, on_progress=on_progress,
-                       on_write=manifest.record)]
+                       on_write=manifest.record, selection=report.run.selection)]
 
 
 def _write_plot(manifest, report, images, clusters, X, force, **_):

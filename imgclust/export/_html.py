@@ -69,6 +69,7 @@ def write_html(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_write: Callable[[list[Path]], None] | None = None,
+    selection: Mapping | None = None,
 ) -> Path:
     """Write ``out_dir/index.html``, a browsable page of the clusters, with thumbnails beside it.
 
@@ -104,6 +105,10 @@ def write_html(
         Called from the calling thread after each thumbnail.
     on_write : callable(paths) or None
         Called with the thumbnail paths before any is written (the export's manifest records them).
+    selection : mapping or None
+        The run's label-free choice of K (``ClusterRun.selection``, from ``--n-clusters auto``):
+        the page then shows its criterion's curve over K with the pick and the runners-up marked,
+        and its summary (doubts included).
 
     Returns
     -------
@@ -158,6 +163,7 @@ def write_html(
         max_per_cluster=max_per_cluster,
         out_abs=out_abs,
         n_images=len(images),
+        selection=selection,
     )
     index = out_dir / "index.html"
     _atomic_write(index, page.encode("utf-8"))
@@ -400,6 +406,7 @@ def _render(
     max_per_cluster: int | None,
     out_abs: Path,
     n_images: int,
+    selection: Mapping | None = None,
 ) -> str:
     parts: list[str] = []
     w = parts.append
@@ -484,6 +491,7 @@ def _render(
         summary_bits.append(f"{n_unreadable:,} unreadable")
     w('<p class="sub">' + " \u00b7 ".join(summary_bits) + "</p>")
     w(_scores_table(scores))
+    w(_selection_curve(selection))
     w(
         '<label class="toggle"><input type="checkbox" id="only-outliers"> show outliers only</label>'
         "</header>"
@@ -513,6 +521,60 @@ def _scores_table(scores: Mapping[str, object]) -> str:
         for k in keys
     )
     return f'<dl class="scores">{cells}</dl>'
+
+
+def _selection_curve(selection: Mapping | None, width: int = 560, height: int = 180) -> str:
+    """The label-free choice of K: an inline SVG of its criterion over K, the pick and runners-up marked."""
+    if not selection or not selection.get("table"):
+        return ""
+    criterion = str(selection.get("criterion") or "silhouette")
+    points = [(int(r["k"]), float(r[criterion])) for r in selection["table"]
+              if isinstance(r.get(criterion), (int, float)) and math.isfinite(r[criterion])]
+    if not points:
+        return ""
+    pad_l, pad_r, pad_t, pad_b = 44, 12, 10, 28
+    ks = [k for k, _ in points]
+    vals = [v for _, v in points]
+    k_lo, k_hi = min(ks), max(ks)
+    v_lo, v_hi = min(vals), max(vals)
+    if v_hi == v_lo:
+        v_lo, v_hi = v_lo - 0.5, v_hi + 0.5
+    log_k = k_hi / max(k_lo, 1) > 20  # long ranges (2:200) read better on a log axis
+
+    def x(k: float) -> float:
+        if k_hi == k_lo:
+            return pad_l + (width - pad_l - pad_r) / 2
+        f = (math.log(k) - math.log(k_lo)) / (math.log(k_hi) - math.log(k_lo)) if log_k else (k - k_lo) / (k_hi - k_lo)
+        return pad_l + f * (width - pad_l - pad_r)
+
+    def y(v: float) -> float:
+        return pad_t + (1 - (v - v_lo) / (v_hi - v_lo)) * (height - pad_t - pad_b)
+
+    line = " ".join(f"{x(k):.1f},{y(v):.1f}" for k, v in points)
+    value = dict(points)
+    marks = []
+    for rank, cand in enumerate(selection.get("candidates") or []):
+        k = int(cand["k"])
+        if k not in value:
+            continue
+        cls = "pick" if rank == 0 else "alt"
+        marks.append(f'<circle class="{cls}" cx="{x(k):.1f}" cy="{y(value[k]):.1f}" r="{5 if rank == 0 else 3.5}">'
+                     f"<title>K = {k}: {criterion.replace('_', ' ')} {_fmt(value[k])}</title></circle>"
+                     f'<text class="{cls}" x="{x(k):.1f}" y="{y(value[k]) - 8:.1f}" text-anchor="middle">{k}</text>')
+    ticks = sorted({k_lo, k_hi, *[int(c["k"]) for c in (selection.get("candidates") or [])[:1]]})
+    axis = "".join(f'<text x="{x(k):.1f}" y="{height - 8}" text-anchor="middle">{k}</text>' for k in ticks)
+    axis += (f'<text x="{pad_l - 6}" y="{y(v_hi) + 4:.1f}" text-anchor="end">{_fmt(v_hi)}</text>'
+             f'<text x="{pad_l - 6}" y="{y(v_lo) + 4:.1f}" text-anchor="end">{_fmt(v_lo)}</text>')
+    flags = list(selection.get("flags") or [])
+    title = f"{criterion.replace('_', ' ')} over K ({'log' if log_k else 'linear'} axis), rule {selection.get('rule', '')}"
+    return (
+        f'<figure class="kcurve{" doubt" if flags else ""}" data-k="{_e(selection.get("n_clusters"))}">'
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{_e(title)}">'
+        f"<title>{_e(title)}</title>"
+        f'<polyline points="{line}"/>{"".join(marks)}{axis}</svg>'
+        f"<figcaption>Number of clusters chosen without labels: <b>{_e(selection.get('n_clusters'))}</b>. "
+        f"{_e(selection.get('summary', ''))}</figcaption></figure>"
+    )
 
 
 def _tile(rec: ImageRecord, thumb: _Thumb, sil: float, outlier: bool, is_rep: bool, out_abs: Path) -> str:
@@ -551,6 +613,10 @@ def _tile(rec: ImageRecord, thumb: _Thumb, sil: float, outlier: bool, is_rep: bo
 
 
 _CSS = """
+.kcurve{margin:.6rem 0 0;max-width:100%}.kcurve svg{max-width:100%;height:auto;font:11px sans-serif;fill:var(--mute)}
+.kcurve polyline{fill:none;stroke:currentColor;stroke-width:1.5}.kcurve circle.pick{fill:#d33}.kcurve circle.alt{fill:#888}
+.kcurve text.pick{fill:#d33;font-weight:bold}.kcurve figcaption{font-size:.85rem;color:var(--mute)}
+.kcurve.doubt figcaption{color:#b60}
 :root{--bg:#f6f7f9;--card:#fff;--ink:#1d2330;--mute:#667085;--line:#e3e6ec;--acc:#2f6fde;
 --hi:#1a7f4b;--mid:#9a6a00;--lo:#b54708;--neg:#c4320a;--T:__T__px}
 @media (prefers-color-scheme:dark){:root{--bg:#14171c;--card:#1d2128;--ink:#e6e8ec;--mute:#98a2b3;

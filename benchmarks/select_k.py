@@ -1,0 +1,246 @@
+"""Label-free choice of K: every rule of imgclust.select against AMI at the true K, on many sets.
+
+For each set, one sweep of agglomerative clustering (ward, euclidean: imgclust's default for
+effnet-lite0) computes every criterion at every K (silhouette, merge gap, stability) and the
+Gaussian reference; each rule then reads its K off the same curves (``imgclust.select.apply_rule``).
+AMI is that of the clustering of *all* rows at the chosen K (the tree of all rows, cut at K),
+against the labels; loss = AMI at the true K minus AMI at the chosen K (points, ×100). The
+default rule's selection is also run on its own through ``choose_n_clusters`` to time it.
+
+Sets:
+* effnet-lite0 embeddings (ImageNet weights) of the shared sets, reduced with imgclust's UMAP
+  (n_neighbors=30, min_dist=0, 50 dims, seed 0): imagenette-val, imagenette-mini (its rows of the
+  imagenette-val cache, selected by path), cifar10-test, their union (20 classes), 3 and 5 classes
+  of each (classes drawn with seeds 3 and 5), and a 1:10 imbalanced subset of each (class i keeps
+  a share 10^(-i/9) of its images, classes in a seeded random order);
+* scikit-learn's digits (1797 x 64), reduced the same way;
+* make_blobs in 10 dimensions: K = 2, 3, 5, 10, 20, 50, 100 well separated; K = 10 at three
+  spreads; K = 5, 20, 50, 100 with wider spreads; 4 groups of 5 blobs (a hierarchy); 1:10
+  imbalance at K = 10 and 30; and two sets with no structure (one Gaussian; a uniform cube).
+
+    python benchmarks/select_k.py                 # everything (about 15 minutes on 2 cores)
+    python benchmarks/select_k.py --only blobs    # sets whose name contains 'blobs'
+
+The caches come from ``benchmarks/clustering_table.py`` (``benchmarks/results/<set>-effnet-lite0.h5``);
+UMAP outputs are kept in ``benchmarks/results/select_k_umap/`` for reruns. Writes
+``benchmarks/results/select_k.json`` and ``select_k.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.metrics import adjusted_mutual_info_score
+
+from imgclust.cache import Cache
+from imgclust.reduce import fit_umap
+from imgclust.select import DEFAULT_RULE, SELECTION_RULES, apply_rule, choose_n_clusters, cut_tree_labels, merge_tree
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DATA = HERE.parents[1] / "shared" / "data"
+UMAP_DIR = RESULTS / "select_k_umap"
+
+
+def blobs() -> dict:
+    sets = {}
+    for k in (2, 3, 5, 10, 20, 50, 100):
+        X, y = make_blobs(max(1500, 60 * k), n_features=10, centers=k, cluster_std=1.0, center_box=(-20, 20),
+                          random_state=k)
+        sets[f"blobs-k{k}"] = (X, y)
+    for std in (1.5, 2.5, 3.5):
+        X, y = make_blobs(2000, n_features=10, centers=10, cluster_std=std, center_box=(-10, 10), random_state=7)
+        sets[f"blobs-k10-std{std}"] = (X, y)
+    for k, std in ((5, 3.0), (20, 2.0), (50, 2.0), (100, 1.5)):
+        X, y = make_blobs(max(2000, 60 * k), n_features=10, centers=k, cluster_std=std, center_box=(-20, 20),
+                          random_state=100 + k)
+        sets[f"blobs-k{k}-std{std}"] = (X, y)
+    rng = np.random.default_rng(5)
+    groups = rng.normal(0, 25, (4, 10))
+    centres = np.concatenate([g + rng.normal(0, 6, (5, 10)) for g in groups])
+    sets["blobs-k20-hierarchy"] = make_blobs(3000, n_features=10, centers=centres, cluster_std=1.0, random_state=5)
+    for k, top, seed in ((10, 300, 11), (30, 200, 13)):
+        sizes = np.round(top * np.geomspace(1, 0.1, k)).astype(int)
+        sets[f"blobs-k{k}-imbalanced"] = make_blobs(sizes, n_features=10, centers=None, cluster_std=1.0,
+                                                    center_box=(-20, 20), random_state=seed)
+    rng = np.random.default_rng(0)
+    sets["noise-gaussian"] = (rng.standard_normal((2000, 10)), np.zeros(2000, dtype=int))
+    sets["noise-uniform"] = (rng.uniform(size=(2000, 10)), np.zeros(2000, dtype=int))
+    return sets
+
+
+def load_cache(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cache = Cache(RESULTS / f"{name}-effnet-lite0.h5")
+    encoder = cache.resolve_encoder(None)
+    index = cache.read_index(encoder)
+    return cache.read_embeddings(encoder), np.asarray(index.labels).astype(str), np.asarray(index.paths).astype(str)
+
+
+def subsets(prefix: str, y: np.ndarray) -> dict:
+    classes = np.unique(y)
+    out = {prefix: np.arange(len(y))}
+    for k, seed in ((3, 3), (5, 5)):
+        pick = np.random.default_rng(seed).choice(classes, k, replace=False)
+        out[f"{prefix}-{k}cls"] = np.flatnonzero(np.isin(y, pick))
+    rng = np.random.default_rng(10)
+    rows = []
+    for c, share in zip(rng.permutation(classes), np.geomspace(1.0, 0.1, len(classes))):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        rows.append(idx[: max(1, int(round(share * len(idx))))])
+    out[f"{prefix}-imbalanced"] = np.sort(np.concatenate(rows))
+    return out
+
+
+def umap50(X: np.ndarray, name: str) -> np.ndarray:
+    path = UMAP_DIR / f"{name}.npy"
+    if path.exists():
+        return np.load(path)
+    _, out = fit_umap(X.astype(np.float32), n_neighbors=30, min_dist=0.0, n_components=50, metric="euclidean",
+                      random_state=0)
+    UMAP_DIR.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+def real_sets() -> dict:
+    sets = {}
+    Xi, yi, pi = load_cache("imagenette-val")
+    cifar = (RESULTS / "cifar10-test-effnet-lite0.h5").exists()
+    Xc, yc, _ = load_cache("cifar10-test") if cifar else (None, None, None)
+    if not cifar:
+        print("no benchmarks/results/cifar10-test-effnet-lite0.h5: its sets are left out", flush=True)
+    for prefix, X, y in (("imagenette-val", Xi, yi), ("cifar10-test", Xc, yc)):
+        if X is None:
+            continue
+        for name, rows in subsets(prefix, y).items():
+            sets[name] = (lambda X=X, rows=rows, name=name: umap50(X[rows], name), y[rows])
+    mini = {f"{c}/{f}" for c in os.listdir(DATA / "imagenette-mini") for f in os.listdir(DATA / "imagenette-mini" / c)}
+    rows = np.flatnonzero([("/".join(p.split("/")[-2:]) in mini) for p in pi])
+    sets["imagenette-mini"] = (lambda rows=rows: umap50(Xi[rows], "imagenette-mini"), yi[rows])
+    if cifar:
+        union_y = np.concatenate([np.char.add("in-", yi), np.char.add("c10-", yc)])
+        sets["imagenette+cifar10"] = (lambda: umap50(np.concatenate([Xi, Xc]), "imagenette+cifar10"), union_y)
+    digits_X, digits_y = load_digits(return_X_y=True)
+    sets["digits"] = (lambda: umap50(digits_X, "digits"), digits_y)
+    return sets
+
+
+def evaluate(name: str, X: np.ndarray, y: np.ndarray) -> dict:
+    true_k = int(np.unique(y).size)
+    started = time.perf_counter()
+    sel = choose_n_clusters(X, rule="stability")  # computes every curve: silhouette, merge gap, stability
+    sweep_seconds = time.perf_counter() - started
+    ks = sel.ks
+    # AMI of the clustering of all rows at each K (the sweep may have used a sample)
+    full = cut_tree_labels(merge_tree(X), ks) if sel.sample_indices is not None else None
+    ami = {}
+
+    def ami_at(k: int) -> float:
+        if k not in ami:
+            labels = full[k] if full is not None else cut_tree_labels(merge_tree(X), [k])[k]
+            ami[k] = 100 * adjusted_mutual_info_score(y, labels)
+        return ami[k]
+
+    if full is None:  # every row was swept: cut the same tree once for all K
+        tree_cuts = cut_tree_labels(merge_tree(X), ks)
+        ami.update({int(k): 100 * adjusted_mutual_info_score(y, tree_cuts[int(k)]) for k in ks})
+    else:
+        ami.update({int(k): 100 * adjusted_mutual_info_score(y, full[int(k)]) for k in ks})
+    at_true = ami_at(true_k) if true_k >= 2 else None
+    rules = {}
+    for rule in SELECTION_RULES:
+        k = int(ks[apply_rule(rule, ks, sel.curves).index])
+        rules[rule] = {"k": k, "ami": ami_at(k), "loss": None if at_true is None else at_true - ami_at(k),
+                       "within_half_double": bool(true_k / 2 <= k <= 2 * true_k) if true_k >= 2 else None}
+    started = time.perf_counter()
+    default = choose_n_clusters(X, rule=DEFAULT_RULE)
+    default_seconds = time.perf_counter() - started
+    assert default.n_clusters == rules[DEFAULT_RULE]["k"]
+    return {
+        "set": name, "n": int(X.shape[0]), "dims": int(X.shape[1]), "true_k": true_k, "ami_true_k": at_true,
+        "best_ami": max(ami.values()), "best_ami_k": max(ami, key=ami.get), "k_range": list(sel.k_range),
+        "n_used": sel.n_used, "rules": rules, "default": default.to_dict(), "flags": default.flags,
+        "summary": default.summary, "reference_silhouette": default.reference_silhouette,
+        "best_silhouette": float(np.nanmax(sel.curves["silhouette"])),
+        "seconds_all_curves": round(sweep_seconds, 2), "seconds_default_rule": round(default_seconds, 2),
+        "curves": {"k": ks.tolist(), "ami": [ami[int(k)] for k in ks],
+                   **{c: [None if not np.isfinite(v) else float(v) for v in vals] for c, vals in sel.curves.items()}},
+    }
+
+
+def table(rows: list[dict]) -> str:
+    rules = list(SELECTION_RULES)
+    head = ("| set | n | true K | AMI at true K | " + " | ".join(f"{r}: K (loss)" for r in rules)
+            + f" | {DEFAULT_RULE} flags |")
+    lines = [head, "|" + "---|" * (5 + len(rules))]
+    for r in rows:
+        cells = []
+        for rule in rules:
+            x = r["rules"][rule]
+            mark = "" if x["within_half_double"] in (None, True) else " ✗"
+            loss = "" if x["loss"] is None else f" ({x['loss']:+.1f})"
+            cells.append(f"{x['k']}{loss}{mark}")
+        at_true = "—" if r["ami_true_k"] is None else f"{r['ami_true_k']:.1f}"
+        lines.append(f"| {r['set']} | {r['n']} | {r['true_k'] if r['true_k'] > 1 else 'none'} | {at_true} | "
+                     + " | ".join(cells) + f" | {', '.join(r['flags']) or '—'} |")
+    labelled = [r for r in rows if r["ami_true_k"] is not None]
+    if not labelled:
+        return "\n".join(lines)
+    worst = {rule: max(r["rules"][rule]["loss"] for r in labelled) for rule in rules}
+    outside = {rule: sum(not r["rules"][rule]["within_half_double"] for r in labelled) for rule in rules}
+    lines.append("| **worst loss** | | | | " + " | ".join(f"**{worst[rule]:+.1f}**" for rule in rules) + " | |")
+    lines.append("| **picks outside [K/2, 2K]** | | | | " + " | ".join(f"**{outside[rule]}**" for rule in rules) + " | |")
+    return "\n".join(lines)
+
+
+def scale(rows: int) -> dict:
+    """Seconds of the default selection on ``rows`` rows of 50-d float32 (20 blobs): it sweeps a 10,000-row sample."""
+    X, _ = make_blobs(rows, n_features=50, centers=20, cluster_std=1.0, center_box=(-20, 20), random_state=0)
+    X = X.astype(np.float32)
+    started = time.perf_counter()
+    sel = choose_n_clusters(X)
+    seconds = time.perf_counter() - started
+    print(f"scale: {rows} rows x 50 dims -> K = {sel.n_clusters} in {seconds:.1f} s (swept {sel.n_used} rows)", flush=True)
+    return {"rows": rows, "dims": 50, "true_k": 20, "k": sel.n_clusters, "n_used": sel.n_used, "seconds": round(seconds, 2),
+            "flags": sel.flags}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", help="run only the sets whose name contains this")
+    parser.add_argument("--out", default="select_k", help="name of the JSON/Markdown files under benchmarks/results/")
+    parser.add_argument("--scale-rows", type=int, default=1_000_000, help="rows of the timing at scale (0: skip)")
+    args = parser.parse_args()
+    sets = {name: (lambda X=X: X, y) for name, (X, y) in blobs().items()}
+    if not (args.only and ("blobs" in args.only or "noise" in args.only)):
+        sets.update(real_sets())
+    rows = []
+    for name, (get_X, y) in sets.items():
+        if args.only and args.only not in name:
+            continue
+        started = time.perf_counter()
+        row = evaluate(name, get_X(), y)
+        rules = "  ".join(f"{rule} {x['k']}" + ("" if x["loss"] is None else f" ({x['loss']:+.1f})")
+                          for rule, x in row["rules"].items())
+        print(f"{name}: n={row['n']} K={row['true_k']} AMI@K={row['ami_true_k']}  {rules}  flags={row['flags']}  "
+              f"default rule {row['seconds_default_rule']:.1f} s (set {time.perf_counter() - started:.0f} s)",
+              flush=True)
+        rows.append(row)
+    at_scale = scale(args.scale_rows) if args.scale_rows else None
+    md = table(rows)
+    if at_scale:
+        md += (f"\n\nAt scale: {at_scale['rows']:,} rows x 50 dims (20 blobs): K = {at_scale['k']} in "
+               f"{at_scale['seconds']:.1f} s (the sweep used {at_scale['n_used']:,} rows).")
+    print(md)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"sets": rows, "scale": at_scale}, indent=1))
+    (RESULTS / f"{args.out}.md").write_text(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
