@@ -126,7 +126,7 @@ def cluster(
         defaults = agglomerative_defaults(encoder)
         if "linkage" not in params and "metric" not in params:
             params.update(linkage=defaults["linkage"], metric=defaults["metric"])
-            if n_clusters is None and "distance_threshold" not in params:
+            if n_clusters is None and "distance_threshold" not in params and params.get("normalisation") != "raw":
                 params["distance_threshold"] = defaults["distance_threshold"]
     auto = isinstance(n_clusters, str)
     if auto and n_clusters != "auto":

@@ -218,6 +218,26 @@ def test_threshold_normalisation_by_hand():
     np.testing.assert_allclose(normalise_for_threshold(X, "euclidean"), expected / math.sqrt(2))
     # constant data is only centred
     np.testing.assert_array_equal(normalise_for_threshold(np.ones((3, 2)), "euclidean"), np.zeros((3, 2)))
+    # l1 distances grow like d, so manhattan divides by d (ZS code's --ndim-correction), not sqrt(d)
+    np.testing.assert_allclose(normalise_for_threshold(X, "manhattan"), expected / 2)
+
+
+def test_normalisation_raw_cuts_the_raw_input_and_needs_a_threshold():
+    X = np.array([[0.0], [1.0], [10.0], [11.0]])
+    raw = create_clusterer("agglomerative", linkage="single", normalisation="raw", distance_threshold=0.5)
+    assert raw.fit(X).n_clusters_ == 4  # raw gaps 1 and 9: nothing merges at 0.5
+    assert create_clusterer("agglomerative", linkage="single", normalisation="raw", distance_threshold=2.0).fit(X).n_clusters_ == 2
+    with pytest.raises(ParameterError, match="no default distance_threshold"):
+        create_clusterer("agglomerative", normalisation="raw").fit(X)
+    # with K the normalisation plays no part
+    assert create_clusterer("agglomerative", n_clusters=2, normalisation="raw").fit(X).n_clusters_ == 2
+
+
+def test_zs_parameter_version_is_named():
+    from imgclust.clusterers._agglomerative import ZS_PARAMS_VERSION
+
+    assert "BEST_PARAMS_v5" in ZS_PARAMS_VERSION
+    assert all("BEST_PARAMS_v5" in e.source or "unverified" in e.source for e in AGGLOMERATIVE_DEFAULTS.values())
 
 
 def test_threshold_applies_after_normalisation():
