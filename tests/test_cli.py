@@ -48,11 +48,22 @@ def test_cache_stages_end_to_end(cache, tmp_path):
     assert scored["scores"]["ami"] == pytest.approx(1.0)
     table = invoke("score", cache, "--per-cluster")
     assert "AMI" in table.stdout and "silhouette" in table.stdout
-    assert "| AMI | 1.0000 |" in invoke("score", cache, "--markdown").stdout
+    markdown = invoke("score", cache, "--markdown").stdout
+    assert "| AMI | 1.0000 |" in markdown and "| harmonic mean of pairwise and BCubed F (ES) | 1.0000 |" in markdown
     exported = invoke("export", cache, "--format", "csv", "--out", tmp_path / "out", "--json")
     assert exported.exit_code == 0 and len(json.loads(exported.stdout)["paths"]) == 2
     info = json.loads(invoke("info", cache, "--json").stdout)
     assert info["encoders"][0]["n_images"] == 40 and "run-1" in info["encoders"][0]["runs"]
+
+
+def test_score_reports_both_silhouette_conventions_with_noise(cache):
+    assert invoke("cluster", cache, "--method", "dbscan", "--param", "eps_quantile=0.5", "--reduction", "none").exit_code == 0
+    scored = json.loads(invoke("score", cache, "--json").stdout)["scores"]
+    assert scored["n_noise"] > 0
+    assert scored["silhouette_noise_as_cluster"] < scored["silhouette"]
+    markdown = invoke("score", cache, "--markdown").stdout
+    assert "| silhouette, noise as one cluster (ZS) (raw embeddings, euclidean) |" in markdown
+    assert "silhouette, noise as one cluster" in invoke("score", cache).stdout
 
 
 def test_listings():
