@@ -141,3 +141,11 @@ def test_locked_cache_is_a_runtime_failure(image_folder, tmp_path):
     with target.writer():
         result = invoke("embed", image_folder, "--cache", target.path, *TINY)
     assert result.exit_code == 1 and "another imgclust process" in result.stderr
+
+
+def test_methods_show_the_input_space_table():
+    methods = {m["name"]: m for m in json.loads(invoke("methods", "--json").stdout)}
+    assert methods["agglomerative"]["space"] == {"default": "UMAP 50-d", "by_encoder": {"mae-vitb16": "PCA (98% of variance)"}}
+    assert methods["affinity"]["space"]["default"] == "PCA 10-d"
+    assert methods["temi"]["space"]["default"] == "raw embeddings"
+    assert "PCA 10-d" in invoke("methods", "affinity").stdout

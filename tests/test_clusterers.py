@@ -400,3 +400,25 @@ def test_hdbscan_max_cluster_fraction(blobs):
     assert adjusted_rand_score(yt, capped) < 0.5
     kept = free >= 0
     assert len(np.unique(free[kept])) == 2 and adjusted_rand_score(yt[kept], free[kept]) == 1.0
+
+
+# --- dbscan metric (ES used cosine) -----------------------------------------------------------
+
+
+def test_dbscan_cosine_matches_sklearn_and_ignores_the_norm():
+    from sklearn.cluster import DBSCAN as SKDBSCAN
+
+    rng = np.random.default_rng(0)
+    # two directions, points at very different distances from the origin along each
+    angles = np.concatenate([rng.normal(0.0, 0.05, 60), rng.normal(1.5, 0.05, 60)])
+    radii = rng.uniform(1.0, 50.0, 120)
+    X = np.c_[np.cos(angles), np.sin(angles)] * radii[:, None]
+    ours = create_clusterer("dbscan", metric="cosine", eps=0.01, min_samples=5).fit_predict(X)
+    ref = SKDBSCAN(eps=0.01, min_samples=5, metric="cosine", algorithm="brute").fit_predict(X)
+    assert adjusted_rand_score(ref, ours) == 1.0 and len(set(ours) - {-1}) == 2
+    # in euclidean units the same radius finds next to nothing: the rays are long
+    assert (create_clusterer("dbscan", eps=0.01, min_samples=5).fit_predict(X) == -1).mean() > 0.9
+    # the default eps (a quantile) is taken in cosine units too: rescaling rows changes nothing
+    default = create_clusterer("dbscan", metric="cosine").fit_predict(X)
+    rescaled = create_clusterer("dbscan", metric="cosine").fit_predict(X * rng.uniform(0.1, 10.0, (120, 1)))
+    np.testing.assert_array_equal(default, rescaled)
