@@ -10,6 +10,11 @@ against agglomerative with the true K.
     python benchmarks/clustering_table.py --methods agglomerative kmeans --sets imagenette-val
     python benchmarks/clustering_table.py --deep --seeds 0 1 2  # the trained heads, 3 seeds each
     python benchmarks/clustering_table.py --deep --methods cc --views 2 --sets imagenette-val
+    python benchmarks/clustering_table.py --es-style --methods agglomerative kmeans hdbscan dbscan --out clustering_es_vs_zs
+
+``--es-style`` runs each method twice: as ZS (the default space of the (encoder, method) table, UMAP 50
+here) and as ES (``--reduction l2``: l2-normalised raw embeddings, no UMAP; dbscan with cosine, eps 0.25).
+The table reports AMI and ES's headline figure, the harmonic mean of pairwise and BCubed F.
 
 For icce the deep table also scores every head and the consensus on their own (the paper's claim: the
 consensus is at least as good as the mean head). ``cc`` first embeds ``--views`` augmented views.
@@ -33,13 +38,15 @@ import imgclust
 from imgclust.cache import Cache
 from imgclust.cluster import cluster
 from imgclust.clusterers import CLUSTERERS
-from imgclust.score import score
+from imgclust.score import score, space_name
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
 SHALLOW = ["agglomerative", "kmeans", "minibatch-kmeans", "spherical-kmeans", "gmm", "spectral", "hdbscan", "dbscan",
            "meanshift", "dpmeans", "aro", "cdp", "affinity"]
 DEEP = ["temi", "icce", "scan", "unic"]
+#: ES's settings where they differ from imgclust's defaults (ES §DBSCAN: cosine, eps 0.25)
+ES_PARAMS = {"dbscan": {"metric": "cosine", "eps": 0.25}}
 
 
 def ensure_cache(name: str, encoder: str, views: int = 0) -> Path:
@@ -58,17 +65,19 @@ def ensemble_columns(run, truth: np.ndarray) -> dict:
             "consensus_ami": adjusted_mutual_info_score(truth, est.consensus_labels_)}
 
 
-def one(cache: Path, method: str, k, seed: int = 0, reduction: str | None = None) -> dict:
+def one(cache: Path, method: str, k, seed: int = 0, reduction: str | None = None, params: dict | None = None) -> dict:
     started = time.perf_counter()
     try:
-        run = cluster(cache, method=method, n_clusters=k, random_state=seed, reduction=reduction)
+        run = cluster(cache, method=method, n_clusters=k, random_state=seed, reduction=reduction, params=params)
     except imgclust.ImgclustError as error:
         return {"method": method, "error": error.message}
     seconds = time.perf_counter() - started
     report = score(cache, run.run_id)
     s = report.scores
-    row = {"method": method, "space": "raw" if run.space == "raw" else "umap50", "k": k, "seed": seed,
-           "ami": s.ami, "accuracy": s.accuracy, "silhouette": s.silhouette, "clusters": run.n_clusters,
+    row = {"method": method, "space": space_name(run.space), "k": k, "seed": seed, "params": run.params,
+           "ami": s.ami, "accuracy": s.accuracy, "silhouette": s.silhouette,
+           "silhouette_noise_as_cluster": s.silhouette_noise_as_cluster, "pairwise_f": s.pairwise_f,
+           "bcubed_f": s.bcubed_f, "f_pairwise_bcubed": s.f_pairwise_bcubed, "clusters": run.n_clusters,
            "noise": run.n_noise, "seconds": round(seconds, 2), "cluster_seconds": run.seconds,
            "torch_threads": torch.get_num_threads()}
     if method == "icce":
@@ -89,6 +98,8 @@ def main() -> None:
     parser.add_argument("--deep", action="store_true", help="the trained heads (temi, icce, scan, unic) over --seeds")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--views", type=int, default=2, help="augmented views per image embedded for cc")
+    parser.add_argument("--es-style", action="store_true",
+                        help="each method as ZS (default space) and as ES (--reduction l2, ES's dbscan settings)")
     parser.add_argument("--out", default=None, help="results name (default clustering_<deep|shallow>)")
     args = parser.parse_args()
     methods = args.methods or (DEEP if args.deep else SHALLOW)
@@ -96,6 +107,13 @@ def main() -> None:
     for name in args.sets:
         cache = ensure_cache(name, args.encoder, args.views if "cc" in methods else 0)
         k_true = len({p.name for p in (DATA / name).iterdir() if p.is_dir()})
+        if args.es_style:
+            for method in methods:
+                k = k_true if takes_k(method) else None
+                for style, reduction, params in (("ZS", None, None), ("ES", "l2", ES_PARAMS.get(method))):
+                    rows.append({"set": name, "style": style, **one(cache, method, k, reduction=reduction, params=params)})
+                    print(rows[-1], flush=True)
+            continue
         if not args.deep:
             rows.append({"set": name, **one(cache, "kmeans", k_true, reduction="none"), "method": "kmeans (raw, floor)"})
             print(rows[-1], flush=True)
@@ -112,13 +130,27 @@ def main() -> None:
     out = args.out or f"clustering_{'deep' if args.deep else 'shallow'}"
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"{out}.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
-    table = markdown(rows, args.deep)
+    table = markdown_es(rows) if args.es_style else markdown(rows, args.deep)
     (HERE / "results" / f"{out}.md").write_text(table)
     print(table)
 
 
 def _f(value, scale=100.0, digits=1) -> str:
     return "–" if value is None or value != value else f"{value * scale:.{digits}f}"
+
+
+def markdown_es(rows: list[dict]) -> str:
+    lines = ["| set | method | style | space | AMI ×100 | F (pairwise, BCubed harmonic mean) ×100 | silhouette "
+             "(noise excluded / as a cluster) | clusters | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['set']} | {r['method']} | {r['style']} | | refused: {r['error']} | | | | |")
+            continue
+        clusters = f"{r['clusters']}" + (f" (+{r['noise']} noise)" if r.get("noise") else "")
+        sil = _f(r["silhouette"], 1, 3) + (f" / {_f(r['silhouette_noise_as_cluster'], 1, 3)}" if r.get("noise") else "")
+        lines.append(f"| {r['set']} | {r['method']} | {r['style']} | {r['space']} | {_f(r['ami'])} | "
+                     f"{_f(r['f_pairwise_bcubed'])} | {sil} | {clusters} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list[dict], deep: bool) -> str:
