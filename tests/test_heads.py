@@ -194,6 +194,21 @@ def test_auto_momentum():
     assert 0 <= Hd.auto_momentum(5) < 0.996
 
 
+def test_teacher_momentum_ramps_towards_one_as_in_temi_code():
+    assert Hd.momentum_at(0, 1000, 0.996) == pytest.approx(0.996)
+    assert Hd.momentum_at(500, 1000, 0.996) == pytest.approx(0.998)
+    assert Hd.momentum_at(1000, 1000, 0.996) == pytest.approx(1.0)
+    ramp = [Hd.momentum_at(s, 100, 0.99) for s in range(101)]
+    assert all(a <= b for a, b in zip(ramp, ramp[1:]))
+    assert Hd.momentum_at(700, 1000, 0.996, "constant") == 0.996
+
+
+def test_temi_training_uses_the_ramp(fitted):
+    c = fitted["temi"]
+    assert c.momentum_schedule == "cosine" and c.momentum_ < c.momentum_last_ <= 1.0
+    assert c.momentum_last_ > 1.0 - (1.0 - c.momentum_) * 0.01  # the last step is close to 1
+
+
 # -- end to end on blobs -------------------------------------------------------------------------
 
 

@@ -426,6 +426,25 @@ def auto_momentum(total_steps: int, base: float = 0.996, horizon_frac: float = 0
     return float(min(base, 1.0 - 1.0 / max(1.0, horizon_frac * total_steps)))
 
 
+P_MOMENTUM_SCHEDULE = Param(
+    "momentum_schedule", "cosine", str,
+    "teacher momentum over training: cosine (TEMI code: from the base momentum towards 1) or constant",
+    choices=("cosine", "constant"),
+)
+
+
+def momentum_at(step: int, total: int, base: float, schedule: str = "cosine") -> float:
+    """The teacher's EMA momentum at ``step`` of ``total``.
+
+    ``cosine`` is the TEMI code's schedule (DINO's ``cosine_scheduler(base, 1, ...)``): from ``base``
+    at the first step towards 1 at the last, 1 - (1 - base) * (1 + cos(pi * step / total)) / 2, so the
+    teacher settles as training ends. ``constant`` keeps ``base``.
+    """
+    if schedule == "constant":
+        return base
+    return 1.0 - (1.0 - base) * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
+
+
 def _standardise_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = X.mean(axis=0).astype(np.float32)
     std = X.std(axis=0).astype(np.float32)
@@ -566,8 +585,8 @@ class _TemiBase(_TrainedHead):
         epochs = self._n_epochs(n)
         steps = self._steps_per_epoch(n)
         total, warmup = epochs * steps, max(1, round(0.1 * epochs)) * steps
-        momentum = self.momentum if self.momentum is not None else auto_momentum(total)
-        self.momentum_ = momentum
+        base_momentum = self.momentum if self.momentum is not None else auto_momentum(total)
+        self.momentum_ = base_momentum
         s_params, t_params = list(student.parameters()), list(teacher.parameters())
         step = 0
         head_loss = torch.zeros(H, device=device)
@@ -596,6 +615,8 @@ class _TemiBase(_TrainedHead):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                momentum = momentum_at(step, total, base_momentum, self.momentum_schedule)
+                self.momentum_last_ = momentum
                 with torch.no_grad():
                     torch._foreach_mul_(t_params, momentum)
                     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
@@ -622,6 +643,7 @@ _TEMI_PARAMS = (
     Param("beta", 0.6, float, "exponent β of TEMI's β-MI loss (1 = plain PMI)", low=0, high=1, low_inclusive=False),
     Param("temperature", 0.1, float, "student and teacher softmax temperature", low=0, low_inclusive=False),
     P_MOMENTUM,
+    P_MOMENTUM_SCHEDULE,
     Param("prior_momentum", 0.9, float, "EMA momentum of the teacher's cluster prior p̃", low=0, high=1),
     P_CENTER,
     P_DEVICE,
@@ -704,6 +726,7 @@ class IcceClusterer(_TemiBase):
         Param("beta", 0.6, float, "exponent β of TEMI's β-MI loss", low=0, high=1, low_inclusive=False),
         Param("temperature", 0.1, float, "student and teacher softmax temperature", low=0, low_inclusive=False),
         P_MOMENTUM,
+        P_MOMENTUM_SCHEDULE,
         Param("prior_momentum", 0.9, float, "EMA momentum of the teacher's cluster prior p̃", low=0, high=1),
         Param("sk_iters", 3, int, "Sinkhorn-Knopp iterations centring the teacher (0 = off)", low=0),
         Param("ce_weight", 0.5, float, "final weight λ of the cross-entropy term (cosine ramp from 0)", low=0),
