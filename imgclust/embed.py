@@ -31,7 +31,7 @@ from . import __version__
 from .cache import Cache, Failures, Index, encoder_key, now_iso, write_failures, write_rows
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode
 from .discover import ImageFile, discover
-from .encoders import DEFAULT_ENCODER, Encoder, create_encoder, resolve_spec
+from .encoders import DEFAULT_ENCODER, Encoder, create_encoder, features_name, resolve_spec
 from .errors import UsageError
 from .sources import expand_sources
 from .views import add_views
@@ -263,6 +263,7 @@ def embed(
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
     exclude: Sequence[str | os.PathLike] = (),
+    features: str = "default",
 ) -> EmbedSummary:
     """Embed every image under ``inputs`` into ``cache`` (resumable; unchanged images are skipped).
 
@@ -288,6 +289,8 @@ def embed(
         other files that still exist are kept, so several folders can share one cache.
     views : also store this many augmented-view embeddings per image (for ``cc``; see :mod:`imgclust.views`).
     exclude : folders discovery never walks into (the one-step command's output folder).
+    features : ``default`` (the encoder's embedding) or ``cls+patchmean`` (ViTs: ICCE's CLS token + mean of the
+        patch tokens), stored as its own encoder table ``<encoder>+cls+patchmean`` (:data:`imgclust.encoders.FEATURES`).
 
     Returns
     -------
@@ -299,6 +302,7 @@ def embed(
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}", hint="32 is a good default on CPU; 128-256 on a GPU")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}", hint="0 decodes in the main process")
+    encoder = features_name(encoder, features)
     spec = resolve_spec(encoder)
     started = time.perf_counter()
     if files is None:

@@ -44,6 +44,7 @@ class EncoderSpec:
     preprocess: Preprocess = field(default_factory=Preprocess)
     description: str = ""
     model_kwargs: tuple[tuple[str, object], ...] = ()
+    features: str = "default"  # which output: the model's own embedding, or FEATURES' other entries
 
     def to_dict(self) -> dict:
         return {"name": self.name, "family": self.family, "architecture": self.architecture,
@@ -91,8 +92,32 @@ for _spec in (
     ENCODERS.register(_spec.name, _spec)
 
 
+#: What an encoder outputs. ``cls+patchmean`` (ViTs only): the CLS token concatenated with the mean of
+#: the last block's patch tokens (after the final norm), ICCE's features (§4.1); ICCE does not say
+#: whether it concatenates or sums them: concatenation follows DINO's linear evaluation, which ICCE
+#: builds on. Stored as its own encoder table, ``<name>+cls+patchmean``.
+FEATURES = ("default", "cls+patchmean")
+
+
+def features_name(encoder: str, features: str) -> str:
+    """The encoder (table) name of ``encoder`` with ``features``: ``dinov2-vitb14+cls+patchmean``."""
+    if features not in FEATURES:
+        raise UsageError(f"--features {features!r} is not known", hint=f"choose from {', '.join(FEATURES)}")
+    return encoder if features == "default" else f"{encoder}+{features}"
+
+
 def resolve_spec(name: str) -> EncoderSpec:
-    """The spec for a registry name, ``timm:<model>`` or ``open_clip:<arch>:<tag>``."""
+    """The spec for a registry name, ``timm:<model>`` or ``open_clip:<arch>:<tag>``, optionally with a
+    ``+<features>`` suffix (:data:`FEATURES`)."""
+    for features in FEATURES[1:]:
+        if name.endswith("+" + features):
+            base = resolve_spec(name[: -len(features) - 1])
+            if base.family != "timm":
+                raise UsageError(f"--features {features} needs a ViT from timm; '{base.name}' is {base.family}",
+                                 hint="use e.g. --encoder dinov2-vitb14 or timm:<vit model>")
+            dim = 2 * base.embedding_dim if base.embedding_dim else None
+            return replace(base, name=name, embedding_dim=dim, features=features,
+                           description=f"{base.description}; CLS token + mean of the patch tokens")
     if name.startswith("timm:"):
         model = name[len("timm:"):]
         if not model:
@@ -332,6 +357,23 @@ class OpenClipEncoder(Encoder):
         return self.model.encode_image(x)
 
 
+class ClsPatchMeanEncoder(Encoder):
+    """A timm ViT's CLS token and the mean of its last-block patch tokens, concatenated (ICCE §4.1)."""
+
+    def __init__(self, spec: EncoderSpec, model, device: str, dtype=None):
+        if getattr(model, "cls_token", None) is None:
+            raise UsageError(f"--features cls+patchmean needs a ViT with a CLS token; {spec.architecture} has none",
+                             hint="use a ViT encoder such as dinov2-vitb14, dino-vitb16 or mae-vitb16")
+        super().__init__(spec, model, device, dtype)
+
+    def _forward(self, x):
+        import torch
+
+        tokens = self.model.forward_features(x)  # (n, prefix + patches, d), after the final norm
+        patches = tokens[:, self.model.num_prefix_tokens:]
+        return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=1)
+
+
 def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, device: str | None = None) -> Encoder:
     """Build encoder ``name`` on the best device.
 
@@ -346,6 +388,8 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, devi
     device = best_device(device)
     if spec.family == "open_clip":
         return OpenClipEncoder(spec, _load_open_clip(spec, weights), device)
+    if spec.family == "timm" and spec.features == "cls+patchmean":
+        return ClsPatchMeanEncoder(spec, _load_timm(spec, weights), device)
     if spec.family == "timm":
         return Encoder(spec, _load_timm(spec, weights), device)
     return Encoder(spec, _load_effnet_lite0(spec, weights), device)

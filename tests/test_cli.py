@@ -149,3 +149,12 @@ def test_methods_show_the_input_space_table():
     assert methods["affinity"]["space"]["default"] == "PCA 10-d"
     assert methods["temi"]["space"]["default"] == "raw embeddings"
     assert "PCA 10-d" in invoke("methods", "affinity").stdout
+
+
+def test_embed_features_option(image_folder, tmp_path):
+    vit = ["--encoder", "timm:test_vit", "--weights", "random", "--device", "cpu", "--workers", "0"]
+    done = invoke("embed", image_folder, "--cache", tmp_path / "v.h5", "--features", "cls+patchmean", "--json", *vit)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["encoder"] == "timm:test_vit+cls+patchmean"
+    refused = invoke("embed", image_folder, "--cache", tmp_path / "e.h5", "--features", "cls+patchmean", *TINY)
+    assert refused.exit_code == 2 and "needs a ViT" in refused.output

@@ -50,6 +50,7 @@ def embed_command(
     data_root: DataRootOption = None,
     split: SplitOption = "test",
     views: Annotated[int, typer.Option("--views", min=0, help="Also store N augmented-view embeddings per image (for --method cc).")] = 0,
+    features: Annotated[str, typer.Option("--features", help="default, or cls+patchmean (ViTs: CLS token + mean of the patch tokens, as ICCE), stored as the encoder '<encoder>+cls+patchmean'.")] = "default",
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
     """Embed every image into the cache (resumable: unchanged images are skipped, new ones appended).
@@ -65,7 +66,7 @@ def embed_command(
             summary = run_embed(paths or [], encoder=encoder, cache=cache, files_from=files_from, labels=labels,
                                 weights=weights, device=device, batch_size=batch_size, workers=workers,
                                 max_pixels=max_pixels or None, progress=update, data_root=data_root, split=split,
-                                flush_rows=flush_rows, views=views)
+                                flush_rows=flush_rows, views=views, features=features)
     except KeyboardInterrupt:  # Ctrl-C while saving: the cache is unchanged and the journal keeps the work
         _interrupted(str(cache))
     all_failed = summary.images == 0 and summary.failures_total > 0 and not summary.interrupted
