@@ -10,6 +10,7 @@ against agglomerative with the true K.
     python benchmarks/clustering_table.py --methods agglomerative kmeans --sets imagenette-val
     python benchmarks/clustering_table.py --deep --seeds 0 1 2  # the trained heads, 3 seeds each
     python benchmarks/clustering_table.py --deep --methods cc --views 2 --sets imagenette-val
+    python benchmarks/clustering_table.py --deep --methods unic --param self_positive=true --out unic_self
     python benchmarks/clustering_table.py --es-style --methods agglomerative kmeans hdbscan dbscan --out clustering_es_vs_zs
 
 ``--es-style`` runs each method twice: as ZS (the default space of the (encoder, method) table, UMAP 50
@@ -36,7 +37,7 @@ from sklearn.metrics import adjusted_mutual_info_score
 
 import imgclust
 from imgclust.cache import Cache
-from imgclust.cluster import cluster
+from imgclust.cluster import cluster, parse_params
 from imgclust.clusterers import CLUSTERERS
 from imgclust.score import score, space_name
 
@@ -98,11 +99,14 @@ def main() -> None:
     parser.add_argument("--deep", action="store_true", help="the trained heads (temi, icce, scan, unic) over --seeds")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--views", type=int, default=2, help="augmented views per image embedded for cc")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a parameter for every listed method (repeatable), e.g. --param self_positive=true")
     parser.add_argument("--es-style", action="store_true",
                         help="each method as ZS (default space) and as ES (--reduction l2, ES's dbscan settings)")
     parser.add_argument("--out", default=None, help="results name (default clustering_<deep|shallow>)")
     args = parser.parse_args()
     methods = args.methods or (DEEP if args.deep else SHALLOW)
+    params = parse_params(args.param) or None
     rows = []
     for name in args.sets:
         cache = ensure_cache(name, args.encoder, args.views if "cc" in methods else 0)
@@ -122,7 +126,7 @@ def main() -> None:
             print(rows[-1], flush=True)
         for method in methods:
             for seed in args.seeds:
-                rows.append({"set": name, **one(cache, method, k_true if takes_k(method) else None, seed)})
+                rows.append({"set": name, **one(cache, method, k_true if takes_k(method) else None, seed, params=params)})
                 print(rows[-1], flush=True)
         if args.deep:  # the shallow default with the same K, as the reference
             rows.append({"set": name, **one(cache, "agglomerative", k_true), "method": "agglomerative (reference)"})
