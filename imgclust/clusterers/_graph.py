@@ -78,11 +78,16 @@ class AffinityPropagation(Clusterer):
     Needs the full N x N similarity matrix, so memory grows as N^2 (about 2.4 GB for 10 000
     samples); imgclust refuses when it would not fit.
 
+    Its default input is a 10-d PCA, not UMAP (:mod:`imgclust.spaces`): ZS's reported affinity
+    results ran on a 10-d PCA because it failed to converge on UMAP (ZS §AP; METHODS.md correction 3).
+
     Parameters
     ----------
     damping : float in [0.5, 1), default 0.9
-        How much each update keeps of the previous messages. Higher is slower but oscillates less;
-        ZS tuned 0.5-0.95 per encoder (CLIP ViT-B 0.95, DINO ViT-B 0.85, supervised 0.9).
+        How much each update keeps of the previous messages. Higher is slower but oscillates less.
+        The seed paper found AP insensitive to damping (its first parameter set used 0.5); the
+        per-encoder values (CLIP ViT-B 0.95, DINO ViT-B 0.85, supervised 0.9) and the 0.9 default
+        come from the authors' later code (BEST_PARAMS_v3/v4).
     max_iter : int >= 1, default 1000
         Message-passing rounds at most (ZS: 1000).
     convergence_iter : int >= 1, default 15
