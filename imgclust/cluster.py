@@ -1,9 +1,10 @@
 """``cluster``: run a registered clustering method on the cached (reduced) embeddings; store the run.
 
 Every run records the row set it was computed from; a run of other rows is stale: it is kept and
-listed, but :func:`load_run` never hands it to a stage. The input is the space the method wants (``Clusterer.input_space``): for shallow methods the
-reduction named by ``reduction`` (UMAP 50 by default, computed and stored on first use), for the
-trained heads the raw embeddings. ``n_clusters`` is an int, ``"auto"`` (chosen without labels by
+listed, but :func:`load_run` never hands it to a stage. The input is the space of the (encoder, method)
+table in :mod:`imgclust.spaces` (UMAP 50 for most shallow methods, PCA for MAE and for affinity
+propagation as in ZS, the raw embeddings for the trained heads), computed and stored on first use;
+``reduction`` overrides it. ``n_clusters`` is an int, ``"auto"`` (chosen without labels by
 :func:`imgclust.select.choose_n_clusters`, which sweeps K with this very method, parameters and
 space, so the K chosen was scored on the clustering returned) or None (the method finds it;
 agglomerative then cuts its tree at ZS's per-encoder distance threshold).
@@ -26,9 +27,9 @@ from .clusterers._agglomerative import agglomerative_defaults
 from .clusterers._base import available_memory_bytes
 from .errors import UsageError
 from .reduce import DEFAULT_DIMS, reduce
+from .spaces import default_space
 
 DEFAULT_METHOD = "agglomerative"
-DEFAULT_REDUCTION = "umap"
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ClusterRun:
     seconds: float
     labels: np.ndarray = field(repr=False)
     selection: dict | None = None  # the label-free sweep when n_clusters="auto"
+    space_source: str | None = None  # why this space: the (encoder, method) table's reason, or "--reduction"
     # The fitted clusterer, for its extra attributes (e.g. icce's ``head_labels_``); None for loaded runs.
     estimator: Any = field(default=None, repr=False, compare=False)
 
@@ -69,20 +71,30 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
     return params
 
 
-def input_space(cache: Cache, rows: Rows, method_input: str, reduction: str | None, dims: int | None,
-                random_state: int, memory_budget: int | None = None) -> tuple[str, np.ndarray]:
-    """The data a method clusters, for exactly ``rows``: ``(space name, array)``."""
+def input_space(cache: Cache, rows: Rows, method: str, reduction: str | None, dims: int | None,
+                random_state: int, memory_budget: int | None = None) -> tuple[str, np.ndarray, str]:
+    """The data a method clusters, for exactly ``rows``: ``(space key, array, why this space)``.
+
+    Without ``reduction`` the (encoder, method) table of :func:`imgclust.spaces.default_space`
+    decides (``dims`` then resizes its reduction); ``reduction`` overrides it.
+    """
     budget = memory_budget or available_memory_bytes() // 2
+    variance = None
     if reduction is None:
-        reduction = DEFAULT_REDUCTION if method_input == "reduced" else "none"
+        choice = default_space(rows.encoder, method)
+        reduction, source = choice.reduction, choice.source
+        if dims is None:
+            dims, variance = choice.dims, choice.variance
+    else:
+        source = "--reduction"
     if reduction == "none":
-        return "raw", rows.read_embeddings(max_bytes=budget)
+        return "raw", rows.read_embeddings(max_bytes=budget), source
     if reduction in cache.list_groups(rows.encoder, "reductions"):  # an explicit stored key
         key = reduction
     else:
-        key = reduce(cache.path, rows.encoder, reduction, dims if dims is not None else DEFAULT_DIMS,
-                     random_state=random_state, memory_budget=budget).key
-    return key, cache.read_result(rows.encoder, "reductions", key, rows.fingerprint)["data"]
+        key = reduce(cache.path, rows.encoder, reduction, dims if dims is not None or variance is not None else DEFAULT_DIMS,
+                     variance=variance, random_state=random_state, memory_budget=budget).key
+    return key, cache.read_result(rows.encoder, "reductions", key, rows.fingerprint)["data"], source
 
 
 def cluster(
@@ -109,8 +121,9 @@ def cluster(
     n_clusters : K, ``"auto"`` (label-free choice by silhouette), or None (the method decides).
     params : method parameters (see ``imgclust methods``); agglomerative without explicit linkage,
         metric or threshold takes ZS's tuned values for the encoder.
-    reduction : ``umap`` (default for shallow methods), ``pca``, ``l2+umap``, ``none`` (raw), or the key
-        of a stored reduction. ``dims`` sets its dimensions (50).
+    reduction : ``umap``, ``pca``, ``l2`` (ES style: l2-normalised raw embeddings, no UMAP), ``l2+umap``,
+        ``none`` (raw), or the key of a stored reduction; None: the (encoder, method) table of
+        :func:`imgclust.spaces.default_space`. ``dims`` sets its dimensions.
     device : where a trained method runs (its ``device`` parameter); refused for methods that run on
         the CPU only, so it is never silently ignored.
     on_epoch : progress callback ``(epoch, epochs, loss)`` of trained methods, after each epoch.
@@ -130,7 +143,7 @@ def cluster(
         defaults = agglomerative_defaults(encoder)
         if "linkage" not in params and "metric" not in params:
             params.update(linkage=defaults["linkage"], metric=defaults["metric"])
-            if n_clusters is None and "distance_threshold" not in params:
+            if n_clusters is None and "distance_threshold" not in params and params.get("normalisation") != "raw":
                 params["distance_threshold"] = defaults["distance_threshold"]
     auto = isinstance(n_clusters, str)
     if auto and n_clusters != "auto":
@@ -148,7 +161,7 @@ def cluster(
     if store:
         cache_obj.require_writable()  # before the work: a schema-1 or packed cache says what to run first
     rows = cache_obj.rows(encoder)
-    space, X = input_space(cache_obj, rows, cls.input_space, reduction, dims, random_state)
+    space, X, space_source = input_space(cache_obj, rows, method, reduction, dims, random_state)
     started = time.perf_counter()
     selection = None
     k = n_clusters
@@ -178,7 +191,8 @@ def cluster(
     run = ClusterRun(
         run_id="", encoder=encoder, method=method, params=_jsonable(clusterer.get_params()),
         n_clusters=int(np.unique(labels[labels >= 0]).size), n_clusters_requested=n_clusters, space=space, n_samples=len(labels),
-        n_noise=int((labels < 0).sum()), seconds=seconds, labels=labels, selection=selection, estimator=clusterer)
+        n_noise=int((labels < 0).sum()), seconds=seconds, labels=labels, selection=selection, estimator=clusterer,
+        space_source=space_source)
     if store:
         run.run_id = _store(cache_obj, run, clusterer, rows.fingerprint)
     return run
@@ -200,7 +214,8 @@ def _store(cache: Cache, run: ClusterRun, clusterer, fingerprint: str) -> str:
     return cache.store_result(run.encoder, "runs", None, arrays, {
         "method": run.method, "params": run.params, "n_clusters": run.n_clusters,
         "n_clusters_requested": run.n_clusters_requested, "space": run.space, "n_samples": run.n_samples,
-        "n_noise": run.n_noise, "seconds": run.seconds, "selection": run.selection, "created": now_iso()}, fingerprint)
+        "n_noise": run.n_noise, "seconds": run.seconds, "selection": run.selection, "space_source": run.space_source,
+        "created": now_iso()}, fingerprint)
 
 
 def load_run(cache: str | os.PathLike, run_id: str | None = None, encoder: str | None = None) -> ClusterRun:
@@ -230,7 +245,8 @@ def load_run(cache: str | os.PathLike, run_id: str | None = None, encoder: str |
     return ClusterRun(run_id=run_id, encoder=encoder, method=attrs["method"], params=attrs["params"],
                       n_clusters=int(attrs["n_clusters"]), n_clusters_requested=attrs["n_clusters_requested"],
                       space=attrs["space"], n_samples=int(attrs["n_samples"]), n_noise=int(attrs["n_noise"]),
-                      seconds=float(attrs["seconds"]), labels=labels, selection=attrs.get("selection"))
+                      seconds=float(attrs["seconds"]), labels=labels, selection=attrs.get("selection"),
+                      space_source=attrs.get("space_source"))
 
 
 def run_space(cache: str | os.PathLike, run: ClusterRun) -> np.ndarray:

@@ -38,7 +38,7 @@ from . import __version__
 from .cache import Cache, Failures, NewRows, Rows, encoder_key, file_hash
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode, decode_jpegs_on_device, jpeg_bytes
 from .discover import ImageFile, discover
-from .encoders import DEFAULT_ENCODER, Encoder, best_device, create_encoder, default_batch_size, resolve_spec
+from .encoders import DEFAULT_ENCODER, Encoder, best_device, create_encoder, default_batch_size, features_name, resolve_spec
 from .errors import UsageError
 from .runtimes import LEGACY_RUNTIME, default_threads, resolve_runtime
 from .sources import expand_sources
@@ -311,6 +311,7 @@ def embed(
     exclude: Sequence[str | os.PathLike] = (),
     runtime: str | None = None,
     decode_on: str | None = None,
+    features: str = "default",
 ) -> EmbedSummary:
     """Embed every image under ``inputs`` into ``cache`` (resumable; unchanged images are skipped).
 
@@ -345,6 +346,8 @@ def embed(
     decode_on : ``"cpu"`` (decoding workers) or ``"gpu"`` (JPEGs decoded by nvJPEG on the CUDA device,
         any file it cannot decode on the CPU); None: what the cache's rows were made with, else ``"cpu"``.
         GPU resizing is close to Pillow's, not bit-equal, so one cache holds one kind.
+    features : ``default`` (the encoder's embedding) or ``cls+patchmean`` (ViTs: ICCE's CLS token + mean of the
+        patch tokens), stored as its own encoder table ``<encoder>+cls+patchmean`` (:data:`imgclust.encoders.FEATURES`).
 
     Returns
     -------
@@ -356,6 +359,7 @@ def embed(
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}", hint="32 is a good default on CPU; 128-256 on a GPU")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}", hint="0 decodes in the main process")
+    encoder = features_name(encoder, features)
     spec = resolve_spec(encoder)
     started = time.perf_counter()
     if files is None:

@@ -45,6 +45,7 @@ class EncoderSpec:
     preprocess: Preprocess = field(default_factory=Preprocess)
     description: str = ""
     model_kwargs: tuple[tuple[str, object], ...] = ()
+    features: str = "default"  # which output: the model's own embedding, or FEATURES' other entries
 
     def to_dict(self) -> dict:
         return {"name": self.name, "family": self.family, "architecture": self.architecture,
@@ -92,8 +93,32 @@ for _spec in (
     ENCODERS.register(_spec.name, _spec)
 
 
+#: What an encoder outputs. ``cls+patchmean`` (ViTs only): the CLS token concatenated with the mean of
+#: the last block's patch tokens (after the final norm), ICCE's features (§4.1); ICCE does not say
+#: whether it concatenates or sums them: concatenation follows DINO's linear evaluation, which ICCE
+#: builds on. Stored as its own encoder table, ``<name>+cls+patchmean``.
+FEATURES = ("default", "cls+patchmean")
+
+
+def features_name(encoder: str, features: str) -> str:
+    """The encoder (table) name of ``encoder`` with ``features``: ``dinov2-vitb14+cls+patchmean``."""
+    if features not in FEATURES:
+        raise UsageError(f"--features {features!r} is not known", hint=f"choose from {', '.join(FEATURES)}")
+    return encoder if features == "default" else f"{encoder}+{features}"
+
+
 def resolve_spec(name: str) -> EncoderSpec:
-    """The spec for a registry name, ``timm:<model>`` or ``open_clip:<arch>:<tag>``."""
+    """The spec for a registry name, ``timm:<model>`` or ``open_clip:<arch>:<tag>``, optionally with a
+    ``+<features>`` suffix (:data:`FEATURES`)."""
+    for features in FEATURES[1:]:
+        if name.endswith("+" + features):
+            base = resolve_spec(name[: -len(features) - 1])
+            if base.family != "timm":
+                raise UsageError(f"--features {features} needs a ViT from timm; '{base.name}' is {base.family}",
+                                 hint="use e.g. --encoder dinov2-vitb14 or timm:<vit model>")
+            dim = 2 * base.embedding_dim if base.embedding_dim else None
+            return replace(base, name=name, embedding_dim=dim, features=features,
+                           description=f"{base.description}; CLS token + mean of the patch tokens")
     if name.startswith("timm:"):
         model = name[len("timm:"):]
         if not model:
@@ -348,6 +373,14 @@ def _probe_dim(network, size: int) -> int:
         return int(network(torch.zeros((1, size, size, 3), dtype=torch.uint8)).shape[1])
 
 
+def cls_patchmean(model, x):
+    """A timm ViT's CLS token and the mean of its last-block patch tokens, concatenated (ICCE §4.1)."""
+    import torch
+
+    tokens = model.forward_features(x)  # (n, prefix + patches, d), after the final norm
+    return torch.cat([tokens[:, 0], tokens[:, model.num_prefix_tokens:].mean(dim=1)], dim=1)
+
+
 def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, device: str | None = None,
                    runtime: str | None = None, batch_size: int | None = None) -> Encoder:
     """Build encoder ``name`` on the best device, run by ``runtime`` (None or ``"auto"``: the best for
@@ -366,6 +399,12 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, devi
     if spec.family == "open_clip":
         return Encoder(spec, _load_open_clip(spec, weights), device, runtime, batch_size,
                        forward=lambda net, x: net.encode_image(x))
+    if spec.family == "timm" and spec.features == "cls+patchmean":
+        model = _load_timm(spec, weights)
+        if getattr(model, "cls_token", None) is None:
+            raise UsageError(f"--features cls+patchmean needs a ViT with a CLS token; {spec.architecture} has none",
+                             hint="use a ViT encoder such as dinov2-vitb14, dino-vitb16 or mae-vitb16")
+        return Encoder(spec, model, device, runtime, batch_size, forward=cls_patchmean)
     model = _load_timm(spec, weights) if spec.family == "timm" else _load_effnet_lite0(spec, weights)
     return Encoder(spec, model, device, runtime, batch_size)
 

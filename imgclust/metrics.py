@@ -702,6 +702,7 @@ class Scores:
     silhouette_samples: np.ndarray | None = field(default=None, repr=False)
     silhouette_exact: bool | None = None
     silhouette_error_bound: float | None = None
+    silhouette_noise_as_cluster: float | None = None
     davies_bouldin: float | None = None
     calinski_harabasz: float | None = None
     # with ground truth
@@ -719,6 +720,7 @@ class Scores:
     bcubed_precision: float | None = None
     bcubed_recall: float | None = None
     bcubed_f: float | None = None
+    f_pairwise_bcubed: float | None = None
 
     def to_dict(self, include_samples: bool = False) -> dict:
         """JSON-safe dict: plain floats/ints, NaN and Inf as None; the per-sample silhouette
@@ -771,7 +773,10 @@ def score_clustering(
     Noise (-1): one cluster for AMI, NMI and ARI, as in ZS (``ami_no_noise`` is AMI over the
     labelled non-noise points, given only when there is noise); singletons for pairwise and
     BCubed F; always wrong for accuracy; left out of silhouette, Davies-Bouldin and
-    Calinski-Harabasz. ``n_clusters`` does not count noise.
+    Calinski-Harabasz. ``silhouette_noise_as_cluster`` (given only when there is noise) is ZS's
+    convention instead: the noise points form one more cluster and are scored (ZS Tables 4-5, where
+    it makes HDBSCAN's silhouettes negative). ``n_clusters`` does not count noise.
+    ``f_pairwise_bcubed`` is the harmonic mean of pairwise F and BCubed F, ES's headline figure.
     """
     from sklearn import metrics as skm
 
@@ -809,6 +814,11 @@ def score_clustering(
         scores.silhouette_samples = sil.samples
         scores.silhouette_exact = sil.exact
         scores.silhouette_error_bound = sil.error_bound
+        if noise.any():
+            scores.silhouette_noise_as_cluster = silhouette_analysis(
+                Xa, pred, chunk_size=chunk_size, max_exact=max_exact, sample_size=sample_size,
+                random_state=random_state, noise_label=None,
+            ).mean
         k, m = scores.n_clusters, int((~noise).sum())
         if 1 < k < m:
             scores.davies_bouldin = float(skm.davies_bouldin_score(Xa[~noise], pred[~noise]))
@@ -840,4 +850,5 @@ def score_clustering(
         scores.accuracy_rule = accuracy_rule
         scores.pairwise_precision, scores.pairwise_recall, scores.pairwise_f = pairwise_f_score(t, p, noise_label=NOISE)
         scores.bcubed_precision, scores.bcubed_recall, scores.bcubed_f = bcubed_f_score(t, p, noise_label=NOISE)
+        scores.f_pairwise_bcubed = _harmonic(scores.pairwise_f, scores.bcubed_f)
     return scores

@@ -2,10 +2,10 @@
 
 ``embed --views N`` stores N views per image next to the plain embedding, as ``views`` (N_rows, N, D)
 in a result file of the cache that records the rows it belongs to (a set of views of other rows
-is stale and never used). Each view is a SimCLR/CC-style augmentation: random resized crop, colour
-jitter, random greyscale, Gaussian blur, horizontal flip (ViT-IC's solarize is left out: it barely
-matters for frozen features). A view's randomness is seeded by its row and view number, so the
-stored views are the same on every run.
+is stale and never used). Each view is a SimCLR/CC-style augmentation as in ViT-IC (Low,
+§augmentations): random resized crop, colour jitter, random greyscale, Gaussian blur, solarize,
+horizontal flip (:func:`view_pipeline`). A view's randomness is seeded by its row and view number,
+so the stored views are the same on every run.
 """
 
 from __future__ import annotations
@@ -16,18 +16,31 @@ from .cache import Cache
 from .decode import DecodeError, Preprocess, load_rgb, preprocess
 
 
-def augment(image, spec: Preprocess, seed: int) -> np.ndarray:
-    """One augmented view of ``image`` (PIL RGB), preprocessed for the encoder (uint8, ``(size, size, 3)``)."""
-    import torch
+#: Solarize (invert pixels >= threshold) as ViT-IC lists it; probability and threshold as BYOL (0.2, 128 of 255),
+#: which ViT-IC's paper does not give.
+SOLARIZE_P = 0.2
+SOLARIZE_THRESHOLD = 128
+
+
+def view_pipeline(size: int):
+    """The random augmentation of one view (torchvision, on PIL RGB images of any size)."""
     from torchvision import transforms as T
 
-    pipeline = T.Compose([
-        T.RandomResizedCrop(spec.size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
         T.RandomApply([T.GaussianBlur(kernel_size=23, sigma=(0.1, 2.0))], p=0.5),
+        T.RandomSolarize(SOLARIZE_THRESHOLD, p=SOLARIZE_P),
         T.RandomHorizontalFlip(),
     ])
+
+
+def augment(image, spec: Preprocess, seed: int) -> np.ndarray:
+    """One augmented view of ``image`` (PIL RGB), preprocessed for the encoder (uint8, ``(size, size, 3)``)."""
+    import torch
+
+    pipeline = view_pipeline(spec.size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         view = pipeline(image)

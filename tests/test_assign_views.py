@@ -82,3 +82,21 @@ def test_cc_trains_on_stored_views(image_folder, tmp_path):
     with pytest.raises(UsageError, match="augmented-view") as info:
         cluster(tmp_path / "d.h5", method="cc", n_clusters=2)
     assert "--views" in info.value.hint
+
+
+def test_views_include_solarize_as_in_vitic():
+    import torch
+    from PIL import Image
+
+    from imgclust.views import SOLARIZE_THRESHOLD, view_pipeline
+
+    # the pipeline holds one solarize; on a bright image it inverts some views (p = 0.2), not all
+    pipeline = view_pipeline(8)
+    solarize = [t for t in pipeline.transforms if type(t).__name__ == "RandomSolarize"]
+    assert len(solarize) == 1 and solarize[0].threshold == SOLARIZE_THRESHOLD
+    image = Image.new("RGB", (8, 8), (250, 250, 250))
+    dark = 0
+    for seed in range(50):
+        torch.manual_seed(seed)
+        dark += int(np.asarray(solarize[0](image)).max() < 10)
+    assert 3 <= dark <= 25  # applied to some views (p = 0.2), not all

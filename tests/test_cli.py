@@ -48,7 +48,8 @@ def test_cache_stages_end_to_end(cache, tmp_path):
     assert scored["scores"]["ami"] == pytest.approx(1.0)
     table = invoke("score", cache, "--per-cluster")
     assert "AMI" in table.stdout and "silhouette" in table.stdout
-    assert "| AMI | 1.0000 |" in invoke("score", cache, "--markdown").stdout
+    markdown = invoke("score", cache, "--markdown").stdout
+    assert "| AMI | 1.0000 |" in markdown and "| harmonic mean of pairwise and BCubed F (ES) | 1.0000 |" in markdown
     exported = invoke("export", cache, "--format", "csv", "--out", tmp_path / "out", "--json")
     assert exported.exit_code == 0 and len(json.loads(exported.stdout)["paths"]) == 2
     info = json.loads(invoke("info", cache, "--json").stdout)
@@ -73,6 +74,16 @@ def test_auto_k_range_summary_and_candidates(cache):
                          (["-k", "3", "--k-range", "2:9"], "--k-range is the range searched")):
         result = invoke("cluster", cache, *bad)
         assert result.exit_code == 2 and message in result.stderr
+
+
+def test_score_reports_both_silhouette_conventions_with_noise(cache):
+    assert invoke("cluster", cache, "--method", "dbscan", "--param", "eps_quantile=0.5", "--reduction", "none").exit_code == 0
+    scored = json.loads(invoke("score", cache, "--json").stdout)["scores"]
+    assert scored["n_noise"] > 0
+    assert scored["silhouette_noise_as_cluster"] < scored["silhouette"]
+    markdown = invoke("score", cache, "--markdown").stdout
+    assert "| silhouette, noise as one cluster (ZS) (raw embeddings, euclidean) |" in markdown
+    assert "silhouette, noise as one cluster" in invoke("score", cache).stdout
 
 
 def test_listings():
@@ -150,3 +161,20 @@ def test_locked_cache_is_a_runtime_failure(image_folder, tmp_path):
     with target.writer():
         result = invoke("embed", image_folder, "--cache", target.path, *TINY)
     assert result.exit_code == 1 and "another imgclust process" in result.stderr
+
+
+def test_methods_show_the_input_space_table():
+    methods = {m["name"]: m for m in json.loads(invoke("methods", "--json").stdout)}
+    assert methods["agglomerative"]["space"] == {"default": "UMAP 50-d", "by_encoder": {"mae-vitb16": "PCA (98% of variance)"}}
+    assert methods["affinity"]["space"]["default"] == "PCA 10-d"
+    assert methods["temi"]["space"]["default"] == "raw embeddings"
+    assert "PCA 10-d" in invoke("methods", "affinity").stdout
+
+
+def test_embed_features_option(image_folder, tmp_path):
+    vit = ["--encoder", "timm:test_vit", "--weights", "random", "--device", "cpu", "--workers", "0"]
+    done = invoke("embed", image_folder, "--cache", tmp_path / "v.h5", "--features", "cls+patchmean", "--json", *vit)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["encoder"] == "timm:test_vit+cls+patchmean"
+    refused = invoke("embed", image_folder, "--cache", tmp_path / "e.h5", "--features", "cls+patchmean", *TINY)
+    assert refused.exit_code == 2 and "needs a ViT" in refused.output

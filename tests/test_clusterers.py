@@ -218,6 +218,26 @@ def test_threshold_normalisation_by_hand():
     np.testing.assert_allclose(normalise_for_threshold(X, "euclidean"), expected / math.sqrt(2))
     # constant data is only centred
     np.testing.assert_array_equal(normalise_for_threshold(np.ones((3, 2)), "euclidean"), np.zeros((3, 2)))
+    # l1 distances grow like d, so manhattan divides by d (ZS code's --ndim-correction), not sqrt(d)
+    np.testing.assert_allclose(normalise_for_threshold(X, "manhattan"), expected / 2)
+
+
+def test_normalisation_raw_cuts_the_raw_input_and_needs_a_threshold():
+    X = np.array([[0.0], [1.0], [10.0], [11.0]])
+    raw = create_clusterer("agglomerative", linkage="single", normalisation="raw", distance_threshold=0.5)
+    assert raw.fit(X).n_clusters_ == 4  # raw gaps 1 and 9: nothing merges at 0.5
+    assert create_clusterer("agglomerative", linkage="single", normalisation="raw", distance_threshold=2.0).fit(X).n_clusters_ == 2
+    with pytest.raises(ParameterError, match="no default distance_threshold"):
+        create_clusterer("agglomerative", normalisation="raw").fit(X)
+    # with K the normalisation plays no part
+    assert create_clusterer("agglomerative", n_clusters=2, normalisation="raw").fit(X).n_clusters_ == 2
+
+
+def test_zs_parameter_version_is_named():
+    from imgclust.clusterers._agglomerative import ZS_PARAMS_VERSION
+
+    assert "BEST_PARAMS_v5" in ZS_PARAMS_VERSION
+    assert all("BEST_PARAMS_v5" in e.source or "unverified" in e.source for e in AGGLOMERATIVE_DEFAULTS.values())
 
 
 def test_threshold_applies_after_normalisation():
@@ -380,3 +400,25 @@ def test_hdbscan_max_cluster_fraction(blobs):
     assert adjusted_rand_score(yt, capped) < 0.5
     kept = free >= 0
     assert len(np.unique(free[kept])) == 2 and adjusted_rand_score(yt[kept], free[kept]) == 1.0
+
+
+# --- dbscan metric (ES used cosine) -----------------------------------------------------------
+
+
+def test_dbscan_cosine_matches_sklearn_and_ignores_the_norm():
+    from sklearn.cluster import DBSCAN as SKDBSCAN
+
+    rng = np.random.default_rng(0)
+    # two directions, points at very different distances from the origin along each
+    angles = np.concatenate([rng.normal(0.0, 0.05, 60), rng.normal(1.5, 0.05, 60)])
+    radii = rng.uniform(1.0, 50.0, 120)
+    X = np.c_[np.cos(angles), np.sin(angles)] * radii[:, None]
+    ours = create_clusterer("dbscan", metric="cosine", eps=0.01, min_samples=5).fit_predict(X)
+    ref = SKDBSCAN(eps=0.01, min_samples=5, metric="cosine", algorithm="brute").fit_predict(X)
+    assert adjusted_rand_score(ref, ours) == 1.0 and len(set(ours) - {-1}) == 2
+    # in euclidean units the same radius finds next to nothing: the rays are long
+    assert (create_clusterer("dbscan", eps=0.01, min_samples=5).fit_predict(X) == -1).mean() > 0.9
+    # the default eps (a quantile) is taken in cosine units too: rescaling rows changes nothing
+    default = create_clusterer("dbscan", metric="cosine").fit_predict(X)
+    rescaled = create_clusterer("dbscan", metric="cosine").fit_predict(X * rng.uniform(0.1, 10.0, (120, 1)))
+    np.testing.assert_array_equal(default, rescaled)

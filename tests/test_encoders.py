@@ -94,3 +94,45 @@ def test_offline_encoder_has_real_imagenet_weights():
         predicted = classifier.eval()(enc.runner.network.normalise(torch.from_numpy(x))).argmax(1).numpy()
     assert (predicted[:6] == 0).sum() >= 5 and (predicted[6:] == 574).sum() >= 5  # tench, golf ball
     assert enc.encode(x).shape == (12, 1280)
+
+
+# --- --features cls+patchmean (ICCE's ViT features), on a tiny random-weight timm ViT -------------
+
+
+def test_cls_patchmean_features_are_stored_as_their_own_table(image_folder, tmp_path):
+    import torch
+
+    from imgclust.cache import Cache
+    from imgclust.embed import embed
+
+    opts = dict(weights="random", device="cpu", workers=0, cache=tmp_path / "vit.h5")
+    embed([image_folder], encoder="timm:test_vit", **opts)
+    summary = embed([image_folder], encoder="timm:test_vit", features="cls+patchmean", **opts)
+    assert summary.encoder == "timm:test_vit+cls+patchmean" and summary.embedded == 12
+    cache = Cache(tmp_path / "vit.h5")
+    assert set(cache.encoders()) == {"timm:test_vit", "timm:test_vit+cls+patchmean"}
+    plain = cache.read_embeddings("timm:test_vit")
+    both = cache.read_embeddings("timm:test_vit+cls+patchmean")
+    d = plain.shape[1]
+    assert both.shape == (12, 2 * d)
+    np.testing.assert_allclose(both[:, :d], plain, atol=1e-5)  # the first half is the CLS embedding
+    # the second half is the mean of the last block's patch tokens, computed here by hand
+    enc = create_encoder("timm:test_vit", weights="random", device="cpu")
+    path = str(cache.read_index("timm:test_vit").paths[0])
+    x = torch.as_tensor(decode(path, enc.preprocess)[None])
+    with torch.inference_mode():
+        tokens = enc.model.forward_features(x)
+    np.testing.assert_allclose(both[0, d:], tokens[0, enc.model.num_prefix_tokens:].mean(0).numpy(), atol=1e-5)
+
+
+def test_cls_patchmean_needs_a_vit():
+    from imgclust.encoders import features_name
+
+    with pytest.raises(UsageError, match="needs a ViT with a CLS token"):
+        create_encoder(TINY_ENCODER + "+cls+patchmean", weights="random", device="cpu")
+    with pytest.raises(UsageError, match="needs a ViT from timm"):
+        resolve_spec("clip-vitb16+cls+patchmean")
+    with pytest.raises(UsageError, match="not known"):
+        features_name("dinov2-vitb14", "patchmax")
+    spec = resolve_spec("dinov2-vitb14+cls+patchmean")
+    assert spec.embedding_dim == 1536 and spec.features == "cls+patchmean" and spec.architecture.startswith("vit_base")

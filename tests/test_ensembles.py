@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
@@ -70,6 +72,8 @@ def test_anmi_by_hand():
     # independent split: NMI 0 to that member, 1 to the other -> 0.5
     b = np.array([0, 1, 0, 1])
     assert E.anmi(a, np.array([a, b])) == pytest.approx(0.5)
+    # Strehl & Ghosh's sqrt(H*H) normalisation: MI ln2, entropies ln2 and ln4 -> 1/sqrt(2) (arithmetic: 2/3)
+    assert E.anmi(a, np.array([[0, 1, 2, 3]])) == pytest.approx(1 / math.sqrt(2))
 
 
 def test_unlabelled_samples_are_ignored_by_a_member():

@@ -180,6 +180,31 @@ def test_unic_cleaning_drops_a_sample_with_a_spread_out_second_order_neighbourho
     assert Hd.second_order_clean(pos, eta=3, chunk=2).tolist() == noisy.tolist()
 
 
+def test_euclidean_space_ranks_by_raw_euclidean_distance():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(60, 5)) * rng.uniform(0.1, 10, (60, 1))).astype(np.float32)  # very unequal norms
+    Q, K = Hd.euclidean_space(X)
+    idx, _ = Hd.topk_neighbours(Q, 4, keys=K, chunk=16)
+    _, ref = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(X)
+    np.testing.assert_array_equal(idx, ref[:, 1:])
+    # cosine on the normalised rows ranks differently here
+    cos, _ = Hd.topk_neighbours(Hd.neighbour_space(X, center=False), 4)
+    assert not np.array_equal(cos, ref[:, 1:])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_unic_self_positive_and_metric_options_train(blobs, metric):
+    X, y, _, _ = blobs
+    c = create_clusterer("unic", n_clusters=4, tau1=5, self_positive=True, metric=metric, device="cpu",
+                         **FAST["unic"]).fit(X)
+    assert adjusted_rand_score(y, c.labels_) >= 0.9
+    # itself and 4 others (not 5 others): the positive sets overlap more, so fewer samples are cleaned
+    without = create_clusterer("unic", n_clusters=4, tau1=5, metric=metric, device="cpu", **FAST["unic"]).fit(X)
+    assert c.noisy_.sum() < without.noisy_.sum() / 4
+
+
 def test_unic_scaled_defaults():
     c = create_clusterer("unic", n_clusters=10)
     assert c._resolved(50_000) == (10, 10_000, 70)  # UNIC's CIFAR-10 values
@@ -192,6 +217,21 @@ def test_auto_momentum():
     assert Hd.auto_momentum(100_000) == pytest.approx(0.996)
     assert Hd.auto_momentum(2000) == pytest.approx(0.99)
     assert 0 <= Hd.auto_momentum(5) < 0.996
+
+
+def test_teacher_momentum_ramps_towards_one_as_in_temi_code():
+    assert Hd.momentum_at(0, 1000, 0.996) == pytest.approx(0.996)
+    assert Hd.momentum_at(500, 1000, 0.996) == pytest.approx(0.998)
+    assert Hd.momentum_at(1000, 1000, 0.996) == pytest.approx(1.0)
+    ramp = [Hd.momentum_at(s, 100, 0.99) for s in range(101)]
+    assert all(a <= b for a, b in zip(ramp, ramp[1:]))
+    assert Hd.momentum_at(700, 1000, 0.996, "constant") == 0.996
+
+
+def test_temi_training_uses_the_ramp(fitted):
+    c = fitted["temi"]
+    assert c.momentum_schedule == "cosine" and c.momentum_ < c.momentum_last_ <= 1.0
+    assert c.momentum_last_ > 1.0 - (1.0 - c.momentum_) * 0.01  # the last step is close to 1
 
 
 # -- end to end on blobs -------------------------------------------------------------------------

@@ -246,6 +246,7 @@ def test_score_clustering_labelled_scores_by_hand():
     assert s.accuracy == pytest.approx(4 / 6)  # {0,1}->a, {4,5}->b; {2,3} unmatched
     assert (s.pairwise_precision, s.pairwise_recall, s.pairwise_f) == pytest.approx((2 / 3, 1 / 3, 4 / 9))
     assert (s.bcubed_precision, s.bcubed_recall, s.bcubed_f) == pytest.approx((5 / 6, 5 / 9, 2 / 3))
+    assert s.f_pairwise_bcubed == pytest.approx(2 * (4 / 9) * (2 / 3) / (4 / 9 + 2 / 3))  # ES's headline: 8/15
     perfect = score_clustering([7, 7, 3, 3, 5, 5], None, ["x", "x", "y", "y", "z", "z"])
     assert perfect.ami == pytest.approx(1.0) and perfect.ari == pytest.approx(1.0) and perfect.accuracy == 1.0
 
@@ -285,6 +286,10 @@ def test_score_clustering_noise_conventions(blobs):
     assert s.davies_bouldin == pytest.approx(skm.davies_bouldin_score(X[keep], pred[keep]))
     assert s.accuracy == pytest.approx(keep.mean()) and s.accuracy_rule == "majority"
     assert s.pairwise_precision == pytest.approx(1.0)
+    # ZS's silhouette convention beside it: the noise is one more cluster, and is scored
+    assert s.silhouette_noise_as_cluster == pytest.approx(skm.silhouette_score(X, pred), abs=1e-9)
+    assert s.silhouette_noise_as_cluster < s.silhouette
+    assert score_clustering(y, X).silhouette_noise_as_cluster is None  # no noise: nothing to add
 
 
 def test_score_clustering_string_and_missing_labels():

@@ -121,3 +121,36 @@ def test_score_with_stored_and_csv_labels(cache, tmp_path):
 def test_score_without_runs_is_a_clear_error(cache):
     with pytest.raises(UsageError, match="no clustering runs"):
         score(cache.path)
+
+
+# --- the (encoder, method) -> space table (ZS) and its override -----------------------------------
+
+
+def test_default_space_table_follows_zs():
+    from imgclust.spaces import default_space
+
+    assert default_space("clip-vitb16", "agglomerative").describe() == "UMAP 50-d"
+    assert default_space("mae-vitb16", "agglomerative").describe() == "PCA (98% of variance)"
+    assert default_space("MAE-ViTB16", "hdbscan").describe() == "PCA (98% of variance)"
+    assert default_space("clip-vitb16", "affinity").describe() == "PCA 10-d"
+    assert default_space("mae-vitb16", "affinity").describe() == "PCA 10-d"  # the method's entry wins
+    assert default_space("mae-vitb16", "temi").describe() == "raw embeddings"
+
+
+def test_cluster_uses_the_table_and_records_why(cache, monkeypatch):
+    import imgclust.spaces as spaces
+
+    run = cluster(cache.path, method="affinity")
+    assert run.space.startswith("pca-") and "n_components=10" in run.space
+    assert "affinity propagation" in run.space_source and load_run(cache.path).space_source == run.space_source
+    assert score(cache.path).silhouette_space == "PCA 10-d"
+    # an encoder entry (as MAE's) sends every shallow method to PCA by variance
+    monkeypatch.setitem(spaces.SPACE_TABLE, (ENCODER, "*"), spaces.MAE_PCA)
+    kmeans = cluster(cache.path, method="kmeans", n_clusters=4)
+    assert kmeans.space.startswith("pca-") and "variance=0.98" in kmeans.space
+    # --reduction overrides the table: ES style is l2-normalised raw embeddings, no UMAP
+    es = cluster(cache.path, method="kmeans", n_clusters=4, reduction="l2")
+    assert es.space == "l2" and es.space_source == "--reduction"
+    data, _ = Cache(cache.path).read_array(ENCODER, f"reductions/{es.space}/data")
+    assert data.shape == (120, 16) and np.allclose(np.linalg.norm(data, axis=1), 1, atol=1e-5)
+    assert adjusted_rand_score(truth(cache), es.labels) == 1.0

@@ -77,7 +77,7 @@ def cluster_command(
     n_clusters: Annotated[Optional[str], typer.Option("--n-clusters", "-k", help="K; 'auto' to choose it without labels; 'none' to let the method decide (agglomerative: cut at ZS's distance threshold for the encoder). Default: auto where the method takes K.", show_default=False)] = None,
     k_range: Annotated[Optional[str], typer.Option("--k-range", help="MIN:MAX searched by --n-clusters auto (default 2 to min(200, images/10)), e.g. 2:200.")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")] = None,
-    reduction: Annotated[Optional[str], typer.Option("--reduction", help="umap (default), pca, l2+umap, none (raw), or a stored reduction key.")] = None,
+    reduction: Annotated[Optional[str], typer.Option("--reduction", help="Override the (encoder, method) space table (see 'imgclust methods'): umap, pca, l2 (ES style: l2-normalised raw embeddings, no UMAP), l2+umap, none (raw), or a stored reduction key.")] = None,
     dims: Annotated[Optional[int], typer.Option("--dims", help="Dimensions of the reduction (default 50).")] = None,
     encoder: Annotated[Optional[str], typer.Option("--encoder", "-e", help=f"Encoder (folders: default {DEFAULT_ENCODER}; cache: its only encoder).")] = None,
     seed: SeedOption = 0,

@@ -58,6 +58,7 @@ def embed_command(
     decode: Annotated[Optional[str], typer.Option("--decode", help="Where JPEGs are decoded: cpu (worker processes) or gpu "
                                                   "(nvJPEG on the CUDA device; files it cannot decode fall back to the CPU). "
                                                   "Default: the cache's own, else cpu.")] = None,
+    features: Annotated[str, typer.Option("--features", help="default, or cls+patchmean (ViTs: CLS token + mean of the patch tokens, as ICCE), stored as the encoder '<encoder>+cls+patchmean'.")] = "default",
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
     """Embed every image into the cache (resumable: unchanged images are skipped, new ones appended).
@@ -74,7 +75,7 @@ def embed_command(
                                 weights=weights, device=device, batch_size=batch_size, workers=workers,
                                 max_pixels=max_pixels or None, progress=update, data_root=data_root, split=split,
                                 flush_rows=flush_rows, views=views, prune=prune, reembed=reembed, runtime=runtime,
-                                decode_on=decode)
+                                decode_on=decode, features=features)
     except KeyboardInterrupt:  # Ctrl-C while saving: the cache is unchanged and the journal keeps the work
         _interrupted(str(cache))
     all_failed = summary.images == 0 and summary.failures_total > 0 and not summary.interrupted

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..clusterers import CLUSTERERS
+from ..spaces import method_spaces
 from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, stdout
 
@@ -16,7 +17,7 @@ from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_j
 def method_info(name: str) -> dict:
     cls = CLUSTERERS.get(name)
     return {"name": name, "summary": cls.summary, "paper": cls.paper, "n_clusters": cls.n_clusters_mode,
-            "input": cls.input_space, "needs_views": cls.needs_views,
+            "input": cls.input_space, "space": method_spaces(name), "needs_views": cls.needs_views,
             "params": [{"name": p.name, "default": p.default, "type": p.type.__name__, "allowed": p.describe(), "doc": p.doc}
                        for p in cls.params]}
 
@@ -34,7 +35,7 @@ def methods_command(
     if name:
         info = infos[0]
         stdout().print(f"[bold]{info['name']}[/bold]: {escape(info['summary'])}  [dim]({escape(info['paper'])})[/dim]", markup=True)
-        stdout().print(f"n_clusters: {info['n_clusters']}; input: {info['input']} embeddings")
+        stdout().print(f"n_clusters: {info['n_clusters']}; input: {_space_text(info['space'])} (--reduction overrides)")
         table = Table(title_justify="left")
         for column in ("parameter", "default", "allowed", "what it does"):
             table.add_column(column, overflow="fold")
@@ -43,8 +44,13 @@ def methods_command(
         stdout().print(table)
         return
     table = Table(title="imgclust clustering methods", title_justify="left")
-    for column in ("method", "n_clusters", "input", "from", "summary"):
+    for column in ("method", "n_clusters", "input space", "from", "summary"):
         table.add_column(column, overflow="fold")
     for info in infos:
-        table.add_row(info["name"], info["n_clusters"], info["input"], info["paper"], info["summary"])
+        table.add_row(info["name"], info["n_clusters"], _space_text(info["space"]), info["paper"], info["summary"])
     stdout().print(table)
+
+
+def _space_text(space: dict) -> str:
+    """``UMAP 50-d; mae-vitb16: PCA (98% of variance)``: the default space and the encoders that differ."""
+    return "; ".join([space["default"], *(f"{enc}: {s}" for enc, s in space["by_encoder"].items())])

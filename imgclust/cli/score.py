@@ -14,15 +14,17 @@ from .reduce import CacheArgument, CacheEncoderOption
 
 RunOption = Annotated[Optional[str], typer.Option("--run", "-r", help="Run id (default: the latest).")]
 LABEL_FREE = [("n_samples", "images"), ("n_clusters", "clusters"), ("n_noise", "noise points"),
-              ("silhouette", "silhouette"), ("davies_bouldin", "Davies-Bouldin (lower is better)"),
+              ("silhouette", "silhouette"), ("silhouette_noise_as_cluster", "silhouette, noise as one cluster (ZS)"),
+              ("davies_bouldin", "Davies-Bouldin (lower is better)"),
               ("calinski_harabasz", "Calinski-Harabasz (higher is better)")]
 LABELLED = [("n_classes", "classes"), ("ami", "AMI"), ("ami_no_noise", "AMI without noise"), ("nmi", "NMI"),
-            ("ari", "ARI"), ("accuracy", "accuracy"), ("pairwise_f", "pairwise F"), ("bcubed_f", "BCubed F")]
+            ("ari", "ARI"), ("accuracy", "accuracy"), ("pairwise_f", "pairwise F"), ("bcubed_f", "BCubed F"),
+            ("f_pairwise_bcubed", "harmonic mean of pairwise and BCubed F (ES)")]
 
 
 def score_rows(report: RunReport) -> list[tuple[str, str]]:
     scores = report.scores.to_dict()
-    rows = [(f"{name} ({report.silhouette_space}, euclidean)" if key == "silhouette" else name, _fmt(scores.get(key)))
+    rows = [(f"{name} ({report.silhouette_space}, euclidean)" if key.startswith("silhouette") else name, _fmt(scores.get(key)))
             for key, name in LABEL_FREE if scores.get(key) is not None or key == "silhouette"]
     if not scores.get("silhouette_exact", True) and scores.get("silhouette_error_bound") is not None:
         rows.append(("silhouette error bound (95%)", _fmt(scores["silhouette_error_bound"])))
@@ -70,6 +72,7 @@ def score_command(
     """Score a run: silhouette, Davies-Bouldin, Calinski-Harabasz; with labels AMI, NMI, ARI, accuracy, F-scores.
 
     HDBSCAN noise counts as one cluster for AMI (as ZS); the noise-excluded AMI is shown beside it.
+    Silhouette leaves noise out; ZS's silhouette with noise as one cluster is shown beside it.
     """
     report = run_score(cache, run, encoder, labels, accuracy_rule)
     if json_:

@@ -1,9 +1,17 @@
 """Agglomerative (hierarchical) clustering: imgclust's default method (ZS §1, ES §2).
 
 With ``n_clusters`` it is scikit-learn's ``AgglomerativeClustering(n_clusters=K)``. Without it,
-the dendrogram is cut at ``distance_threshold`` after ZS's normalisation of the input
+the dendrogram is cut at ``distance_threshold`` after the ZS authors' normalisation of the input
 (:func:`normalise_for_threshold`), so that one threshold means roughly the same on any data scale.
-ZS tuned linkage, metric and threshold per encoder; :func:`agglomerative_defaults` returns them.
+
+Which ZS parameters: the per-encoder linkage, metric and threshold are those of the ZS authors'
+*later* code, ``BEST_PARAMS_v5`` (``_version`` "v5.0", the set ``setup_best_params`` returns) in
+``analysis/param_setup.py`` of github scottclowe/zs-ssl-clustering (commit 5cb58bd), see
+:data:`ZS_PARAMS_VERSION`. The seed paper reports a different choice (ward+l2 for 5 encoders,
+average+l2 for 3, average+l-infinity for 2, no cosine) and tuned its thresholds (21 log-spaced
+values in [0.001, 5000]) on the raw reduced space without any normalisation. The v5 thresholds were
+tuned *with* that code's ``--zscore2-average --ndim-correction``, so they are only used with it:
+``normalisation="raw"`` (the seed paper's convention) has no default threshold and needs one.
 """
 
 from __future__ import annotations
@@ -45,13 +53,19 @@ class AgglomerativeDefault:
         return {"linkage": self.linkage, "metric": self.metric, "distance_threshold": self.distance_threshold}
 
 
-_ZS = "ZS tuned"
+#: Where the ZS per-encoder values below come from (see the module docstring).
+ZS_PARAMS_VERSION = "ZS authors' code BEST_PARAMS_v5 (v5.0), scottclowe/zs-ssl-clustering analysis/param_setup.py @5cb58bd"
+NORMALISATIONS = ("zscore-average", "raw")
+
+_ZS = "ZS tuned, BEST_PARAMS_v5"
 _UNTUNED = AgglomerativeDefault(
     "ward", "euclidean", UNTUNED_WARD_THRESHOLD,
     "imgclust choice: ZS did not tune this encoder; ward+euclidean is ZS's advice for untuned encoders",
 )
 
-#: Per-encoder defaults, keyed by imgclust encoder name (ZS §1 table).
+#: Per-encoder defaults, keyed by imgclust encoder name: ZS's later code, BEST_PARAMS_v5 (its
+#: "AgglomerativeClustering" linkage/metric and "AC w/o C" thresholds; v1 put MAE on ward and
+#: tuned other thresholds, the seed paper none of these).
 AGGLOMERATIVE_DEFAULTS: dict[str, AgglomerativeDefault] = {
     "clip-vitb16": AgglomerativeDefault("average", "chebyshev", 1.0, _ZS + " (CLIP ViT-B/16)"),
     # Unverified, extrapolated: ZS tuned only CLIP ViT-B/16; the other CLIP ViTs are treated alike.
@@ -102,12 +116,14 @@ def agglomerative_defaults(encoder_name: str) -> dict:
 
 
 def normalise_for_threshold(X: np.ndarray, metric: str) -> np.ndarray:
-    """ZS's normalisation before cutting a dendrogram at a distance threshold.
+    """The ZS authors' normalisation before cutting a dendrogram at a distance threshold.
 
-    Centre each dimension, divide everything by the mean per-dimension standard deviation, and,
-    for the euclidean metric, also by sqrt(d) (d = number of dimensions), so that a typical
-    euclidean distance is about sqrt(2) whatever the data's scale and dimension. Constant data
-    (zero spread) is only centred.
+    Their later code's ``--zscore2-average --ndim-correction`` (``zs_ssl_clustering/cluster.py``),
+    not the seed paper's: centre each dimension, divide everything by the mean per-dimension
+    standard deviation, then correct for the growth of distances with the dimension d: divide by
+    sqrt(d) for euclidean (a typical distance is then about sqrt(2) whatever the scale and
+    dimension) and by d for manhattan (l1 distances grow like d); chebyshev and cosine need no
+    correction. Constant data (zero spread) is only centred.
     """
     X = np.asarray(X, dtype=np.float64)
     X = X - X.mean(axis=0)
@@ -116,6 +132,8 @@ def normalise_for_threshold(X: np.ndarray, metric: str) -> np.ndarray:
         X = X / scale
     if metric == "euclidean":
         X = X / math.sqrt(X.shape[1])
+    elif metric == "manhattan":
+        X = X / X.shape[1]
     return X
 
 
@@ -143,7 +161,14 @@ class Agglomerative(Clusterer):
         Where to cut the tree when ``n_clusters`` is not given: larger gives fewer, bigger
         clusters. ZS's tuned values lie between 0.2 and 10 (most often 0.5-2). None uses the
         default for the linkage/metric pair (ward+euclidean: 7.0, an imgclust choice; average with
-        euclidean 0.5, cosine 0.71, chebyshev 1.0, from ZS). Ignored when ``n_clusters`` is given.
+        euclidean 0.5, cosine 0.71, chebyshev 1.0, from ZS's BEST_PARAMS_v5), all tuned after the
+        ``zscore-average`` normalisation. Ignored when ``n_clusters`` is given.
+    normalisation : {"zscore-average", "raw"}, default "zscore-average"
+        How the input is scaled before the threshold cut. ``zscore-average`` is the ZS authors'
+        later ``--zscore2-average --ndim-correction`` (:func:`normalise_for_threshold`), with which
+        every default threshold was tuned. ``raw`` cuts the input as it is, as in the seed paper
+        (which tuned thresholds in [0.001, 5000] on the raw reduced space); it has no default
+        threshold, so pass ``distance_threshold`` with it. Ignored when ``n_clusters`` is given.
     connectivity_neighbors : int >= 1 or None, default None
         If set, only samples within each other's k nearest neighbours may merge directly (ES's
         "HAC with a kNN connectivity graph for scale"): faster on large N, and clusters follow the
@@ -171,6 +196,11 @@ class Agglomerative(Clusterer):
             low=0.0, low_inclusive=False, nullable=True,
         ),
         Param(
+            "normalisation", "zscore-average", str,
+            "scaling before the threshold cut: zscore-average (ZS code, default thresholds tuned for it) or raw",
+            choices=NORMALISATIONS,
+        ),
+        Param(
             "connectivity_neighbors", None, int,
             "restrict merges to k-nearest-neighbour pairs (10-30; None = no restriction)",
             low=1, nullable=True,
@@ -190,6 +220,12 @@ class Agglomerative(Clusterer):
         """The threshold the no-K path uses (the explicit one or the documented default)."""
         if self.distance_threshold is not None:
             return self.distance_threshold
+        if self.normalisation == "raw":
+            raise ParameterError(
+                "agglomerative with normalisation='raw' has no default distance_threshold: the defaults were "
+                "tuned after the zscore-average normalisation",
+                hint="pass distance_threshold in the input's own distance units, or n_clusters",
+            )
         try:
             return _FALLBACK_THRESHOLDS[(self.linkage, self.metric)]
         except KeyError:
@@ -205,7 +241,8 @@ class Agglomerative(Clusterer):
         n = X.shape[0]
         if self.n_clusters is None:
             threshold = self.resolved_threshold()  # fail before any work
-            X = normalise_for_threshold(X, self.metric)
+            if self.normalisation == "zscore-average":
+                X = normalise_for_threshold(X, self.metric)
         if n == 1:
             return np.zeros(1, dtype=np.int64)
         connectivity = None

@@ -69,7 +69,10 @@ class HDBSCAN(Clusterer):
         return model.fit_predict(X)
 
 
-def default_dbscan_eps(X: np.ndarray, min_samples: int, quantile: float) -> float:
+DBSCAN_METRICS = ("euclidean", "cosine", "manhattan", "chebyshev")
+
+
+def default_dbscan_eps(X: np.ndarray, min_samples: int, quantile: float, metric: str = "euclidean") -> float:
     """The ``quantile`` of the distances from each sample to its ``min_samples``-th neighbour.
 
     The sample itself counts as its first neighbour, as in DBSCAN's core-point rule, so with this
@@ -78,7 +81,7 @@ def default_dbscan_eps(X: np.ndarray, min_samples: int, quantile: float) -> floa
     from sklearn.neighbors import NearestNeighbors
 
     k = min(min_samples, X.shape[0])
-    dist, _ = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
+    dist, _ = NearestNeighbors(n_neighbors=k, metric=metric).fit(X).kneighbors(X)
     return float(np.quantile(dist[:, k - 1], quantile))
 
 
@@ -104,6 +107,11 @@ class DBSCAN(Clusterer):
         on Imagenette 0.5 left 30% of the samples as noise (105 clusters) and 0.9 left 4% (17
         clusters, AMI 87); on CIFAR-10, where classes touch, 0.95 already chained almost everything
         into one cluster while 0.9 gave 15 clusters. 0.5-0.95 is sensible.
+    metric : {"euclidean", "cosine", "manhattan", "chebyshev"}, default "euclidean"
+        The distance eps is measured in. ES used cosine with eps 0.25 on l2-normalised raw
+        embeddings (``--reduction l2 --param metric=cosine --param eps=0.25``). Cosine is computed
+        as euclidean on l2-normalised rows (cosine distance c = e^2 / 2), so it uses the same
+        neighbour trees.
     """
 
     name = "dbscan"
@@ -116,15 +124,25 @@ class DBSCAN(Clusterer):
         Param("min_samples", 5, int, "neighbours within eps that make a core point (3-20)", low=1),
         Param("eps_quantile", 0.9, float, "default eps: this quantile of the min_samples-th neighbour distance",
               low=0.0, high=1.0, low_inclusive=False),
+        Param("metric", "euclidean", str, "distance eps is measured in (ES: cosine, eps 0.25)", choices=DBSCAN_METRICS),
     )
 
     def _fit(self, X: np.ndarray, views: np.ndarray | None) -> np.ndarray:
         from sklearn.cluster import DBSCAN as SKDBSCAN
 
-        eps = self.eps if self.eps is not None else default_dbscan_eps(X, self.min_samples, self.eps_quantile)
+        metric = self.metric
+        eps = self.eps
+        if metric == "cosine":
+            from ..reduce import l2_normalise
+
+            X, metric = l2_normalise(X), "euclidean"
+            if eps is not None:
+                eps = float(np.sqrt(2.0 * eps))  # the euclidean radius of cosine distance eps on the sphere
+        if eps is None:
+            eps = default_dbscan_eps(X, self.min_samples, self.eps_quantile, metric)
         if eps <= 0:  # duplicated samples: any positive radius joins them
             eps = np.finfo(np.float64).tiny
-        return SKDBSCAN(eps=eps, min_samples=self.min_samples).fit_predict(X)
+        return SKDBSCAN(eps=eps, min_samples=self.min_samples, metric=metric).fit_predict(X)
 
 
 @register_clusterer

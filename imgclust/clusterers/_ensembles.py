@@ -98,7 +98,11 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 
 
 def anmi(labels, labelings) -> float:
-    """Average NMI of ``labels`` to each labelling of the ensemble (the consensus objective)."""
+    """Average NMI of ``labels`` to each labelling of the ensemble (the consensus objective).
+
+    NMI is normalised by sqrt(H(a) * H(b)), Strehl & Ghosh's definition (2002, Eq. 2) and that of the
+    Cluster_Ensembles package ICCE used, not scikit-learn's default arithmetic mean.
+    """
     from sklearn.metrics import normalized_mutual_info_score
 
     L = _check_labelings(labelings)
@@ -106,7 +110,7 @@ def anmi(labels, labelings) -> float:
     scores = []
     for lab in L:
         ok = lab >= 0
-        scores.append(normalized_mutual_info_score(lab[ok], labels[ok]) if ok.any() else 0.0)
+        scores.append(normalized_mutual_info_score(lab[ok], labels[ok], average_method="geometric") if ok.any() else 0.0)
     return float(np.mean(scores))
 
 

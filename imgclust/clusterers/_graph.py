@@ -78,11 +78,16 @@ class AffinityPropagation(Clusterer):
     Needs the full N x N similarity matrix, so memory grows as N^2 (about 2.4 GB for 10 000
     samples); imgclust refuses when it would not fit.
 
+    Its default input is a 10-d PCA, not UMAP (:mod:`imgclust.spaces`): ZS's reported affinity
+    results ran on a 10-d PCA because it failed to converge on UMAP (ZS §AP; METHODS.md correction 3).
+
     Parameters
     ----------
     damping : float in [0.5, 1), default 0.9
-        How much each update keeps of the previous messages. Higher is slower but oscillates less;
-        ZS tuned 0.5-0.95 per encoder (CLIP ViT-B 0.95, DINO ViT-B 0.85, supervised 0.9).
+        How much each update keeps of the previous messages. Higher is slower but oscillates less.
+        The seed paper found AP insensitive to damping (its first parameter set used 0.5); the
+        per-encoder values (CLIP ViT-B 0.95, DINO ViT-B 0.85, supervised 0.9) and the 0.9 default
+        come from the authors' later code (BEST_PARAMS_v3/v4).
     max_iter : int >= 1, default 1000
         Message-passing rounds at most (ZS: 1000).
     convergence_iter : int >= 1, default 15
@@ -234,6 +239,10 @@ class ApproxRankOrder(Clusterer):
         0.5-1.0 gave 16-18 clusters (AMI 92), 1.5-3 gave 12 (AMI 90). On CIFAR-10, whose classes
         touch, every threshold (0 included) chained almost all samples into one cluster: ARO suits
         data made of many well-separated groups (faces, near-duplicates), not a continuum.
+
+    ES tuned ARO per data set (ES Table 16): n_neighbors 30 with threshold 0.65, and n_neighbors 5
+    with threshold 1.0, on l2-normalised raw embeddings (``--reduction l2``); ES gives no formula,
+    the distance follows Otto et al. as ES describes it.
     """
 
     name = "aro"
@@ -314,6 +323,10 @@ class CDP(Clusterer):
         Largest allowed component as a fraction of N before it is split; 1 disables splitting.
     step : float in (0, 1), default 0.05
         How far each split raises the threshold towards 1 (CDP: 0.05).
+
+    ES tuned CDP per data set (ES Table 20): n_neighbors 2, threshold 0.6, step 0.01, max size 320;
+    and n_neighbors 5, threshold -0.2, step 0.05, max size 10 (here max size is a fraction:
+    ``max_cluster_fraction = 320 / N``). ES gives no formula; the grouping follows the CDP code.
     """
 
     name = "cdp"

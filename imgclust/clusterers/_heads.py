@@ -201,23 +201,38 @@ def neighbour_space(X: np.ndarray, center: bool = True) -> np.ndarray:
     return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), EPS)
 
 
-def _similarity_chunks(Z: np.ndarray, device, chunk: int = 1024):
-    """Yield (start, S) with S = Z[start:start+chunk] @ Z.T on ``device``, self-similarity set to -inf."""
+def euclidean_space(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, keys) whose dot product ranks neighbours by euclidean distance on the raw features.
+
+    q_i . k_j = 2 x_i . x_j - |x_j|^2 = |x_i|^2 - |x_i - x_j|^2: for each row i, larger means nearer
+    (UNIC's distances, on unnormalised features), with the same chunked top-k as cosine.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    ones = np.ones((len(X), 1), dtype=np.float32)
+    return np.hstack([X, ones]), np.hstack([2.0 * X, -(X * X).sum(axis=1, keepdims=True)])
+
+
+def _similarity_chunks(Z: np.ndarray, device, chunk: int = 1024, keys: np.ndarray | None = None):
+    """Yield (start, S) with S = Z[start:start+chunk] @ keys.T (keys = Z by default) on ``device``,
+    self-similarity set to -inf."""
     import torch
 
     Zt = torch.as_tensor(Z, device=device)
+    Kt = Zt if keys is None else torch.as_tensor(keys, device=device)
     n = Zt.shape[0]
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        S = Zt[start:stop] @ Zt.T
+        S = Zt[start:stop] @ Kt.T
         rows = torch.arange(stop - start, device=device)
         S[rows, rows + start] = -float("inf")
         yield start, S
 
 
-def topk_neighbours(Z: np.ndarray, k: int, device=None, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def topk_neighbours(Z: np.ndarray, k: int, device=None, chunk: int = 1024,
+                    keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k most similar rows of each row of Z (rows ℓ2-normalised), self excluded, most similar first.
 
+    With ``keys`` the similarity of rows i and j is Z[i] . keys[j] (see :func:`euclidean_space`).
     Returns (indices (N, k) int64, similarities (N, k) float32). Memory O(chunk * N).
     """
     import torch
@@ -227,21 +242,21 @@ def topk_neighbours(Z: np.ndarray, k: int, device=None, chunk: int = 1024) -> tu
     k = int(min(k, n - 1))
     idx = np.empty((n, k), dtype=np.int64)
     sim = np.empty((n, k), dtype=np.float32)
-    for start, S in _similarity_chunks(Z, device, chunk):
+    for start, S in _similarity_chunks(Z, device, chunk, keys):
         v, i = torch.topk(S, k, dim=1)
         idx[start : start + S.shape[0]] = i.cpu().numpy()
         sim[start : start + S.shape[0]] = v.cpu().numpy()
     return idx, sim
 
 
-def kth_similarity(Z: np.ndarray, kth: int, device=None, chunk: int = 256) -> np.ndarray:
-    """Each row's kth-highest cosine similarity to the other rows (memory O(chunk * N), not O(N * kth))."""
+def kth_similarity(Z: np.ndarray, kth: int, device=None, chunk: int = 256, keys: np.ndarray | None = None) -> np.ndarray:
+    """Each row's kth-highest similarity (cosine, or Z . keys) to the other rows (memory O(chunk * N), not O(N * kth))."""
     import torch
 
     device = device or torch.device("cpu")
     kth = int(min(kth, Z.shape[0] - 1))
     out = np.empty(Z.shape[0], dtype=np.float32)
-    for start, S in _similarity_chunks(Z, device, chunk):
+    for start, S in _similarity_chunks(Z, device, chunk, keys):
         out[start : start + S.shape[0]] = torch.topk(S, kth, dim=1).values[:, -1].cpu().numpy()
     return out
 
@@ -285,7 +300,8 @@ class NeighbourSampler:
 def second_order_clean(pos: np.ndarray, eta: int, chunk: int = 4096) -> np.ndarray:
     """UNIC's cleaning: True where the union of the positives' own positive sets has > eta members.
 
-    ``pos`` is (N, tau1) (self excluded); such samples keep only themselves as positive.
+    ``pos`` is (N, tau1): each sample's positives, itself included when the caller counts it (UNIC Eq. 3-4);
+    such samples keep only themselves as positive.
     """
     n, t = pos.shape
     noisy = np.zeros(n, dtype=bool)
@@ -424,6 +440,25 @@ def auto_momentum(total_steps: int, base: float = 0.996, horizon_frac: float = 0
     Imagenette effnet-lite0, one head, 10 epochs: AMI 70.9 at 0.996, 80.2 at 0.99, 84.2 at 0.98).
     """
     return float(min(base, 1.0 - 1.0 / max(1.0, horizon_frac * total_steps)))
+
+
+P_MOMENTUM_SCHEDULE = Param(
+    "momentum_schedule", "cosine", str,
+    "teacher momentum over training: cosine (TEMI code: from the base momentum towards 1) or constant",
+    choices=("cosine", "constant"),
+)
+
+
+def momentum_at(step: int, total: int, base: float, schedule: str = "cosine") -> float:
+    """The teacher's EMA momentum at ``step`` of ``total``.
+
+    ``cosine`` is the TEMI code's schedule (DINO's ``cosine_scheduler(base, 1, ...)``): from ``base``
+    at the first step towards 1 at the last, 1 - (1 - base) * (1 + cos(pi * step / total)) / 2, so the
+    teacher settles as training ends. ``constant`` keeps ``base``.
+    """
+    if schedule == "constant":
+        return base
+    return 1.0 - (1.0 - base) * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
 
 
 def _standardise_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -569,8 +604,8 @@ class _TemiBase(_TrainedHead):
         epochs = self._n_epochs(n)
         steps = self._steps_per_epoch(n)
         total, warmup = epochs * steps, max(1, round(0.1 * epochs)) * steps
-        momentum = self.momentum if self.momentum is not None else auto_momentum(total)
-        self.momentum_ = momentum
+        base_momentum = self.momentum if self.momentum is not None else auto_momentum(total)
+        self.momentum_ = base_momentum
         s_params, t_params = list(student.parameters()), list(teacher.parameters())
         step = 0
         head_loss = torch.zeros(H, device=device)
@@ -599,6 +634,8 @@ class _TemiBase(_TrainedHead):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                momentum = momentum_at(step, total, base_momentum, self.momentum_schedule)
+                self.momentum_last_ = momentum
                 with torch.no_grad():
                     torch._foreach_mul_(t_params, momentum)
                     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
@@ -625,6 +662,7 @@ _TEMI_PARAMS = (
     Param("beta", 0.6, float, "exponent β of TEMI's β-MI loss (1 = plain PMI)", low=0, high=1, low_inclusive=False),
     Param("temperature", 0.1, float, "student and teacher softmax temperature", low=0, low_inclusive=False),
     P_MOMENTUM,
+    P_MOMENTUM_SCHEDULE,
     Param("prior_momentum", 0.9, float, "EMA momentum of the teacher's cluster prior p̃", low=0, high=1),
     P_CENTER,
     P_DEVICE,
@@ -707,6 +745,7 @@ class IcceClusterer(_TemiBase):
         Param("beta", 0.6, float, "exponent β of TEMI's β-MI loss", low=0, high=1, low_inclusive=False),
         Param("temperature", 0.1, float, "student and teacher softmax temperature", low=0, low_inclusive=False),
         P_MOMENTUM,
+        P_MOMENTUM_SCHEDULE,
         Param("prior_momentum", 0.9, float, "EMA momentum of the teacher's cluster prior p̃", low=0, high=1),
         Param("sk_iters", 3, int, "Sinkhorn-Knopp iterations centring the teacher (0 = off)", low=0),
         Param("ce_weight", 0.5, float, "final weight λ of the cross-entropy term (cosine ramp from 0)", low=0),
@@ -931,7 +970,12 @@ class UnicClusterer(_MLPMethod):
         P_BATCH,
         Param("lr", 1e-4, float, "Adam learning rate (cosine decay)", low=0, low_inclusive=False),
         Param("weight_decay", 0.0, float, "Adam weight decay", low=0),
-        Param("hidden", 512, int, "hidden units of the 2-layer MLP head", low=1),
+        Param("hidden", 512, int, "hidden units of the 2-layer MLP head (UNIC A.10: 2048)", low=1),
+        Param("self_positive", False, bool,
+              "the sample is one of its own tau1 positives and of the cleaning union (UNIC Eq. 3-4)"),
+        Param("metric", "cosine", str,
+              "neighbour ranking: cosine (centred, l2-normalised) or euclidean on the raw features (UNIC)",
+              choices=("cosine", "euclidean")),
         P_CENTER,
         P_DEVICE,
     )
@@ -955,21 +999,25 @@ class UnicClusterer(_MLPMethod):
         torch = _nn().torch
         tau1, tau2, eta = self._resolved(n)
         self.tau1_, self.tau2_, self.eta_ = tau1, tau2, eta
-        Z = neighbour_space(X, self.center)
+        Z, keys = euclidean_space(X) if self.metric == "euclidean" else (neighbour_space(X, self.center), None)
         with seeded_torch(self.random_state, device):
-            pos, _ = topk_neighbours(Z, tau1, device)
+            others = tau1 - 1 if self.self_positive else tau1
+            pos, _ = topk_neighbours(Z, max(others, 1), device, keys=keys)
+            if self.self_positive:  # Eq. 3: the sample itself is one of its tau1 positives
+                pos = np.hstack([np.arange(n)[:, None], pos[:, :others]])
             noisy = second_order_clean(pos, eta)
             self.noisy_ = noisy
             pos = np.where(noisy[:, None], np.arange(n)[:, None], pos)
             sampler = NeighbourSampler.from_dense(pos)
             # negatives: similarity below each sample's tau2-th highest (ranks tau2.. of the rest)
-            neg_thr = torch.as_tensor(kth_similarity(Z, tau2, device), device=device)
+            neg_thr = torch.as_tensor(kth_similarity(Z, tau2, device, keys=keys), device=device)
             Zt = torch.as_tensor(Z, device=device)
+            Kt = Zt if keys is None else torch.as_tensor(keys, device=device)
             model = self._make_model(X.shape[1]).to(device)
 
             def step_loss(rows):
                 p = sampler.sample(rows, rng)
-                q = self._negatives(rows, Zt, neg_thr, rng, device)
+                q = self._negatives(rows, Zt, Kt, neg_thr, rng, device)
                 out = model(Xt[torch.as_tensor(np.concatenate([rows, p, q]), device=device)])[0]
                 b = len(rows)
                 loss = unic_loss(out[:b], out[b : 2 * b], out[2 * b :], self.entropy_weight)[0]
@@ -979,7 +1027,7 @@ class UnicClusterer(_MLPMethod):
             return self._finish(model, Xt)
 
     @staticmethod
-    def _negatives(rows, Zt, thr, rng, device, tries: int = 20) -> np.ndarray:
+    def _negatives(rows, Zt, Kt, thr, rng, device, tries: int = 20) -> np.ndarray:
         """One negative per row: a uniform draw among samples less similar than its tau2-th neighbour."""
         import torch
 
@@ -989,7 +1037,7 @@ class UnicClusterer(_MLPMethod):
         for _ in range(tries):
             r = torch.as_tensor(rows[todo], device=device)
             c = torch.as_tensor(out[todo], device=device)
-            ok = ((Zt[r] * Zt[c]).sum(dim=1) < thr[r]) & (r != c)
+            ok = ((Zt[r] * Kt[c]).sum(dim=1) < thr[r]) & (r != c)
             todo = todo[~ok.cpu().numpy()]
             if todo.size == 0:
                 break
