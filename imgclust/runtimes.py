@@ -136,6 +136,8 @@ def normalised_network(forward: Callable, preprocess, module):
         def __init__(self):
             super().__init__()
             self.net = module
+            # Which output of the module (its own, CLIP's encode_image, CLS + patch mean): part of a converted model's key.
+            self.output = f"{getattr(forward, '__module__', '')}.{getattr(forward, '__qualname__', repr(forward))}"
             self.register_buffer("scale", torch.tensor([255.0]))
             self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -289,14 +291,15 @@ def model_cache_dir() -> Path:
 
 
 def network_digest(network, size: int, batch_size: int) -> str:
-    """Identifies a converted network: its class, every parameter and buffer, input shape and versions."""
+    """Identifies a converted network: its class and output, every parameter and buffer, input shape and versions."""
     import hashlib
 
     import torch
 
     from . import __version__
 
-    digest = hashlib.sha256(f"{type(network.net).__name__}|{size}|{batch_size}|{__version__}|{torch.__version__}".encode())
+    digest = hashlib.sha256(f"{type(network.net).__name__}|{network.output}|{size}|{batch_size}|{__version__}|"
+                            f"{torch.__version__}".encode())
     for name, tensor in network.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
