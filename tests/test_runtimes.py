@@ -232,3 +232,18 @@ def test_cuda_runner_overlaps_pinned_copies_and_returns_the_same_rows(images):
     second = enc.submit(torch.from_numpy(images[4:8]))  # submitted before the first is collected
     a, b = first.result(), second.result()
     assert a.dtype == np.float32 and np.array_equal(np.concatenate([a, b]), enc.encode(images[:8]))
+
+
+def test_cli_runtime_option_names_the_choices_on_a_bad_name(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from imgclust.cli import app
+
+    result = CliRunner().invoke(app, ["embed", str(image_folder), "--encoder", TINY_ENCODER, "--weights", "random",
+                                      "--cache", str(tmp_path / "c.h5"), "--runtime", "tensorrt"])
+    assert result.exit_code == 2 and "unknown runtime 'tensorrt'" in result.output and "openvino" in result.output
+    assert not (tmp_path / "c.h5").exists()
+    result = CliRunner().invoke(app, ["embed", str(image_folder), "--encoder", TINY_ENCODER, "--weights", "random",
+                                      "--cache", str(tmp_path / "c.h5"), "--runtime", "onnxruntime", "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"runtime": "onnxruntime"' in result.output
