@@ -1,13 +1,15 @@
 """``embed``: images -> one embedding each, in the resumable HDF5 cache.
 
 The work list is every discovered image that the cache does not already hold unchanged (same
-size and mtime). Decoding runs in DataLoader worker processes, overlapped with the model. Each
-finished block of rows is journalled to ``<cache>.journal/<encoder>/`` (written to a temporary
-name, then renamed), so a killed run keeps its work; the journal is merged into the cache with
-one atomic replace at the end, or at the start of the next run.
+size and mtime). Decoding runs in DataLoader worker processes that hand uint8 images over through
+shared memory, overlapped with the model (run by the encoder's runtime, :mod:`imgclust.runtimes`).
+Each finished block of rows is journalled to ``<cache>.journal/<encoder>/`` (by a background thread;
+written to a temporary name, then renamed), so a killed run keeps its work; the journal is merged
+into the cache with one atomic replace at the end, or at the start of the next run.
 
-Every batch is padded to the full batch size before the forward pass (``Encoder.encode_padded``),
-which makes a resumed run bit-for-bit equal to an uninterrupted one.
+Every batch is padded to the encoder's batch size before the forward pass (``Encoder.submit``), and
+the runtime is part of the cache's identity, which makes a resumed run bit-for-bit equal to an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -416,7 +418,7 @@ def _resolve_decode(requested: str | None, device: str, recorded: str | None) ->
         raise UsageError(f"--decode gpu needs a CUDA device, and this run uses {device}", hint="leave --decode out")
     if recorded is not None and recorded != requested:
         raise UsageError(f"--decode {requested}: this cache's rows were decoded on the {recorded.upper()}; "
-                         "one cache holds one kind", hint=f"leave --decode out to continue it, or use another --cache")
+                         "one cache holds one kind", hint="leave --decode out to continue it, or use another --cache")
     return requested
 
 
