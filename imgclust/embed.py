@@ -351,7 +351,11 @@ def embed(
         cache.clean_temp_files()
         committed, committed_failures, identity_old = _read_committed(cache, encoder)
         device = best_device(device)
-        runtime = resolve_runtime(runtime, spec.family, device, identity_old["runtime"] if identity_old else None)
+        recorded = identity_old["runtime"] if identity_old else None
+        # A cache's own runtime needs checking against this device only when there is work for it (below):
+        # a run with nothing new to embed must not fail because the rows were made on another machine.
+        requested, runtime = runtime, (recorded if runtime in (None, "auto") and recorded else
+                                       resolve_runtime(runtime, spec.family, device, recorded))
         decode_on = _resolve_decode(decode_on, device, identity_old["decode"] if identity_old else None)
         journal_identity = {"architecture": spec.architecture, "weights": weights or spec.weights, "runtime": runtime,
                             "decode": decode_on}
@@ -385,6 +389,7 @@ def embed(
         enc = None
         try:
             if pending:
+                resolve_runtime(requested, spec.family, device, recorded)  # can the cache's runtime run here?
                 enc = create_encoder(encoder, weights=weights, device=device, runtime=runtime, batch_size=batch_size)
                 summary.device, summary.batch_size = enc.device, enc.batch_size
                 summary.workers = default_workers(enc.device) if workers is None else workers
@@ -401,7 +406,9 @@ def embed(
                 present={f.path for f in files}, exact=exact)
         journal.clear()
         if views and not summary.interrupted and summary.images:
-            enc = enc or create_encoder(encoder, weights=weights, device=device, runtime=runtime, batch_size=batch_size)
+            if enc is None:
+                resolve_runtime(requested, spec.family, device, recorded)
+                enc = create_encoder(encoder, weights=weights, device=device, runtime=runtime, batch_size=batch_size)
             summary.views_computed = add_views(cache, encoder, enc, views, max_pixels, progress)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.images_per_second = round(summary.embedded / summary.seconds, 2) if summary.seconds > 0 else 0.0

@@ -113,6 +113,18 @@ def test_the_cache_records_the_runtime_and_a_resume_keeps_it(image_folder, tmp_p
         embed([image_folder], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu", runtime="torch")
 
 
+def test_a_cache_from_a_runtime_this_device_lacks_is_refused_only_when_there_is_work(image_folder, tmp_path, monkeypatch):
+    cache = tmp_path / "c.h5"
+    embed([image_folder / "red_things"], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu",
+          batch_size=4, workers=0, runtime="onnxruntime")
+    monkeypatch.setattr(runtimes, "_importable", lambda module: module != "onnxruntime")  # another machine
+    nothing_new = embed([image_folder / "red_things"], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu")
+    assert nothing_new.embedded == 0 and nothing_new.runtime == "onnxruntime"
+    with pytest.raises(UsageError, match="made with runtime 'onnxruntime', which cannot run here"):
+        embed([image_folder], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu")
+    assert Cache(cache).read_index(TINY_ENCODER).paths.size == 6  # nothing lost
+
+
 def test_a_cache_without_a_recorded_runtime_continues_with_eager_torch(image_folder, tmp_path):
     import h5py
 
