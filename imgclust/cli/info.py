@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from ..cache import Cache
+from ..runtimes import LEGACY_RUNTIME
 from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, stdout
 from .reduce import CacheArgument, CacheEncoderOption
@@ -37,7 +38,8 @@ def info_command(
     out.print(f"[bold]{escape(str(store.path))}[/bold]")
     for entry in report:
         out.print(f"encoder {entry['encoder']}: {entry['n_images']} images, {entry['n_failures']} failures, "
-                  f"{entry['embedding_dim']}-d ({entry['architecture']}, weights {escape(str(entry['weights']))})")
+                  f"{entry['embedding_dim']}-d ({entry['architecture']}, weights {escape(str(entry['weights']))}, "
+                  f"runtime {entry.get('runtime', LEGACY_RUNTIME)})")
         for key, attrs in entry["reductions"].items():
             out.print(f"  reduction {key}: {attrs.get('shape')}")
         for key, attrs in entry["runs"].items():
