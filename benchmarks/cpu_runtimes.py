@@ -115,7 +115,7 @@ def main() -> None:
               "threads": threads, "rounds": args.rounds, "cosine_images": len(images), "folder": os.path.abspath(args.folder),
               "load_average_1min_per_round": [round(x, 2) for x in load], "cpu_count": os.cpu_count(),
               "torch": torch.__version__, "python": platform.python_version(), "rows": rows}
-    print(f"\n| candidate | images/s (median) | × eager (median of rounds) | cosine min | cosine median | build s |")
+    print("\n| candidate | images/s (median) | × eager (median of rounds) | cosine min | cosine median | build s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['candidate']} | {r['images_per_s_median']} | {r['speedup_vs_eager_median']} | {r['cosine_min']:.4f} | "

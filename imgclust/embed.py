@@ -2,8 +2,9 @@
 
 The work list is every discovered image that the cache does not already hold unchanged (same
 size and mtime, or, when those changed, the same content hash). Decoding runs in DataLoader worker
-processes, overlapped with the model. Each finished block of rows is journalled to
-``<cache>.journal/<encoder>/`` (written to a temporary name, then renamed), so a killed run keeps
+processes that hand uint8 images over through shared memory, overlapped with the model (run by the
+encoder's runtime, :mod:`imgclust.runtimes`). Each finished block of rows is journalled to
+``<cache>.journal/<encoder>/`` (by a background thread; written to a temporary name, then renamed), so a killed run keeps
 its work; at the end (or at the start of the next run) the journal becomes one new block of the
 cache (:meth:`imgclust.cache.Cache.write_rows`): a commit costs what it adds.
 
@@ -11,8 +12,9 @@ Nothing is dropped unasked: rows of files that cannot be found are kept (``prune
 labels stay unless ``labels`` is given, and a row whose file changed is replaced in place, so
 results of the other rows keep their order (they are marked stale, never deleted).
 
-Every batch is padded to the full batch size before the forward pass (``Encoder.encode_padded``),
-which makes a resumed run bit-for-bit equal to an uninterrupted one.
+Every batch is padded to the encoder's batch size before the forward pass (``Encoder.submit``), and
+the runtime is part of the cache's identity, which makes a resumed run bit-for-bit equal to an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -374,9 +376,13 @@ def embed(
         rows = cache.rows(encoder) if cache.exists() and encoder in cache.encoders() else None
         committed = rows.index() if rows is not None and not reembed else None
         run_device = best_device(device)
-        recorded = _recorded_identity(rows.state.attrs) if rows is not None and not reembed else None
-        runtime = resolve_runtime(runtime, spec.family, run_device, recorded["runtime"] if recorded else None)
-        decode_on = _resolve_decode(decode_on, run_device, recorded["decode"] if recorded else None)
+        recorded = _recorded_identity(rows.state.attrs)["runtime"] if rows is not None and not reembed else None
+        # A cache's own runtime needs checking against this device only when there is work for it (below):
+        # a run with nothing new to embed must not fail because the rows were made on another machine.
+        requested, runtime = runtime, (recorded if runtime in (None, "auto") and recorded else
+                                       resolve_runtime(runtime, spec.family, run_device, recorded))
+        decode_on = _resolve_decode(decode_on, run_device,
+                                    _recorded_identity(rows.state.attrs)["decode"] if rows is not None and not reembed else None)
         summary.runtime, summary.decode = runtime, decode_on
         summary.batch_size = batch_size or default_batch_size(run_device)
         identity = block_identity(spec, weights, run_device, summary.batch_size, runtime, decode_on)
@@ -412,6 +418,7 @@ def embed(
         enc = None
         try:
             if pending:
+                resolve_runtime(requested, spec.family, run_device, recorded)  # can the cache's runtime run here?
                 enc = create_encoder(encoder, weights=weights, device=run_device, runtime=runtime,
                                      batch_size=summary.batch_size)
                 summary.device = enc.device
@@ -429,8 +436,10 @@ def embed(
                 present={f.path for f in files}, exact=exact, prune=prune, reembed=reembed)
         journal.clear()
         if views and not summary.interrupted and summary.images:
-            enc = enc or create_encoder(encoder, weights=weights, device=run_device, runtime=runtime,
-                                        batch_size=summary.batch_size)
+            if enc is None:
+                resolve_runtime(requested, spec.family, run_device, recorded)
+                enc = create_encoder(encoder, weights=weights, device=run_device, runtime=runtime,
+                                     batch_size=summary.batch_size)
             summary.views_computed = add_views(cache, encoder, enc, views, max_pixels, progress)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.images_per_second = round(summary.embedded / summary.seconds, 2) if summary.seconds > 0 else 0.0

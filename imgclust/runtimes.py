@@ -87,13 +87,16 @@ def resolve_runtime(requested: str | None, family: str, device: str, recorded: s
     """
     kind = device.split(":")[0]
     if requested in (None, "auto"):
-        if recorded is not None:
-            requested = recorded
-        else:
+        if recorded is None:
             for name in AUTO.get((kind, family)) or AUTO.get((kind, "*")) or AUTO[("cpu", "*")]:
                 if RUNTIMES.get(name).missing(device) is None:
                     return name
             return LEGACY_RUNTIME
+        why = RUNTIMES.get(recorded).missing(device) if recorded in RUNTIMES else "unknown to this imgclust"
+        if why is not None:
+            raise UsageError(f"this cache's rows were made with runtime '{recorded}', which cannot run here: {why}",
+                             hint="embed where it runs (another --device, or after installing it), or use another --cache")
+        return recorded
     spec = RUNTIMES.get(requested)
     if recorded is not None and recorded != requested:
         raise UsageError(f"--runtime {requested}: this cache's rows were made with runtime '{recorded}'; "

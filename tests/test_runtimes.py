@@ -91,6 +91,8 @@ def test_auto_picks_per_device_keeps_the_recorded_runtime_and_refuses_a_differen
     assert "--runtime torch" in info.value.hint
     with pytest.raises(UsageError, match="runs on cpu, not cuda"):
         resolve_runtime("openvino", "timm", "cuda")
+    with pytest.raises(UsageError, match="made with runtime 'openvino', which cannot run here: runs on cpu, not cuda"):
+        resolve_runtime("auto", "timm", "cuda", recorded="openvino")  # a CPU cache continued on a GPU
     monkeypatch.setattr(runtimes, "_importable", lambda module: module != "openvino")
     assert resolve_runtime("auto", "effnet-lite0", "cpu") == "onnxruntime"  # the next best, when openvino is missing
     with pytest.raises(UsageError, match="needs the Python package") as info:
@@ -109,6 +111,18 @@ def test_the_cache_records_the_runtime_and_a_resume_keeps_it(image_folder, tmp_p
     assert again.runtime == "onnxruntime" and again.embedded == 6  # auto continues with the cache's runtime
     with pytest.raises(UsageError, match="made with runtime 'onnxruntime'"):
         embed([image_folder], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu", runtime="torch")
+
+
+def test_a_cache_from_a_runtime_this_device_lacks_is_refused_only_when_there_is_work(image_folder, tmp_path, monkeypatch):
+    cache = tmp_path / "c.h5"
+    embed([image_folder / "red_things"], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu",
+          batch_size=4, workers=0, runtime="onnxruntime")
+    monkeypatch.setattr(runtimes, "_importable", lambda module: module != "onnxruntime")  # another machine
+    nothing_new = embed([image_folder / "red_things"], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu")
+    assert nothing_new.embedded == 0 and nothing_new.runtime == "onnxruntime"
+    with pytest.raises(UsageError, match="made with runtime 'onnxruntime', which cannot run here"):
+        embed([image_folder], encoder=TINY_ENCODER, cache=cache, weights="random", device="cpu")
+    assert Cache(cache).read_index(TINY_ENCODER).paths.size == 6  # nothing lost
 
 
 def test_a_cache_without_a_recorded_runtime_continues_with_eager_torch(image_folder, tmp_path):
@@ -232,3 +246,18 @@ def test_cuda_runner_overlaps_pinned_copies_and_returns_the_same_rows(images):
     second = enc.submit(torch.from_numpy(images[4:8]))  # submitted before the first is collected
     a, b = first.result(), second.result()
     assert a.dtype == np.float32 and np.array_equal(np.concatenate([a, b]), enc.encode(images[:8]))
+
+
+def test_cli_runtime_option_names_the_choices_on_a_bad_name(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from imgclust.cli import app
+
+    result = CliRunner().invoke(app, ["embed", str(image_folder), "--encoder", TINY_ENCODER, "--weights", "random",
+                                      "--cache", str(tmp_path / "c.h5"), "--runtime", "tensorrt"])
+    assert result.exit_code == 2 and "unknown runtime 'tensorrt'" in result.output and "openvino" in result.output
+    assert not (tmp_path / "c.h5").exists()
+    result = CliRunner().invoke(app, ["embed", str(image_folder), "--encoder", TINY_ENCODER, "--weights", "random",
+                                      "--cache", str(tmp_path / "c.h5"), "--runtime", "onnxruntime", "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"runtime": "onnxruntime"' in result.output

@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from ..cache import Cache
 from ..cache_admin import describe
+from ..runtimes import LEGACY_RUNTIME
 from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, stdout
 from .reduce import CacheArgument, CacheEncoderOption
@@ -52,8 +53,8 @@ def info_command(
               f"{human_bytes(report['total_bytes'])} in all)", markup=True)
     for entry in report["encoders"]:
         out.print(f"encoder {entry['encoder']}: {entry['n_images']} images, {entry['n_failures']} failures, "
-                  f"{entry['embedding_dim']}-d ({entry['architecture']}, weights {entry['weights']}), "
-                  f"{len(entry['blocks'])} blocks")
+                  f"{entry['embedding_dim']}-d ({entry['architecture']}, weights {entry['weights']}, "
+                  f"runtime {entry.get('runtime', LEGACY_RUNTIME)}), {len(entry['blocks'])} blocks")
         if verbose:
             for block in entry["blocks"]:
                 out.print(f"  block {block['file']}: {block['live_rows']} of {block['rows']} rows live, "
