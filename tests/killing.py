@@ -15,17 +15,21 @@ A *trial* is one run killed at a moment drawn from a seeded RNG, by one of these
 * ``time``     -- after a uniform random delay over an uninterrupted run's duration;
 * ``early``    -- within the first 0.4 s (discovery, model creation, lock held, nothing written);
 * ``journal``  -- right after the k-th journal part appears (plus a random 0-30 ms);
-* ``commit``   -- right after the cache's temporary file appears, i.e. while the journal is being
-  merged into the cache (plus a random delay over the merge's measured duration); the cache holds
-  a 16 MiB group of another encoder, copied at every merge, to widen that window;
-* ``replace``  -- the moment the cache file changes: just after the atomic replace, before the
-  journal is cleared (were the cache ever written in place, this would kill it mid-write).
+* ``commit``   -- right after the cache's temporary index file appears, i.e. while the journal's rows
+  have become a block and the new index is written (plus a random delay); the cache also holds another
+  encoder's rows, which must never change;
+* ``replace``  -- the moment the index file itself changes: just after the atomic replace, before the
+  journal is cleared and unreferenced files are collected (were it ever written in place, this would
+  kill it mid-write).
 
 Each kill is followed by a re-run of the same command (which may be killed again: a chain of at
 most ``max_links`` runs, the last one left to finish). After every kill the cache must open cleanly
 and hold only rows bit-for-bit equal to the reference; after the chain, the cache must equal an
-uninterrupted run's exactly, with every unreadable file recorded once, the other encoder's data
-untouched and no journal or temporary file left.
+uninterrupted run's exactly (per path), with every unreadable file recorded once, the other encoder's
+data untouched and no journal, temporary or unreferenced bulk file left.
+
+``run_store_trials`` does the same to ``imgclust cluster`` (storing a reduction and a run),
+``imgclust cache compact`` and ``imgclust cache pack``.
 """
 
 from __future__ import annotations
