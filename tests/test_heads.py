@@ -201,7 +201,8 @@ def test_unic_self_positive_and_metric_options_train(blobs, metric):
                          **FAST["unic"]).fit(X)
     assert adjusted_rand_score(y, c.labels_) >= 0.9
     # itself and 4 others (not 5 others): the positive sets overlap more, so fewer samples are cleaned
-    without = create_clusterer("unic", n_clusters=4, tau1=5, metric=metric, device="cpu", **FAST["unic"]).fit(X)
+    without = create_clusterer("unic", n_clusters=4, tau1=5, self_positive=False, metric=metric, device="cpu",
+                               **FAST["unic"]).fit(X)
     assert c.noisy_.sum() < without.noisy_.sum() / 4
 
 
