@@ -384,7 +384,9 @@ def embed(
         decode_on = _resolve_decode(decode_on, run_device,
                                     _recorded_identity(rows.state.attrs)["decode"] if rows is not None and not reembed else None)
         summary.runtime, summary.decode = runtime, decode_on
-        summary.batch_size = batch_size or default_batch_size(run_device)
+        # An omitted batch size continues the cache's own (it decides the last bits of every row).
+        summary.batch_size = batch_size or (_recorded_identity(rows.state.attrs)["batch_size"]
+                                            if rows is not None and not reembed else None) or default_batch_size(run_device)
         identity = block_identity(spec, weights, run_device, summary.batch_size, runtime, decode_on)
         if rows is not None and not reembed:
             _check_identity(cache, encoder, rows.state.attrs, identity)
@@ -458,9 +460,11 @@ def block_identity(spec, weights: str | None, device: str, batch_size: int, runt
 
 
 def _recorded_identity(attrs: dict) -> dict:
-    """The runtime and decoding the cache's rows were made with (caches from before runtimes: torch, CPU)."""
+    """The runtime, decoding and batch size the cache's rows were made with (caches from before runtimes:
+    torch on the CPU; before identities: no batch size)."""
     stored = attrs.get("identity") or {}
-    return {"runtime": stored.get("runtime", LEGACY_RUNTIME), "decode": stored.get("decode", "cpu")}
+    return {"runtime": stored.get("runtime", LEGACY_RUNTIME), "decode": stored.get("decode", "cpu"),
+            "batch_size": stored.get("batch_size")}
 
 
 def _check_identity(cache: Cache, encoder: str, attrs: dict, identity: dict) -> None:

@@ -363,6 +363,35 @@ class OnnxRunner:
         yield self  # float32 already
 
 
+@contextlib.contextmanager
+def _signal_stack_kept() -> Iterator[None]:
+    """Give the calling thread its own alternate signal stack back after the block.
+
+    OpenVINO's ``compile_model`` points the thread's alternate signal stack at memory of its own that
+    it frees later; a Python signal handler (they run on that stack) called afterwards, such as the
+    SIGCHLD handler torch's DataLoader installs, then makes the kernel kill the process with SIGSEGV.
+    """
+    import ctypes
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    try:
+        sigaltstack = ctypes.CDLL(None, use_errno=True).sigaltstack
+    except (OSError, AttributeError):  # no C library to ask (not a POSIX system): nothing to keep
+        yield
+        return
+    saved = StackT()
+    if sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        saved.ss_flags &= ~1  # SS_ONSTACK is a state, not a setting
+        sigaltstack(ctypes.byref(saved), None)
+
+
 class OpenVinoRunner:
     """OpenVINO on the CPU, normalisation inside the graph, compiled for one static batch size.
 
@@ -379,9 +408,10 @@ class OpenVinoRunner:
         self.model, self.threads, self.precision = network, threads, precision
         self.reduced_precision = precision != "f32"
         self.float32_runner: OpenVinoRunner | None = None
-        compiled = ov.Core().compile_model(self.model, "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
-            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+        with _signal_stack_kept():
+            compiled = ov.Core().compile_model(self.model, "CPU", {
+                "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
+                "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
         self.requests = [compiled.create_infer_request() for _ in range(2)]
         self.turn = 0
 

@@ -261,3 +261,22 @@ def test_cli_runtime_option_names_the_choices_on_a_bad_name(image_folder, tmp_pa
                                       "--cache", str(tmp_path / "c.h5"), "--runtime", "onnxruntime", "--workers", "0", "--json"])
     assert result.exit_code == 0, result.output
     assert '"runtime": "onnxruntime"' in result.output
+
+
+def test_openvino_leaves_the_threads_signal_stack_as_it_was():
+    # compile_model points the thread's alternate signal stack at memory OpenVINO frees later; a signal handled
+    # afterwards (SIGCHLD from a DataLoader worker) then killed the process with SIGSEGV.
+    import ctypes
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    def current():
+        stack = StackT()
+        ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack))
+        return stack.ss_sp, stack.ss_size
+
+    before = current()
+    encoder = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="openvino", batch_size=2)
+    encoder.encode(np.zeros((2, encoder.preprocess.size, encoder.preprocess.size, 3), np.uint8))
+    assert current() == before
