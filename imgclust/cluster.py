@@ -1,9 +1,10 @@
 """``cluster``: run a registered clustering method on the cached (reduced) embeddings; store the run.
 
 Every run records the row set it was computed from; a run of other rows is stale: it is kept and
-listed, but :func:`load_run` never hands it to a stage. The input is the space the method wants (``Clusterer.input_space``): for shallow methods the
-reduction named by ``reduction`` (UMAP 50 by default, computed and stored on first use), for the
-trained heads the raw embeddings. ``n_clusters`` is an int, ``"auto"`` (chosen without labels by
+listed, but :func:`load_run` never hands it to a stage. The input is the space the method wants
+(``Clusterer.input_space``): for shallow methods the reduction named by ``reduction`` (UMAP 50 by
+default, computed and stored on first use), for the trained heads the raw embeddings. ``n_clusters`` is
+an int, ``"auto"`` (chosen without labels by
 :func:`imgclust.select.choose_n_clusters`) or None (the method finds it; agglomerative then cuts
 its tree at ZS's per-encoder distance threshold).
 """
@@ -94,6 +95,7 @@ def cluster(
     reduction: str | None = None,
     dims: int | None = None,
     random_state: int = 0,
+    device: str | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
     store: bool = True,
 ) -> ClusterRun:
@@ -107,12 +109,19 @@ def cluster(
         metric or threshold takes ZS's tuned values for the encoder.
     reduction : ``umap`` (default for shallow methods), ``pca``, ``l2+umap``, ``none`` (raw), or the key
         of a stored reduction. ``dims`` sets its dimensions (50).
+    device : where a trained method runs (its ``device`` parameter); refused for methods that run on
+        the CPU only, so it is never silently ignored.
     on_epoch : progress callback ``(epoch, epochs, loss)`` of trained methods, after each epoch.
     """
     cache_obj = Cache(cache)
     encoder = cache_obj.resolve_encoder(encoder)
     cls = CLUSTERERS.get(method)
     params = dict(params or {})
+    if device is not None:
+        if not takes_device(method):
+            raise UsageError(f"--device does not apply to {method}: it runs on the CPU",
+                             hint="drop --device, or choose a trained method (temi, icce, scan, unic, cc)")
+        params.setdefault("device", device)
     if method == "agglomerative":
         defaults = agglomerative_defaults(encoder)
         if "linkage" not in params and "metric" not in params:
@@ -159,6 +168,11 @@ def cluster(
     if store:
         run.run_id = _store(cache_obj, run, clusterer, rows.fingerprint)
     return run
+
+
+def takes_device(method: str) -> bool:
+    """Whether ``method`` runs on a chosen device (the trained heads do)."""
+    return any(p.name == "device" for p in CLUSTERERS.get(method).params)
 
 
 def _jsonable(params: dict) -> dict:

@@ -274,6 +274,7 @@ def embed(
     reembed: bool = False,
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
+    exclude: Sequence[str | os.PathLike] = (),
 ) -> EmbedSummary:
     """Embed every image under ``inputs`` into ``cache`` (resumable; unchanged images are skipped).
 
@@ -302,6 +303,7 @@ def embed(
     reembed : replace every row of ``encoder`` by embedding the images again, e.g. with other
         settings (device, precision, batch size) than the rows were made with.
     views : also store this many augmented-view embeddings per image (for ``cc``; see :mod:`imgclust.views`).
+    exclude : folders discovery never walks into (the one-step command's output folder).
 
     Returns
     -------
@@ -317,7 +319,7 @@ def embed(
     started = time.perf_counter()
     if files is None:
         inputs, labels = expand_sources(inputs, labels, data_root, split)
-        files = discover(inputs, files_from=files_from, labels=labels)
+        files = discover(inputs, files_from=files_from, labels=labels, exclude=exclude)
     cache = Cache(cache)
     summary = EmbedSummary(cache=str(cache.path), encoder=encoder, discovered=len(files))
     with cache.writer():

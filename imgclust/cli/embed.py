@@ -77,7 +77,7 @@ def embed_command(
         emit_json(summary.to_dict())
     else:
         out = stdout()
-        where, name = escape(summary.cache), escape(summary.encoder)  # paths may hold "[...]": not markup
+        where, name = summary.cache, summary.encoder
         if summary.embedded == 0 and summary.failed == 0 and not summary.interrupted:
             out.print(f"nothing new to embed: {summary.images} images already in {where} ({name})")
         else:
@@ -90,7 +90,7 @@ def embed_command(
             note(f"[yellow]note:[/yellow] {summary.recomputed_float32} images gave NaN/Inf in half precision and were "
                  f"embedded again in float32")
         if summary.failures_total:
-            note(f"[dim]list failures with: imgclust info {where} --failures[/dim]")
+            note(f"[dim]list failures with: imgclust info {escape(str(where))} --failures[/dim]")
         if summary.kept_missing:
             note(f"[yellow]note:[/yellow] kept {summary.kept_missing} rows of missing files; --prune drops them")
         if summary.stale_results:
