@@ -54,7 +54,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 import uuid
@@ -953,10 +952,6 @@ class Cache:
             _raise_write_failure(self.path, exc)
             raise
         return tmp, keys
-
-    def set_failures(self, encoder: str, attrs: dict, failures: Failures) -> None:
-        """Record ``failures`` (and create the encoder when new) without touching its rows."""
-        self.write_rows(encoder, attrs, None, failures=failures)
 
 
 def has_internal_refs(state: State) -> bool:

@@ -22,9 +22,9 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from .cache import (BULK_FORMAT, _alive, FORMAT, RESULT_KINDS, SCHEMA_VERSION, Cache, EncoderState, NewRows, Rows, State,
-                    _block_meta, _drop_unused_blocks, has_internal_refs, _fsync, _raise_write_failure, _replace, _write_encoder,
-                    encode_attrs, fingerprint, locations, segments_from_locations)
+from .cache import (BULK_FORMAT, FORMAT, RESULT_KINDS, SCHEMA_VERSION, Cache, EncoderState, NewRows, Rows,
+                    encode_attrs, fingerprint, has_internal_refs, locations, segments_from_locations)
+from .cache import _alive, _block_meta, _drop_unused_blocks, _fsync, _raise_write_failure, _replace, _write_encoder
 from .errors import UsageError
 
 Progress = Callable[[int, int], None]

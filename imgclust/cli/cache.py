@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from .. import cache_admin
 from . import app
@@ -30,7 +29,7 @@ def rm_command(
         emit_json({"cache": str(cache), "removed": removed})
         return
     for item in removed:
-        stdout().print(f"removed {item['kind'][:-1]} {escape(item['name'])} of {escape(item['encoder'])} "
+        stdout().print(f"removed {item['kind'][:-1]} {item['name']} of {item['encoder']} "
                        f"({human_bytes(item['nbytes'])})")
 
 
@@ -46,7 +45,7 @@ def compact_command(
         emit_json(report)
         return
     for entry in report["encoders"]:
-        stdout().print(f"{escape(entry['encoder'])}: {entry['blocks_before']} -> {entry['blocks_after']} blocks "
+        stdout().print(f"{entry['encoder']}: {entry['blocks_before']} -> {entry['blocks_after']} blocks "
                        f"({entry['rows_copied']} rows copied)")
 
 
@@ -63,7 +62,7 @@ def pack_command(
     if json_:
         emit_json(report)
         return
-    stdout().print(f"packed {escape(str(cache))} into {escape(report['out'])} ({human_bytes(report['nbytes'])})")
+    stdout().print(f"packed {cache} into {report['out']} ({human_bytes(report['nbytes'])})")
 
 
 @cache_app.command("upgrade")
@@ -77,5 +76,5 @@ def upgrade_command(
     if json_:
         emit_json(report)
         return
-    stdout().print(f"upgraded {escape(str(cache))} to schema {report['schema_version']}" if report["upgraded"]
-                   else f"{escape(str(cache))} is already schema {report['schema_version']}: nothing to do")
+    stdout().print(f"upgraded {cache} to schema {report['schema_version']}" if report["upgraded"]
+                   else f"{cache} is already schema {report['schema_version']}: nothing to do")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..export import FORMATS, export as run_export
+from ..export import FORMATS, ROW_FORMATS, export as run_export
 from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, progress_bar, stdout
 from .reduce import CacheArgument, CacheEncoderOption
@@ -18,7 +18,7 @@ from .score import RunOption
 def export_command(
     cache: CacheArgument,
     run: RunOption = None,
-    format: Annotated[str, typer.Option("--format", "-F", help=f"One of {', '.join(FORMATS)}.")] = "csv",
+    format: Annotated[str, typer.Option("--format", "-F", help=f"One of {', '.join(FORMATS + ROW_FORMATS)} (embeddings: the rows themselves, --out X.parquet or X.npy).")] = "csv",
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder; - writes csv/json to stdout.")] = None,
     encoder: CacheEncoderOption = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="path,label CSV (default: labels stored by embed).")] = None,

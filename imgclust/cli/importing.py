@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from ..vectors import import_vectors
 from . import app
@@ -36,5 +35,5 @@ def import_command(
         emit_json(summary.to_dict())
         return
     stdout().print(f"imported {summary.imported} new and {summary.replaced} replaced {summary.dim}-d vectors from "
-                   f"{escape(summary.source)}; {escape(summary.cache)} holds {summary.images} rows of "
-                   f"'{escape(summary.encoder)}'")
+                   f"{summary.source}; {summary.cache} holds {summary.images} rows of "
+                   f"'{summary.encoder}'")

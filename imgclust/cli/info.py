@@ -47,7 +47,7 @@ def info_command(
     if json_:
         emit_json(report)
         return
-    out = stdout()
+    out = stdout()  # plain text: paths and names print as they are
     packed = ", packed" if report["packed"] else ""
     out.print(f"[bold]{escape(report['cache'])}[/bold] (schema {report['schema_version']}{packed}, "
               f"{human_bytes(report['total_bytes'])} in all)", markup=True)
@@ -63,9 +63,9 @@ def info_command(
             for key, item in entry[kind].items():
                 what = (f"{item.get('method')} -> {item.get('n_clusters')} clusters" if kind == "runs"
                         else f"shape {item['shape']}" if item.get("shape") else "")
-                stale = " [yellow]stale[/yellow]" if item["stale"] else ""
                 rows = f"{item['rows']} rows, " if item["rows"] is not None else ""
-                out.print(f"  {kind[:-1] if kind != 'knn' else 'knn'} {escape(key)}: {what} "
-                          f"({rows}{human_bytes(item['nbytes'])}, {item.get('created')}){stale}", markup=True)
+                out.print(f"  {kind[:-1] if kind != 'knn' else 'knn'} {key}: {what} "
+                          f"({rows}{human_bytes(item['nbytes'])}, {item.get('created')})"
+                          f"{' STALE (other images)' if item['stale'] else ''}")
         for failure in entry.get("failures", []):
             out.print(f"  failed {failure['path']}: {failure['reason']}")

@@ -28,7 +28,8 @@ from ..score import RunReport, score
 from ..manifest import Manifest
 from ._records import ClusterSummary, ImageRecord
 
-FORMATS = ("csv", "json", "parquet", "folders", "html", "plot", "embeddings")
+FORMATS = ("csv", "json", "parquet", "folders", "html", "plot")  # of a run
+ROW_FORMATS = ("embeddings",)  # of the cache's rows themselves (no run)
 # What each format writes in the export folder (a folder for ``folders``; the gallery's thumbnails are
 # recorded as they are made).
 TARGETS = {"csv": ["assignments.csv", "clusters.csv"], "json": ["assignments.json"],
@@ -89,8 +90,8 @@ def export(
     without ``force``, and a file imgclust did not write is never overwritten or removed: the folder's
     manifest (:mod:`imgclust.manifest`) records what every export wrote there.
     """
-    if format not in FORMATS:
-        raise UsageError(f"unknown export format '{format}'", hint=f"choose from {', '.join(FORMATS)}")
+    if format not in FORMATS + ROW_FORMATS:
+        raise UsageError(f"unknown export format '{format}'", hint=f"choose from {', '.join(FORMATS + ROW_FORMATS)}")
     if link not in LINK_MODES:
         raise UsageError(f"unknown --link mode '{link}'", hint=f"choose from {', '.join(LINK_MODES)}")
     if format == "embeddings":
