@@ -96,6 +96,7 @@ def cluster(
     reduction: str | None = None,
     dims: int | None = None,
     random_state: int = 0,
+    device: str | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
     store: bool = True,
     k_range: tuple[int, int] | None = None,
@@ -111,6 +112,8 @@ def cluster(
         metric or threshold takes ZS's tuned values for the encoder.
     reduction : ``umap`` (default for shallow methods), ``pca``, ``l2+umap``, ``none`` (raw), or the key
         of a stored reduction. ``dims`` sets its dimensions (50).
+    device : where a trained method runs (its ``device`` parameter); refused for methods that run on
+        the CPU only, so it is never silently ignored.
     on_epoch : progress callback ``(epoch, epochs, loss)`` of trained methods, after each epoch.
     k_range : ``(k_min, k_max)`` searched by ``"auto"`` (default 2 to min(200, rows / 10)).
     on_select : progress callback ``(fits done, fits)`` of ``"auto"`` with a method fitted once per K.
@@ -119,6 +122,11 @@ def cluster(
     encoder = cache_obj.resolve_encoder(encoder)
     cls = CLUSTERERS.get(method)
     params = dict(params or {})
+    if device is not None:
+        if not takes_device(method):
+            raise UsageError(f"--device does not apply to {method}: it runs on the CPU",
+                             hint="drop --device, or choose a trained method (temi, icce, scan, unic, cc)")
+        params.setdefault("device", device)
     if method == "agglomerative":
         defaults = agglomerative_defaults(encoder)
         if "linkage" not in params and "metric" not in params:
@@ -171,6 +179,11 @@ def cluster(
     if store:
         run.run_id = _store(cache_obj, run, clusterer)
     return run
+
+
+def takes_device(method: str) -> bool:
+    """Whether ``method`` runs on a chosen device (the trained heads do)."""
+    return any(p.name == "device" for p in CLUSTERERS.get(method).params)
 
 
 def _jsonable(params: dict) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Iterable, Sequence
 
 from .errors import UsageError
+from .manifest import MANIFEST_NAME, read_entries
 
 BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -61,25 +62,31 @@ def _stat(path: str) -> ImageFile:
     return ImageFile(path, st.st_size, st.st_mtime_ns)
 
 
-def walk_images(folder: str) -> Iterable[str]:
-    """Every image file under ``folder`` (recursively, symlinks followed without loops, hidden names skipped)."""
+def walk_images(folder: str, exclude: Iterable[str] = ()) -> Iterable[str]:
+    """Every image file under ``folder`` (recursively, symlinks followed without loops, hidden names skipped).
+
+    imgclust's own results are never inputs: a folder below ``folder`` that carries a result manifest
+    (:data:`~imgclust.manifest.MANIFEST_NAME`) is skipped whole, the files a manifest in ``folder`` itself lists
+    are skipped, and so is every folder in ``exclude`` (the current command's output folder).
+    """
     extensions = image_extensions()
+    excluded = {_dir_key(path) for path in exclude}
+    excluded.discard(None)
+    ours = {os.path.join(folder, *entry.split("/")) for entry in read_entries(folder) or ()}
     seen_dirs: set[tuple[int, int]] = set()
     stack = [folder]
     while stack:
         current = stack.pop()
-        try:
-            st = os.stat(current)
-        except OSError:
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in seen_dirs:  # a symlink back up the tree, or two links to one folder
+        key = _dir_key(current)
+        if key is None or key in seen_dirs or key in excluded:  # seen: a symlink back up the tree, or two links to one folder
             continue
         seen_dirs.add(key)
         try:
             entries = list(os.scandir(current))
         except OSError:
             continue
+        if current != folder and any(entry.name == MANIFEST_NAME for entry in entries):
+            continue  # an output folder of imgclust's inside the input
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -89,8 +96,33 @@ def walk_images(folder: str) -> Iterable[str]:
                 is_dir = False
             if is_dir:
                 stack.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in extensions:
+            elif os.path.splitext(entry.name)[1].lower() in extensions and entry.path not in ours:
                 yield entry.path  # files, symlinks to files, and dangling/looping symlinks (reported later)
+
+
+def written_by_imgclust(path: str, manifests: dict[str, frozenset[str]]) -> bool:
+    """Whether a manifest in one of ``path``'s folders lists it as a file imgclust wrote
+    (``manifests`` caches each folder's entries for one discovery)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    relative = [name]
+    while True:
+        if folder not in manifests:
+            manifests[folder] = frozenset(read_entries(folder) or ())
+        if "/".join(relative) in manifests[folder]:
+            return True
+        parent, base = os.path.split(folder)
+        if parent == folder:
+            return False
+        folder, relative = parent, [base, *relative]
+
+
+def _dir_key(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of a folder, following links; None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def read_path_list(source: str, stdin: IO[str] | None = None) -> list[str]:
@@ -110,6 +142,7 @@ def discover(
     files_from: str | None = None,
     labels: str | None = None,
     stdin: IO[str] | None = None,
+    exclude: Sequence[str | os.PathLike] = (),
 ) -> list[ImageFile]:
     """Find every image named by ``inputs`` and ``files_from``, sorted by path, each path once.
 
@@ -120,8 +153,11 @@ def discover(
     files_from : a file listing one path per line, or ``-`` for standard input.
     labels : ``"folder"`` to label each image with its parent folder's name, or the path of a CSV
         file with ``path,label`` rows (paths absolute or relative to the CSV's folder).
+    exclude : folders never walked into (the current command's output folder). Folders that
+        carry imgclust's result manifest are skipped too (see :func:`walk_images`).
     """
     candidates: list[str] = []
+    manifests: dict[str, frozenset[str]] = {}
     named = [os.fspath(p) for p in inputs]
     if files_from is not None:
         named += read_path_list(files_from, stdin)
@@ -129,7 +165,7 @@ def discover(
         raise UsageError("no input given", hint="pass folders or image files, or --files-from FILE")
     for item in named:
         if os.path.isdir(item):
-            candidates.extend(walk_images(item))
+            candidates.extend(walk_images(item, exclude))
         elif os.path.lexists(item):
             candidates.append(item)
         elif _is_glob(item):
@@ -137,7 +173,10 @@ def discover(
             if not matches:
                 raise UsageError(f"no file matches the pattern {item}", hint="check the pattern; quote it so the shell does not expand it")
             for match in matches:
-                candidates.extend(walk_images(match) if os.path.isdir(match) else [match])
+                if os.path.isdir(match):
+                    candidates.extend(walk_images(match, exclude))
+                elif not written_by_imgclust(match, manifests):  # photos/**/*.jpg must not match a gallery's thumbnails
+                    candidates.append(match)
         else:
             raise UsageError(f"path not found: {item}", hint="check the path, or pass an existing folder or image file")
     unique = sorted({os.path.abspath(path) for path in candidates})

@@ -262,6 +262,7 @@ def embed(
     views: int = 0,
     flush_rows: int = 512,
     flush_seconds: float = 15.0,
+    exclude: Sequence[str | os.PathLike] = (),
 ) -> EmbedSummary:
     """Embed every image under ``inputs`` into ``cache`` (resumable; unchanged images are skipped).
 
@@ -286,6 +287,7 @@ def embed(
     exact : make the cache hold exactly these images (drop rows of other files); by default rows of
         other files that still exist are kept, so several folders can share one cache.
     views : also store this many augmented-view embeddings per image (for ``cc``; see :mod:`imgclust.views`).
+    exclude : folders discovery never walks into (the one-step command's output folder).
 
     Returns
     -------
@@ -301,7 +303,7 @@ def embed(
     started = time.perf_counter()
     if files is None:
         inputs, labels = expand_sources(inputs, labels, data_root, split)
-        files = discover(inputs, files_from=files_from, labels=labels)
+        files = discover(inputs, files_from=files_from, labels=labels, exclude=exclude)
     cache = Cache(cache)
     summary = EmbedSummary(cache=str(cache.path), encoder=encoder, discovered=len(files))
     with cache.writer():

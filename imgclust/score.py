@@ -31,9 +31,30 @@ class RunReport:
     paths: np.ndarray = field(repr=False)
     labels_true: np.ndarray | None = field(default=None, repr=False)
 
+    @property
+    def silhouette_space(self) -> str:
+        """Where the label-free scores were measured, in words (``UMAP 50-d``, ``raw embeddings``)."""
+        return space_name(self.run.space)
+
     def to_dict(self) -> dict:
         return {"cache": self.cache, "labels_source": self.labels_source, "run": self.run.to_dict(),
-                "scores": self.scores.to_dict()}
+                "silhouette_space": self.silhouette_space, "scores": self.scores.to_dict()}
+
+
+def space_name(space: str) -> str:
+    """A run's space (a reduction key such as ``umap-metric=euclidean-...-n_components=50-...``, or
+    ``raw``) in words: ``UMAP 50-d``, ``l2 + PCA (90% of variance)``, ``raw embeddings``."""
+    if space == "raw":
+        return "raw embeddings"
+    method, _, rest = space.partition("-")
+    settings = dict(part.split("=", 1) for part in rest.split("-") if "=" in part)
+    names = {"umap": "UMAP", "pca": "PCA", "l2": "l2"}
+    steps = [names.get(step, step) for step in method.split("+")]
+    if "n_components" in settings:
+        steps[-1] += f" {settings['n_components']}-d"
+    elif "variance" in settings:
+        steps[-1] += f" ({float(settings['variance']):.0%} of variance)"
+    return " + ".join(steps)
 
 
 def ground_truth(cache: Cache, encoder: str, labels: str | None) -> tuple[np.ndarray | None, str | None, np.ndarray]:

@@ -90,11 +90,18 @@ def test_listings():
     (["cluster", "{cache}", "-k", "0"], 2, "--n-clusters"),
     (["cluster", "{cache}", "-k", "4", "--param", "linkage=sideways"], 2, "linkage"),
     (["score", "{cache}", "--run", "run-5"], 2, "no clustering runs"),
+    (["score", "{clustered}", "--run", "run-5"], 2, "no run 'run-5'"),
     (["score", "/no/cache.h5"], 2, "cache not found"),
     (["export", "{cache}", "--format", "xls"], 2, "unknown export format"),
 ])
 def test_errors_are_one_line_with_a_hint_and_json_shape(cache, tmp_path, args, code, message):
-    args = [a.format(cache=cache, images=tmp_path / "images") for a in args]
+    clustered = ""
+    if any("{clustered}" in a for a in args):
+        from imgclust.cluster import cluster
+
+        cluster(cache, n_clusters=4, reduction="none")
+        clustered = cache
+    args = [a.format(cache=cache, images=tmp_path / "images", clustered=clustered) for a in args]
     plain = invoke(*args)
     assert plain.exit_code == code, plain.output
     assert message in plain.stderr and "Traceback" not in plain.output

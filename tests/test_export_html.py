@@ -421,15 +421,12 @@ def _folder_run(root: Path) -> tuple[list[ImageRecord], list[ClusterSummary]]:
 def test_real_images(tmp_path):
     root = _data_dir("imagenette-mini")
     recs, sums = _folder_run(root)
-    t = time.perf_counter()
     index = write_html(tmp_path / "r", recs, sums, {"n_clusters": len(sums)}, "imagenette-mini")
-    elapsed = time.perf_counter() - t
     page = Page(index.read_text("utf-8"))
     assert len(page.sections) == len(sums) == 10
     tiles = [t for s in page.sections for t in s["tiles"]]
     assert len(tiles) == len(recs) == 300 and all(t["img"] is not None for t in tiles)
     assert index.stat().st_size < 1_000 * len(recs)  # about 0.7 kB of HTML per image
-    assert elapsed < 60
 
 
 # --------------------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks for 
 
 
 def stdout() -> Console:
-    return Console(file=sys.stdout, soft_wrap=True, highlight=False)
+    """Results: plain text, so a path or label with brackets prints as it is (``markup=True`` per call to style)."""
+    return Console(file=sys.stdout, soft_wrap=True, highlight=False, markup=False)
 
 
 def stderr() -> Console:

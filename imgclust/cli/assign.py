@@ -41,7 +41,7 @@ def assign_command(
         return
     out = stdout()
     for path, cluster in zip(result.paths, result.clusters):
-        out.print(f"{escape(path)}\t{cluster}", markup=False)
-    note(f"[dim]{len(result.paths)} images assigned to {result.run_id} by {result.method}[/dim]")
+        out.print(f"{path}\t{cluster}")
+    note(f"[dim]{len(result.paths)} images assigned to {escape(result.run_id)} by {escape(result.method)}[/dim]")
     for path, reason in result.failures.items():
         note(f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}")

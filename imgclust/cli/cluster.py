@@ -9,31 +9,45 @@ import typer
 from rich.markup import escape
 
 from ..cluster import DEFAULT_METHOD, cluster as run_cluster, parse_params
+from ..clusterers import CLUSTERERS
+from ..decode import DEFAULT_MAX_PIXELS
 from ..encoders import DEFAULT_ENCODER
 from ..errors import UsageError
 from ..pipeline import DEFAULT_FORMATS, run_pipeline
+from ..score import space_name
 from ..select import parse_k_range
 from . import app
 from ._output import (DebugOption, JsonOption, QuietOption, VerboseOption, detail, emit_json, epoch_reporter, note,
                       progress_bars, stdout)
-from .embed import DataRootOption, DeviceOption, LabelsOption, SplitOption, WeightsOption
+from .embed import BatchSizeOption, DataRootOption, DeviceOption, LabelsOption, WeightsOption, WorkersOption
 from .reduce import SeedOption
 
 
-K_HINT = "e.g. --n-clusters 10, or --n-clusters auto to choose it without labels"
+K_HINT = "e.g. --n-clusters 10, --n-clusters auto (chosen without labels), or --n-clusters none (the method decides)"
 CHOOSING_K = "choosing K"
 
 
 def parse_n_clusters(value: Optional[str]) -> int | str | None:
-    if value is None or value == "auto":
+    """``--n-clusters``: an int, ``auto``, ``none`` (None: the method decides), or omitted (``"default"``)."""
+    if value is None:
+        return "default"
+    if value == "auto":
         return value
+    if value == "none":
+        return None
     try:
         k = int(value)
     except ValueError:
-        raise UsageError(f"--n-clusters must be a positive integer or 'auto', got {value!r}", hint=K_HINT) from None
+        raise UsageError(f"--n-clusters must be a positive integer, 'auto' or 'none', got {value!r}", hint=K_HINT) from None
     if k < 1:
         raise UsageError(f"--n-clusters must be >= 1, got {k}", hint=K_HINT)
     return k
+
+
+def default_n_clusters(method: str) -> str | None:
+    """What an omitted ``--n-clusters`` means, the same for a cache and for folders: ``auto`` where the
+    method takes K, else None (the method finds the number itself)."""
+    return None if CLUSTERERS.get(method).n_clusters_mode == "unused" else "auto"
 
 
 def is_cache_file(path: str) -> bool:
@@ -47,36 +61,47 @@ def is_cache_file(path: str) -> bool:
         return fh.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
+def refuse_folder_options(given: dict[str, object]) -> None:
+    """With a cache there is nothing to embed or export: refuse those options instead of ignoring them."""
+    for option, value in given.items():
+        if value is not None and value is not False:
+            raise UsageError(f"{option} applies when clustering folders of images, not a cache",
+                             hint=f"drop {option}; for a cache use imgclust embed to add images, imgclust export to "
+                                  "write results, imgclust score --labels to score against other labels")
+
+
 @app.command("cluster")
 def cluster_command(
     targets: Annotated[Optional[list[str]], typer.Argument(help="A cache file (cluster its embeddings) or folders/images/sources (run the whole pipeline).", show_default=False)] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="Clustering method (see 'imgclust methods').")] = DEFAULT_METHOD,
-    n_clusters: Annotated[Optional[str], typer.Option("--n-clusters", "-k", help="K, or 'auto' to choose it without labels. Default: cache: the method decides (agglomerative: ZS distance threshold); folders: auto.")] = None,
+    n_clusters: Annotated[Optional[str], typer.Option("--n-clusters", "-k", help="K; 'auto' to choose it without labels; 'none' to let the method decide (agglomerative: cut at ZS's distance threshold for the encoder). Default: auto where the method takes K.", show_default=False)] = None,
     k_range: Annotated[Optional[str], typer.Option("--k-range", help="MIN:MAX searched by --n-clusters auto (default 2 to min(200, images/10)), e.g. 2:200.")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")] = None,
     reduction: Annotated[Optional[str], typer.Option("--reduction", help="umap (default), pca, l2+umap, none (raw), or a stored reduction key.")] = None,
     dims: Annotated[Optional[int], typer.Option("--dims", help="Dimensions of the reduction (default 50).")] = None,
     encoder: Annotated[Optional[str], typer.Option("--encoder", "-e", help=f"Encoder (folders: default {DEFAULT_ENCODER}; cache: its only encoder).")] = None,
     seed: SeedOption = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folders: output folder (default ./<name>-clusters).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Folders: overwrite a previous result in --out.")] = False,
-    formats: Annotated[str, typer.Option("--formats", help="Folders: comma-separated exports to write.")] = ",".join(DEFAULT_FORMATS),
-    link: Annotated[str, typer.Option("--link", help="Folders export: symlink, hardlink or copy.")] = "symlink",
-    labels: LabelsOption = None,
-    files_from: Annotated[Optional[str], typer.Option("--files-from", "-f", help="Folders: file listing image paths; - reads stdin.")] = None,
-    weights: WeightsOption = None,
     device: DeviceOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decoding processes.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folders only: output folder (default ./<name>-clusters, beside the input when the working folder is inside it).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Folders only: replace a previous result in --out (files imgclust did not write are never touched).")] = False,
+    formats: Annotated[Optional[str], typer.Option("--formats", help=f"Folders only: comma-separated exports to write [default: {','.join(DEFAULT_FORMATS)}].", show_default=False)] = None,
+    link: Annotated[Optional[str], typer.Option("--link", help="Folders only: how the folders export fills cluster folders: symlink (default), hardlink or copy.")] = None,
+    labels: LabelsOption = None,
+    files_from: Annotated[Optional[str], typer.Option("--files-from", "-f", help="Folders only: file listing image paths; - reads stdin.")] = None,
+    weights: WeightsOption = None,
+    batch_size: BatchSizeOption = None,
+    workers: WorkersOption = None,
+    max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", min=0, help=f"Folders only: decompression-bomb limit in pixels (default {DEFAULT_MAX_PIXELS}); 0 disables it.", show_default=False)] = None,
     data_root: DataRootOption = None,
-    split: SplitOption = "test",
+    split: Annotated[Optional[str], typer.Option("--split", help="Folders only: split of a torchvision source, test (default) or train.")] = None,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
     """Cluster images. Given a cache: cluster its embeddings and store the run. Given folders: run it all.
 
     \b
     The whole pipeline (ZS defaults): embed -> UMAP 50 -> agglomerative -> score -> csv, json, parquet,
-    cluster folders, HTML gallery, plots.
+    cluster folders, HTML gallery, plots. Options marked "Folders only" are refused with a cache.
+    --device reaches the encoder and the trained methods (temi, icce, scan, unic, cc).
     \b
     Examples:
       imgclust cluster ./photos --encoder clip-vitb16
@@ -86,15 +111,21 @@ def cluster_command(
     """
     targets = targets or []
     k = parse_n_clusters(n_clusters)
+    if k == "default":
+        k = default_n_clusters(method)
     searched = parse_k_range(k_range) if k_range is not None else None
-    if searched is not None and isinstance(k, int):
-        raise UsageError("--k-range is the range searched by --n-clusters auto", hint="drop --k-range, or use --n-clusters auto")
+    if searched is not None and k != "auto":
+        raise UsageError("--k-range is the range searched by --n-clusters auto",
+                         hint="drop --k-range, or use --n-clusters auto with a method that takes K")
     params = parse_params(param)
     train = f"training {method}"
     if len(targets) == 1 and is_cache_file(targets[0]) and files_from is None:
+        refuse_folder_options({"--out": out, "--force": force, "--formats": formats, "--link": link, "--labels": labels,
+                               "--weights": weights, "--batch-size": batch_size, "--workers": workers,
+                               "--max-pixels": max_pixels, "--data-root": data_root, "--split": split})
         with progress_bars({train: "epochs", CHOOSING_K: "fits"}) as update:
             run = run_cluster(targets[0], encoder, method, k, params, reduction=reduction, dims=dims, random_state=seed,
-                              on_epoch=epoch_reporter(update, train), k_range=searched,
+                              device=device, on_epoch=epoch_reporter(update, train), k_range=searched,
                               on_select=(lambda done, total: update(CHOOSING_K, done, total)) if update else None)
         if json_:
             emit_json(run.to_dict())
@@ -102,21 +133,23 @@ def cluster_command(
         sizes = sorted((int((run.labels == c).sum()) for c in set(run.labels.tolist()) if c >= 0), reverse=True)
         stdout().print(f"{run.run_id}: {run.method} found {run.n_clusters} clusters"
                        f"{f' and {run.n_noise} noise points' if run.n_noise else ''} in {run.n_samples} images "
-                       f"({run.seconds:.1f} s, space {run.space})")
+                       f"({run.seconds:.1f} s, in {space_name(run.space)})")
         if run.selection:
             print_selection(run.selection)
         detail(f"cluster sizes: {sizes}")
-        note(f"[dim]score it: imgclust score {escape(targets[0])} --run {run.run_id}[/dim]")
+        note(f"[dim]score it: imgclust score {escape(targets[0])} --run {escape(run.run_id)}[/dim]")
         return
     if not targets and files_from is None:
         raise UsageError("no input given", hint="pass a cache file, or folders/images to cluster (or --files-from)")
     with progress_bars({train: "epochs"}) as update:
         result = run_pipeline(
-            targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters="auto" if k is None else k,
-            params=params, labels=labels, files_from=files_from, force=force, k_range=searched,
-            formats=[f.strip() for f in formats.split(",") if f.strip()], link=link, random_state=seed,
-            embed_options={"weights": weights, "device": device, "batch_size": batch_size, "workers": workers,
-                           "data_root": data_root, "split": split},
+            targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters=k, params=params,
+            reduction=reduction, dims=dims, labels=labels, files_from=files_from, force=force,
+            k_range=searched,
+            formats=DEFAULT_FORMATS if formats is None else [f.strip() for f in formats.split(",") if f.strip()],
+            link=link or "symlink", random_state=seed, device=device,
+            embed_options={"weights": weights, "batch_size": batch_size, "workers": workers, "data_root": data_root,
+                           "split": split or "test", "max_pixels": DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None},
             progress=update, on_epoch=epoch_reporter(update, train))
     if json_:
         emit_json(result.to_dict())
@@ -130,21 +163,23 @@ def print_pipeline_summary(result) -> None:
     out.print(f"images      {e.images} embedded ({e.embedded} new, {e.skipped} cached), {e.failures_total} failed")
     chosen = " (chosen without labels)" if run.selection else ""
     out.print(f"clusters    {run.n_clusters}{chosen}, method {run.method}, encoder {run.encoder}")
-    out.print(f"silhouette  {_fmt(s.silhouette)} ({'raw embedding' if run.space == 'raw' else 'UMAP'} space)")
+    out.print(f"silhouette  {_fmt(s.silhouette)} (in {result.report.silhouette_space})")
     if run.selection:
         print_selection(run.selection)
     if s.ami is not None:
         out.print(f"labels      AMI {_fmt(s.ami)}  NMI {_fmt(s.nmi)}  ARI {_fmt(s.ari)}  accuracy {_fmt(s.accuracy)}"
                   f"  BCubed F {_fmt(s.bcubed_f)}  ({s.n_classes} classes)")
-    out.print(f"results     {escape(result.out)}/ (assignments.csv, clusters.csv, gallery/index.html, ...)")
+    out.print(f"results     {result.out}/ (assignments.csv, clusters.csv, gallery/index.html, ...)")
+    if result.out_moved:
+        note("[dim]the output folder is beside the input, not inside it, so its files are never taken as images[/dim]")
     for fmt, reason in result.skipped_formats.items():
-        note(f"[yellow]skipped {fmt}:[/yellow] {reason}")
+        note(f"[yellow]skipped {fmt}:[/yellow] {escape(reason)}")
 
 
 def print_selection(selection: dict) -> None:
     """The label-free choice of K in one line on stdout; its doubts (flags) also as a warning on stderr."""
     line = selection.get("summary") or f"K = {selection.get('n_clusters')}"
-    stdout().print(f"K chosen    {escape(line)}", highlight=False)
+    stdout().print(f"K chosen    {line}")
     if selection.get("flags"):
         note(f"[yellow]no confident K ({', '.join(selection['flags'])}):[/yellow] {escape(line)}")
 

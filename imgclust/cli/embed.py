@@ -75,7 +75,7 @@ def embed_command(
         emit_json(summary.to_dict())
     else:
         out = stdout()
-        where, name = escape(summary.cache), escape(summary.encoder)  # paths may hold "[...]": not markup
+        where, name = summary.cache, summary.encoder
         if summary.embedded == 0 and summary.failed == 0 and not summary.interrupted:
             out.print(f"nothing new to embed: {summary.images} images already in {where} ({name})")
         else:
@@ -87,7 +87,7 @@ def embed_command(
             note(f"[yellow]note:[/yellow] {summary.recomputed_float32} images gave NaN/Inf in half precision and were "
                  f"embedded again in float32")
         if summary.failures_total:
-            note(f"[dim]list failures with: imgclust info {where} --failures[/dim]")
+            note(f"[dim]list failures with: imgclust info {escape(str(where))} --failures[/dim]")
         if summary.dropped_derived:
             note(f"[yellow]note:[/yellow] the images changed, so {len(summary.dropped_derived)} stored reductions/runs were dropped")
     if summary.interrupted:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from ..encoders import DEFAULT_ENCODER, list_encoders, weights_available_offline, weights_source
@@ -39,5 +39,5 @@ def encoders_command(
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["name"] + (" (default)" if row["default"] else ""), str(row["embedding_dim"]), row["family"],
-                      row["source"], "[green]yes[/green]" if row["available_offline"] else "[dim]no[/dim]", escape(row["description"]))
+                      row["source"], Text("yes", style="green") if row["available_offline"] else Text("no", style="dim"), row["description"])
     stdout().print(table)

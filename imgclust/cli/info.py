@@ -34,13 +34,13 @@ def info_command(
         emit_json({"cache": str(store.path), "encoders": report})
         return
     out = stdout()
-    out.print(f"[bold]{escape(str(store.path))}[/bold]")
+    out.print(f"[bold]{escape(str(store.path))}[/bold]", markup=True)
     for entry in report:
         out.print(f"encoder {entry['encoder']}: {entry['n_images']} images, {entry['n_failures']} failures, "
-                  f"{entry['embedding_dim']}-d ({entry['architecture']}, weights {escape(str(entry['weights']))})")
+                  f"{entry['embedding_dim']}-d ({entry['architecture']}, weights {entry['weights']})")
         for key, attrs in entry["reductions"].items():
             out.print(f"  reduction {key}: {attrs.get('shape')}")
         for key, attrs in entry["runs"].items():
             out.print(f"  {key}: {attrs.get('method')} -> {attrs.get('n_clusters')} clusters ({attrs.get('created')})")
         for failure in entry.get("failures", []):
-            out.print(f"  failed {escape(failure['path'])}: {escape(failure['reason'])}")
+            out.print(f"  failed {failure['path']}: {failure['reason']}")

@@ -33,18 +33,18 @@ def methods_command(
         return
     if name:
         info = infos[0]
-        stdout().print(f"[bold]{info['name']}[/bold]: {escape(info['summary'])}  [dim]({escape(info['paper'])})[/dim]")
+        stdout().print(f"[bold]{info['name']}[/bold]: {escape(info['summary'])}  [dim]({escape(info['paper'])})[/dim]", markup=True)
         stdout().print(f"n_clusters: {info['n_clusters']}; input: {info['input']} embeddings")
         table = Table(title_justify="left")
         for column in ("parameter", "default", "allowed", "what it does"):
             table.add_column(column, overflow="fold")
         for p in info["params"]:
-            table.add_row(p["name"], str(p["default"]), escape(p["allowed"]), escape(p["doc"]))
+            table.add_row(p["name"], str(p["default"]), p["allowed"], p["doc"])
         stdout().print(table)
         return
     table = Table(title="imgclust clustering methods", title_justify="left")
     for column in ("method", "n_clusters", "input", "from", "summary"):
         table.add_column(column, overflow="fold")
     for info in infos:
-        table.add_row(info["name"], info["n_clusters"], info["input"], escape(info["paper"]), escape(info["summary"]))
+        table.add_row(info["name"], info["n_clusters"], info["input"], info["paper"], info["summary"])
     stdout().print(table)

@@ -14,7 +14,7 @@ from .reduce import CacheArgument, CacheEncoderOption
 
 RunOption = Annotated[Optional[str], typer.Option("--run", "-r", help="Run id (default: the latest).")]
 LABEL_FREE = [("n_samples", "images"), ("n_clusters", "clusters"), ("n_noise", "noise points"),
-              ("silhouette", "silhouette (UMAP space, euclidean)"), ("davies_bouldin", "Davies-Bouldin (lower is better)"),
+              ("silhouette", "silhouette"), ("davies_bouldin", "Davies-Bouldin (lower is better)"),
               ("calinski_harabasz", "Calinski-Harabasz (higher is better)")]
 LABELLED = [("n_classes", "classes"), ("ami", "AMI"), ("ami_no_noise", "AMI without noise"), ("nmi", "NMI"),
             ("ari", "ARI"), ("accuracy", "accuracy"), ("pairwise_f", "pairwise F"), ("bcubed_f", "BCubed F")]
@@ -22,7 +22,8 @@ LABELLED = [("n_classes", "classes"), ("ami", "AMI"), ("ami_no_noise", "AMI with
 
 def score_rows(report: RunReport) -> list[tuple[str, str]]:
     scores = report.scores.to_dict()
-    rows = [(name, _fmt(scores.get(key))) for key, name in LABEL_FREE if scores.get(key) is not None or key == "silhouette"]
+    rows = [(f"{name} ({report.silhouette_space}, euclidean)" if key == "silhouette" else name, _fmt(scores.get(key)))
+            for key, name in LABEL_FREE if scores.get(key) is not None or key == "silhouette"]
     if not scores.get("silhouette_exact", True) and scores.get("silhouette_error_bound") is not None:
         rows.append(("silhouette error bound (95%)", _fmt(scores["silhouette_error_bound"])))
     if report.labels_source:

@@ -24,9 +24,15 @@ import numpy as np
 from .._json import json_safe
 from ..errors import ImgclustError, UsageError
 from ..score import RunReport, score
+from ..manifest import Manifest
 from ._records import ClusterSummary, ImageRecord
 
 FORMATS = ("csv", "json", "parquet", "folders", "html", "plot")
+# What each format writes in the export folder (a folder for ``folders``; the gallery's thumbnails are
+# recorded as they are made).
+TARGETS = {"csv": ["assignments.csv", "clusters.csv"], "json": ["assignments.json"],
+           "parquet": ["assignments.parquet", "clusters.parquet"], "folders": ["clusters"],
+           "html": ["gallery/index.html"], "plot": ["umap_scatter.png", "silhouette.png"]}
 LINK_MODES = ("symlink", "hardlink", "copy")
 
 
@@ -79,7 +85,8 @@ def export(
     """Write run ``run`` (latest by default) of ``cache`` in ``format`` to ``out``.
 
     ``out`` is a folder (created), or ``-`` for csv/json on stdout. Existing files are not overwritten
-    without ``force``.
+    without ``force``, and a file imgclust did not write is never overwritten or removed: the folder's
+    manifest (:mod:`imgclust.manifest`) records what every export wrote there.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format '{format}'", hint=f"choose from {', '.join(FORMATS)}")
@@ -102,14 +109,23 @@ def export(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {folder}: {exc.strerror}", hint="choose a writable --out") from None
-    paths = writers[format](folder, report, images, clusters, X, force=force, link=link, on_progress=on_progress)
+    paths = writers[format](Manifest(folder), report, images, clusters, X, force=force, link=link, on_progress=on_progress)
     return ExportResult(format, [str(p) for p in paths])
 
 
-def _refuse_existing(paths: list[Path], force: bool) -> None:
-    existing = [p for p in paths if p.exists()]
-    if existing and not force:
-        raise UsageError(f"{existing[0]} already exists", hint="pass --force to overwrite it, or choose another --out")
+def check_destination(folder: str | os.PathLike, formats, force: bool = False) -> None:
+    """Refuse, before any long work, a destination the exports ``formats`` could not write into: one
+    holding a file imgclust did not write, or an earlier result when ``force`` is off."""
+    manifest = Manifest(folder)
+    manifest.check([manifest.folder / name for fmt in formats for name in TARGETS.get(fmt, [])], force)
+
+
+def _claim(manifest: Manifest, format: str, force: bool) -> list[Path]:
+    """The files ``format`` writes in the export folder, checked (see :meth:`Manifest.claim`) and recorded."""
+    targets = [manifest.folder / name for name in TARGETS[format]]
+    manifest.claim(targets, force)
+    manifest.record(targets)
+    return targets
 
 
 def _atomic_text(path: Path, text: str) -> Path:
@@ -133,26 +149,23 @@ def _json_doc(report: RunReport, images, clusters) -> dict:
     return json_safe({**report.to_dict(), "clusters": [c.to_dict() for c in clusters], "images": [i.to_dict() for i in images]})
 
 
-def _write_csv(folder, report, images, clusters, X, force, **_):
-    targets = [folder / "assignments.csv", folder / "clusters.csv"]
-    _refuse_existing(targets, force)
+def _write_csv(manifest, report, images, clusters, X, force, **_):
+    targets = _claim(manifest, "csv", force)
     return [_atomic_text(targets[0], _csv_text(images)), _atomic_text(targets[1], _csv_text(clusters))]
 
 
-def _write_json(folder, report, images, clusters, X, force, **_):
-    target = folder / "assignments.json"
-    _refuse_existing([target], force)
+def _write_json(manifest, report, images, clusters, X, force, **_):
+    [target] = _claim(manifest, "json", force)
     return [_atomic_text(target, json.dumps(_json_doc(report, images, clusters), indent=2, ensure_ascii=False) + "\n")]
 
 
-def _write_parquet(folder, report, images, clusters, X, force, **_):
+def _write_parquet(manifest, report, images, clusters, X, force, **_):
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ImgclustError("parquet export needs pyarrow", hint='pip install "imgclust[parquet]"') from None
-    targets = [folder / "assignments.parquet", folder / "clusters.parquet"]
-    _refuse_existing(targets, force)
+    targets = _claim(manifest, "parquet", force)
     rows = [i.to_dict() for i in images]
     pq.write_table(pa.Table.from_pylist(rows), targets[0])
     summary = [{**c.to_dict(), "label_counts": json.dumps(c.label_counts) if c.label_counts else None} for c in clusters]
@@ -160,21 +173,20 @@ def _write_parquet(folder, report, images, clusters, X, force, **_):
     return targets
 
 
-def _write_folders(folder, report, images, clusters, X, force, link, **_):
-    root = folder / "clusters"
-    if root.exists() and any(root.iterdir()):
-        if not force:
-            raise UsageError(f"{root} already exists", hint="pass --force to replace it, or choose another --out")
-        shutil.rmtree(root)  # only our own links/copies live here; originals are elsewhere
+def _write_folders(manifest, report, images, clusters, X, force, link, **_):
+    [root] = _claim(manifest, "folders", force)  # refuses a folder holding anything imgclust did not put there
     width = max(1, len(str(max((c.cluster for c in clusters), default=0))))
-    made = []
+    targets, taken = [], set()
     for index, record in enumerate(images):
         name = "noise" if record.cluster < 0 else f"cluster-{record.cluster:0{width}d}"
-        target_dir = root / name
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / os.path.basename(record.path)
-        if target.exists() or target.is_symlink():  # two images with one name: keep both
-            target = target_dir / f"{index:06d}-{os.path.basename(record.path)}"
+        target = root / name / os.path.basename(record.path)
+        if target in taken:  # two images with one name: keep both
+            target = root / name / f"{index:06d}-{os.path.basename(record.path)}"
+        taken.add(target)
+        targets.append(target)
+    manifest.record(targets)  # before any is made: a killed export leaves nothing unaccounted for
+    for record, target in zip(images, targets):
+        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             if link == "symlink":
                 os.symlink(os.path.abspath(record.path), target)
@@ -183,34 +195,32 @@ def _write_folders(folder, report, images, clusters, X, force, link, **_):
             else:
                 shutil.copy2(record.path, target)
         except OSError as exc:
-            raise ImgclustError(f"cannot {link} {record.path} into {target_dir}: {exc.strerror}",
+            raise ImgclustError(f"cannot {link} {record.path} into {target.parent}: {exc.strerror}",
                                 hint="hard links need the same filesystem; try --link symlink or --link copy") from None
-        made.append(target)
     return [root]
 
 
-def _write_html(folder, report, images, clusters, X, force, on_progress=None, **_):
+def _write_html(manifest, report, images, clusters, X, force, on_progress=None, **_):
     from ._html import write_html
 
-    target = folder / "gallery" / "index.html"
-    _refuse_existing([target], force)
+    _claim(manifest, "html", force)
     scores = {k: v for k, v in report.scores.to_dict().items()
               if k in ("n_samples", "n_clusters", "n_noise", "silhouette", "ami", "nmi", "ari", "accuracy", "bcubed_f", "pairwise_f")}
+    scores["silhouette_space"] = report.silhouette_space
     title = f"{report.run.method} {report.run.run_id} ({report.run.encoder})"
-    return [write_html(folder / "gallery", images, clusters, scores, title, on_progress=on_progress,
-                       selection=report.run.selection)]
+    return [write_html(manifest.folder / "gallery", images, clusters, scores, title, on_progress=on_progress,
+                       on_write=manifest.record, selection=report.run.selection)]
 
 
-def _write_plot(folder, report, images, clusters, X, force, **_):
+def _write_plot(manifest, report, images, clusters, X, force, **_):
     from ._plot import write_plots
 
-    targets = [folder / "umap_scatter.png", folder / "silhouette.png"]
-    _refuse_existing(targets, force)
+    _claim(manifest, "plot", force)
     silhouettes = report.scores.silhouette_samples
     if silhouettes is None:
         silhouettes = np.full(len(images), np.nan)
     title = f"{report.run.method} {report.run.run_id} ({report.run.encoder})"
-    return write_plots(folder, embed_2d(X, seed=0), report.run.labels, silhouettes, title)
+    return write_plots(manifest.folder, embed_2d(X, seed=0), report.run.labels, silhouettes, title)
 
 
 def embed_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:

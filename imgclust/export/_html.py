@@ -27,17 +27,22 @@ from ._records import ClusterSummary, ImageRecord
 
 THUMBS_DIR = "thumbs"
 JPEG_QUALITY = 80
+TINY_SIDE = 64  # longest side in pixels under which a thumbnail is scaled up pixelated (digits, CIFAR)
 
 # Scores shown first, in this order, with a readable name; any other key follows, sorted.
 _SCORE_NAMES = {
     "n_images": "images",
+    "n_samples": "images",
     "n_clusters": "clusters",
     "n_noise": "noise",
     "silhouette": "silhouette",
+    "silhouette_space": "silhouette measured in",
     "ami": "AMI",
     "nmi": "NMI",
     "ari": "ARI",
     "accuracy": "accuracy",
+    "bcubed_f": "BCubed F",
+    "pairwise_f": "pairwise F",
 }
 
 
@@ -63,6 +68,7 @@ def write_html(
     outlier_quantile: float = 0.05,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_write: Callable[[list[Path]], None] | None = None,
     selection: Mapping | None = None,
 ) -> Path:
     """Write ``out_dir/index.html``, a browsable page of the clusters, with thumbnails beside it.
@@ -97,6 +103,8 @@ def write_html(
         ``None`` uses up to 8, one per CPU.
     on_progress : callable(done, total) or None
         Called from the calling thread after each thumbnail.
+    on_write : callable(paths) or None
+        Called with the thumbnail paths before any is written (the export's manifest records them).
     selection : mapping or None
         The run's label-free choice of K (``ClusterRun.selection``, from ``--n-clusters auto``):
         the page then shows its criterion's curve over K with the pick and the runners-up marked,
@@ -141,6 +149,8 @@ def write_html(
 
     shown = [rec for _, members, _ in groups for rec in members[:max_per_cluster]]
     unique_paths = list(dict.fromkeys(rec.path for rec in shown))
+    if on_write is not None:
+        on_write([thumbs_dir / _thumb_name(path, thumb_size) for path in unique_paths])
     thumbs = _make_thumbs(unique_paths, thumbs_dir, thumb_size, workers, on_progress)
 
     page = _render(
@@ -588,8 +598,10 @@ def _tile(rec: ImageRecord, thumb: _Thumb, sil: float, outlier: bool, is_rep: bo
         body = f'<span class="ph" role="img" aria-label="{_e(path)}">unreadable</span>'
         classes += " broken"
     else:
+        # Scaled up to the tile; images under TINY_SIDE pixels show their pixels instead of a blur.
+        tiny = ' class="tiny"' if max(thumb.width, thumb.height) < TINY_SIDE else ""
         body = (
-            f'<img src="{THUMBS_DIR}/{thumb.name}" width="{thumb.width}" height="{thumb.height}" '
+            f'<img{tiny} src="{THUMBS_DIR}/{thumb.name}" width="{thumb.width}" height="{thumb.height}" '
             f'loading="lazy" decoding="async" alt="{_e(path)}">'
         )
     caption = _e(os.path.basename(path) or path)
@@ -621,7 +633,7 @@ h1{font-size:1.25rem;margin:0;font-weight:650;letter-spacing:-.01em}
 .scores{display:flex;flex-wrap:wrap;gap:.4rem;margin:0}
 .score{border:1px solid var(--line);border-radius:6px;padding:.15rem .55rem;display:flex;gap:.4rem;
 align-items:baseline;background:var(--bg)}
-.score dt{color:var(--mute);font-size:.78rem;text-transform:uppercase;letter-spacing:.04em}
+.score dt{color:var(--mute);font-size:.78rem}
 .score dd{margin:0;font-weight:600;font-variant-numeric:tabular-nums}
 .toggle{margin-left:auto;color:var(--mute);font-size:.85rem;cursor:pointer;user-select:none}
 nav ul{list-style:none;margin:0;padding:.3rem 1.5rem .6rem;display:flex;gap:.3rem;overflow-x:auto;
@@ -654,7 +666,8 @@ figure.tile{margin:0;min-width:0}
 .box{position:relative;display:flex;text-decoration:none;align-items:center;justify-content:center;height:calc(var(--T) + 10px);
 background:var(--bg);border:1px solid var(--line);border-radius:6px;overflow:hidden}
 .box:hover{border-color:var(--acc)}
-.box img{max-width:var(--T);max-height:var(--T);width:auto;height:auto;display:block;border-radius:2px}
+.box img{width:var(--T);height:var(--T);object-fit:contain;display:block;border-radius:2px}
+.box img.tiny{image-rendering:pixelated}
 .tile.outlier .box{border:2px solid var(--neg)}
 .tile.rep .box{border:2px solid var(--acc)}
 .ph{display:flex;align-items:center;justify-content:center;width:var(--T);height:var(--T);color:var(--mute);
