@@ -115,7 +115,8 @@ def cluster_command(
         k = default_n_clusters(method)
     searched = parse_k_range(k_range) if k_range is not None else None
     if searched is not None and k != "auto":
-        raise UsageError("--k-range is the range searched by --n-clusters auto", hint="drop --k-range, or use --n-clusters auto")
+        raise UsageError("--k-range is the range searched by --n-clusters auto",
+                         hint="drop --k-range, or use --n-clusters auto with a method that takes K")
     params = parse_params(param)
     train = f"training {method}"
     if len(targets) == 1 and is_cache_file(targets[0]) and files_from is None:
@@ -144,6 +145,7 @@ def cluster_command(
         result = run_pipeline(
             targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters=k, params=params, k_range=searched,
             reduction=reduction, dims=dims, labels=labels, files_from=files_from, force=force,
+            k_range=searched,
             formats=DEFAULT_FORMATS if formats is None else [f.strip() for f in formats.split(",") if f.strip()],
             link=link or "symlink", random_state=seed, device=device,
             embed_options={"weights": weights, "batch_size": batch_size, "workers": workers, "data_root": data_root,
