@@ -145,7 +145,6 @@ def cluster_command(
         result = run_pipeline(
             targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters=k, params=params, k_range=searched,
             reduction=reduction, dims=dims, labels=labels, files_from=files_from, force=force,
-            k_range=searched,
             formats=DEFAULT_FORMATS if formats is None else [f.strip() for f in formats.split(",") if f.strip()],
             link=link or "symlink", random_state=seed, device=device,
             embed_options={"weights": weights, "batch_size": batch_size, "workers": workers, "data_root": data_root,
