@@ -1058,10 +1058,8 @@ def _read_legacy_encoder(group: h5py.Group) -> EncoderState:
         for name, sub in (group.get(kind) or {}).items():
             state.results[kind][name] = {**decode_attrs(sub.attrs), "file": sub.name, "fingerprint": legacy}
     if "views" in group:
-        from .views import rows_signature
-
         paths, sizes, mtimes, _, _ = _block_meta(group, 0, n)
-        valid = group["views"].attrs.get("rows_signature") == rows_signature(paths, sizes, mtimes)
+        valid = group["views"].attrs.get("rows_signature") == _schema1_rows_signature(paths, sizes, mtimes)
         state.results["views"]["views"] = {"file": group.name + "/views", "n_views": int(group["views"].shape[1]),
                                            "fingerprint": legacy if valid else "legacy:other-rows"}
     return state
@@ -1118,3 +1116,11 @@ def _raise_write_failure(path: Path, exc: BaseException) -> None:
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+def _schema1_rows_signature(paths, sizes, mtimes) -> str:
+    """Identifies the exact rows (paths, sizes, mtimes) a schema-1 cache's views belong to."""
+    digest = hashlib.sha1()
+    for path, size, mtime in zip(paths, sizes, mtimes):
+        digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()

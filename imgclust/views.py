@@ -80,13 +80,3 @@ def add_views(cache: Cache, encoder_name: str, encoder, n_views: int, max_pixels
     cache.store_result(encoder_name, "views", f"views-{n_views}-{rows.fingerprint[:8]}", {"views": out},
                        {"n_views": n_views, "shape": list(out.shape)}, rows.fingerprint)
     return len(index)
-
-
-def rows_signature(paths, sizes, mtimes) -> str:
-    """Identifies the exact rows (paths, sizes, mtimes) a schema-1 cache's views belong to."""
-    import hashlib
-
-    digest = hashlib.sha1()
-    for path, size, mtime in zip(paths, sizes, mtimes):
-        digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()

@@ -134,6 +134,27 @@ class Zygote:
             self.proc.wait(timeout=30)
 
 
+def run_link(zygote: Zygote, argv: list[str], logfile: Path, sig: int, fire) -> tuple[bool, int, str]:
+    """One run of a chain: start ``argv``, send ``sig`` if ``fire(pid)`` says it is time; ``(fired, exit code, log)``.
+
+    SIGINT goes to the process group, as a terminal's Ctrl-C does; SIGKILL to the main process only.
+    """
+    pid = zygote.start(argv, logfile)
+    fired = fire(pid)
+    if fired:
+        try:
+            os.killpg(pid, sig) if sig == signal.SIGINT else os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    code = zygote.wait(pid)
+    return fired, code, logfile.read_text(errors="replace")
+
+
+def interrupted(code: int, sig: int) -> bool:
+    """Whether a run ended by ``sig`` (a Ctrl-C'd imgclust exits 130)."""
+    return code == -sig or (sig == signal.SIGINT and code == 130)
+
+
 def running(pid: int) -> bool:
     """Whether ``pid`` still runs (a finished child of the zygote is a zombie until it is waited for)."""
     try:
@@ -403,17 +424,9 @@ def run_trials(workdir: Path, zygote: Zygote, n_trials: int, seed: int, sig: int
         for link in range(max_links + 1):
             trigger = None if link == max_links or report.trials >= n_trials else rng.choice(triggers)
             logfile = cache.with_name(f"{cache.stem}-{link}.log")
-            pid = zygote.start(embed_argv(folder, cache, workers), logfile)
-            fired = trigger is not None and _fire_when(pid, cache, trigger, rng, full_s, merge_s)
-            if fired:
-                try:
-                    os.killpg(pid, sig) if sig == signal.SIGINT else os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            code = zygote.wait(pid)
-            text = logfile.read_text(errors="replace")
-            interrupted = code == -sig or (sig == signal.SIGINT and code == 130)
-            if fired and interrupted:
+            fired, code, text = run_link(zygote, embed_argv(folder, cache, workers), logfile, sig, lambda pid: (
+                trigger is not None and _fire_when(pid, cache, trigger, rng, full_s, merge_s)))
+            if fired and interrupted(code, sig):
                 report.trials += 1
                 report.triggers[trigger] += 1
                 problems = check_partial(cache, ref)
@@ -629,16 +642,9 @@ def run_store_trials(workdir: Path, zygote: Zygote, op: str, n_trials: int, seed
         for link in range(max_links + 1):
             trigger = None if link == max_links or report.trials >= n_trials else rng.choice(triggers)
             logfile = cache.with_name(f"{cache.stem}-{link}.log")
-            pid = zygote.start(store_argv(op, cache), logfile)
-            fired = trigger is not None and _fire_when_store(pid, cache, op, trigger, rng, full_s)
-            if fired:
-                try:
-                    os.killpg(pid, sig) if sig == signal.SIGINT else os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            code = zygote.wait(pid)
-            text = logfile.read_text(errors="replace")
-            if fired and (code == -sig or (sig == signal.SIGINT and code == 130)):
+            fired, code, text = run_link(zygote, store_argv(op, cache), logfile, sig, lambda pid: (
+                trigger is not None and _fire_when_store(pid, cache, op, trigger, rng, full_s)))
+            if fired and interrupted(code, sig):
                 report.trials += 1
                 report.triggers[trigger] += 1
                 problems = _check_store(op, cache, base, ref, final=False)
