@@ -27,6 +27,7 @@ import queue
 import signal
 import sys
 import threading
+import traceback
 import time
 import uuid
 import zipfile
@@ -106,11 +107,12 @@ class _Block:
         return len(self.paths) + len(self.fail_paths)
 
     def add_row(self, f: ImageFile, vector: np.ndarray) -> None:
+        digest = file_hash(f.path)  # reads the file: before any list grows, so a Ctrl-C here leaves the block whole
         self.paths.append(f.path)
         self.sizes.append(f.size)
         self.mtimes.append(f.mtime_ns)
         self.labels.append(f.label or "")
-        self.hashes.append(file_hash(f.path))
+        self.hashes.append(digest)
         self.embeddings.append(vector)
 
     def add_failure(self, f: ImageFile, reason: str) -> None:
@@ -240,7 +242,19 @@ def _decode_on_device(enc: Encoder, files: Sequence[ImageFile], indices: list[in
 def _worker_init(_worker_id: int) -> None:
     # Ctrl-C is handled once, in the main process, which saves the finished work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.excepthook = _quiet_when_the_main_process_left
     _die_with_parent()
+
+
+def _quiet_when_the_main_process_left(args) -> None:
+    """A worker hands its batches over through shared memory; when the main process stops (Ctrl-C), the
+    thread that passes their file descriptors (multiprocessing's resource sharer) meets a closed connection.
+    That is the end of the run, not an error: no traceback for it."""
+    frames = traceback.extract_tb(args.exc_traceback)
+    if issubclass(args.exc_type, (EOFError, ConnectionError)) and any(
+            frame.filename.endswith("resource_sharer.py") for frame in frames):
+        return
+    threading.__excepthook__(args)
 
 
 def _die_with_parent() -> None:

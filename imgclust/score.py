@@ -44,6 +44,7 @@ class RunReport:
 def space_name(space: str) -> str:
     """A run's space (a reduction key such as ``umap-metric=euclidean-...-n_components=50-...``, or
     ``raw``) in words: ``UMAP 50-d``, ``l2 + PCA (90% of variance)``, ``raw embeddings``."""
+    space = space.split("@", 1)[0]  # a stored reduction's key ends with @<rows it was computed from>
     if space == "raw":
         return "raw embeddings"
     method, _, rest = space.partition("-")

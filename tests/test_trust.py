@@ -361,3 +361,10 @@ def test_gallery_scales_tiny_images_up_pixelated_and_names_scores_for_people(tmp
     assert page.count('<img class="tiny"') == 1
     assert "<dt>BCubed F</dt>" in page and "<dt>images</dt>" in page and "<dt>silhouette measured in</dt>" in page
     assert "bcubed_f</dt>" not in page and "text-transform:uppercase;letter" not in page.split(".score dt")[1][:80]
+
+
+def test_space_names_ignore_the_row_set_suffix_of_stored_reductions():
+    from imgclust.score import space_name
+
+    assert space_name("l2@544940fb") == "l2"
+    assert space_name("umap-metric=euclidean-min_dist=0.0-n_components=50-n_neighbors=30-seed=0@0a1b2c3d") == "UMAP 50-d"
