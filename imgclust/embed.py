@@ -242,19 +242,18 @@ def _decode_on_device(enc: Encoder, files: Sequence[ImageFile], indices: list[in
 def _worker_init(_worker_id: int) -> None:
     # Ctrl-C is handled once, in the main process, which saves the finished work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.excepthook = _quiet_when_the_main_process_left
+    sys.excepthook = _quiet_when_the_main_process_left
     _die_with_parent()
 
 
-def _quiet_when_the_main_process_left(args) -> None:
+def _quiet_when_the_main_process_left(exc_type, exc_value, exc_traceback) -> None:
     """A worker hands its batches over through shared memory; when the main process stops (Ctrl-C), the
-    thread that passes their file descriptors (multiprocessing's resource sharer) meets a closed connection.
-    That is the end of the run, not an error: no traceback for it."""
-    frames = traceback.extract_tb(args.exc_traceback)
-    if issubclass(args.exc_type, (EOFError, ConnectionError)) and any(
-            frame.filename.endswith("resource_sharer.py") for frame in frames):
+    thread that passes their file descriptors (multiprocessing's resource sharer, which reports through
+    ``sys.excepthook``) meets a closed connection. That is the end of the run, not an error: no traceback."""
+    if issubclass(exc_type, (EOFError, ConnectionError)) and any(
+            frame.filename.endswith("resource_sharer.py") for frame in traceback.extract_tb(exc_traceback)):
         return
-    threading.__excepthook__(args)
+    sys.__excepthook__(exc_type, exc_value, exc_traceback)
 
 
 def _die_with_parent() -> None:
