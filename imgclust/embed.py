@@ -389,17 +389,16 @@ def embed(
         rows = cache.rows(encoder) if cache.exists() and encoder in cache.encoders() else None
         committed = rows.index() if rows is not None and not reembed else None
         run_device = best_device(device)
-        recorded = _recorded_identity(rows.state.attrs)["runtime"] if rows is not None and not reembed else None
+        own = _recorded_identity(rows.state.attrs) if rows is not None and not reembed else {}
+        recorded = own.get("runtime")
         # A cache's own runtime needs checking against this device only when there is work for it (below):
         # a run with nothing new to embed must not fail because the rows were made on another machine.
         requested, runtime = runtime, (recorded if runtime in (None, "auto") and recorded else
                                        resolve_runtime(runtime, spec.family, run_device, recorded))
-        decode_on = _resolve_decode(decode_on, run_device,
-                                    _recorded_identity(rows.state.attrs)["decode"] if rows is not None and not reembed else None)
+        decode_on = _resolve_decode(decode_on, run_device, own.get("decode"))
         summary.runtime, summary.decode = runtime, decode_on
         # An omitted batch size continues the cache's own (it decides the last bits of every row).
-        summary.batch_size = batch_size or (_recorded_identity(rows.state.attrs)["batch_size"]
-                                            if rows is not None and not reembed else None) or default_batch_size(run_device)
+        summary.batch_size = batch_size or own.get("batch_size") or default_batch_size(run_device)
         identity = block_identity(spec, weights, run_device, summary.batch_size, runtime, decode_on)
         if rows is not None and not reembed:
             _check_identity(cache, encoder, rows.state.attrs, identity)

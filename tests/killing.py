@@ -358,14 +358,8 @@ def _time_merge(cache: Path) -> float:
 
 def _fire_when(pid: int, cache: Path, trigger: str, rng: random.Random, full_s: float, merge_s: float) -> bool:
     """Wait for ``trigger`` in run ``pid``; return True when it fired (the signal is to be sent now)."""
-    started = time.monotonic()
     if trigger in ("time", "early"):
-        at = started + (rng.uniform(0, 0.4) if trigger == "early" else rng.uniform(0, full_s))
-        while time.monotonic() < at:
-            if not running(pid):
-                return False
-            time.sleep(0.002)
-        return True
+        return _after_delay(pid, rng.uniform(0, 0.4) if trigger == "early" else rng.uniform(0, full_s))
     if trigger == "journal":
         target, extra = journal_parts(cache) + rng.randint(1, 3), rng.uniform(0, 0.03)
         condition = lambda: journal_parts(cache) >= target  # noqa: E731
@@ -375,11 +369,26 @@ def _fire_when(pid: int, cache: Path, trigger: str, rng: random.Random, full_s: 
     else:  # replace: the cache file itself changes (atomically: a new inode; else written in place)
         before, extra = _file_key(cache), 0.0
         condition = lambda: _file_key(cache) != before  # noqa: E731
+    return _when(pid, condition, extra, poll=0.001)
+
+
+def _after_delay(pid: int, seconds: float) -> bool:
+    """True after ``seconds`` of run ``pid``; False if it ended first."""
+    at = time.monotonic() + seconds
+    while time.monotonic() < at:
+        if not running(pid):
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _when(pid: int, condition, extra: float = 0.0, poll: float = 0.001) -> bool:
+    """True once ``condition()`` holds (``extra`` seconds later) while run ``pid`` runs; False if it ended first."""
     while running(pid):
         if condition():
             time.sleep(extra)
             return True
-        time.sleep(0.001)
+        time.sleep(poll)
     return False
 
 
@@ -586,27 +595,17 @@ def _copy_cache(source: Path, target: Path) -> None:
 
 
 def _fire_when_store(pid: int, cache: Path, op: str, trigger: str, rng: random.Random, full_s: float) -> bool:
-    started = time.monotonic()
     bulk = cache.with_name(cache.name + ".d")
     packed = cache.with_name(cache.stem + "-packed.h5")
     if trigger in ("time", "early"):
-        at = started + (rng.uniform(0, 0.3) if trigger == "early" else rng.uniform(0, full_s))
-        while time.monotonic() < at:
-            if not running(pid):
-                return False
-            time.sleep(0.002)
-        return True
+        return _after_delay(pid, rng.uniform(0, 0.3) if trigger == "early" else rng.uniform(0, full_s))
     if trigger == "bulk":  # a bulk file (or the packed file) is being written
         condition = (lambda: any(packed.parent.glob(f".{packed.name}.*.tmp"))) if op == "pack" else \
             (lambda: any(bulk.glob(".tmp-*")))  # noqa: E731
     else:  # replace: the index (or the packed file) changes
         before = _file_key(packed if op == "pack" else cache)
         condition = lambda: _file_key(packed if op == "pack" else cache) != before  # noqa: E731
-    while running(pid):
-        if condition():
-            return True
-        time.sleep(0.0005)
-    return False
+    return _when(pid, condition, poll=0.0005)
 
 
 def run_store_trials(workdir: Path, zygote: Zygote, op: str, n_trials: int, seed: int, sig: int = signal.SIGKILL,
