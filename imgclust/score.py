@@ -18,6 +18,7 @@ from .cluster import ClusterRun, load_run, run_space
 from .discover import read_label_csv
 from .errors import UsageError
 from .metrics import Scores, score_clustering
+from .spaces import space_name
 
 
 @dataclass
@@ -39,23 +40,6 @@ class RunReport:
     def to_dict(self) -> dict:
         return {"cache": self.cache, "labels_source": self.labels_source, "run": self.run.to_dict(),
                 "silhouette_space": self.silhouette_space, "scores": self.scores.to_dict()}
-
-
-def space_name(space: str) -> str:
-    """A run's space (a reduction key such as ``umap-metric=euclidean-...-n_components=50-...``, or
-    ``raw``) in words: ``UMAP 50-d``, ``l2 + PCA (90% of variance)``, ``raw embeddings``."""
-    space = space.split("@", 1)[0]  # a stored reduction's key ends with @<rows it was computed from>
-    if space == "raw":
-        return "raw embeddings"
-    method, _, rest = space.partition("-")
-    settings = dict(part.split("=", 1) for part in rest.split("-") if "=" in part)
-    names = {"umap": "UMAP", "pca": "PCA", "l2": "l2"}
-    steps = [names.get(step, step) for step in method.split("+")]
-    if "n_components" in settings:
-        steps[-1] += f" {settings['n_components']}-d"
-    elif "variance" in settings:
-        steps[-1] += f" ({float(settings['variance']):.0%} of variance)"
-    return " + ".join(steps)
 
 
 def ground_truth(cache: Cache, encoder: str, labels: str | None) -> tuple[np.ndarray | None, str | None, np.ndarray]:

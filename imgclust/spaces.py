@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .reduce import DEFAULT_DIMS
+from .reduce import DEFAULT_DIMS, reduction_settings
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,10 @@ class SpaceChoice:
     source: str
 
     def describe(self) -> str:
-        """In words: ``UMAP 50-d``, ``PCA (98% of variance)``, ``raw embeddings``."""
+        """In words: ``UMAP 50-d``, ``PCA (98% of variance)``, ``raw embeddings`` (as :func:`space_name`)."""
         if self.reduction == "none":
-            return "raw embeddings"
-        name = self.reduction.upper() if self.reduction in ("umap", "pca") else self.reduction
-        if self.variance is not None:
-            return f"{name} ({self.variance:.0%} of variance)"
-        return f"{name} {self.dims}-d"
+            return space_name("raw")
+        return space_name(reduction_settings(self.reduction, self.dims, self.variance)[0])
 
     def to_dict(self) -> dict:
         return {**asdict(self), "space": self.describe()}
@@ -82,3 +79,20 @@ def method_spaces(method: str) -> dict:
     by_encoder = {enc: default_space(enc, method).describe() for enc, m in SPACE_TABLE if enc != "*"}
     return {"default": default.describe(),
             "by_encoder": {enc: space for enc, space in by_encoder.items() if space != default.describe()}}
+
+
+def space_name(space: str) -> str:
+    """A run's space (a reduction key such as ``umap-metric=euclidean-...-n_components=50-...``, or
+    ``raw``) in words: ``UMAP 50-d``, ``l2 + PCA (90% of variance)``, ``raw embeddings``."""
+    space = space.split("@", 1)[0]  # a stored reduction's key ends with @<rows it was computed from>
+    if space == "raw":
+        return "raw embeddings"
+    method, _, rest = space.partition("-")
+    settings = dict(part.split("=", 1) for part in rest.split("-") if "=" in part)
+    names = {"umap": "UMAP", "pca": "PCA", "l2": "l2"}
+    steps = [names.get(step, step) for step in method.split("+")]
+    if "n_components" in settings:
+        steps[-1] += f" {settings['n_components']}-d"
+    elif "variance" in settings:
+        steps[-1] += f" ({float(settings['variance']):.0%} of variance)"
+    return " + ".join(steps)

@@ -14,7 +14,7 @@ from ..decode import DEFAULT_MAX_PIXELS
 from ..encoders import DEFAULT_ENCODER
 from ..errors import UsageError
 from ..pipeline import DEFAULT_FORMATS, run_pipeline
-from ..score import space_name
+from ..spaces import space_name
 from ..select import parse_k_range
 from . import app
 from ._output import (DebugOption, JsonOption, QuietOption, VerboseOption, detail, emit_json, epoch_reporter, note,
