@@ -66,6 +66,22 @@ AUTO: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+def _import_whole(module: str):
+    """Import ``module`` with Ctrl-C held back until it is done: a C extension interrupted while it
+    initialises fails with "ImportError: initialization failed" instead of stopping cleanly."""
+    import importlib
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        return importlib.import_module(module)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return importlib.import_module(module)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C held back is raised here
+
+
 def _importable(module: str) -> bool:
     import importlib.util
 
@@ -74,7 +90,7 @@ def _importable(module: str) -> bool:
 
 @lru_cache(maxsize=1)
 def _openvino_has_bf16() -> bool:
-    import openvino as ov
+    ov = _import_whole("openvino")
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
@@ -316,7 +332,7 @@ def _openvino_model(network, size: int, batch_size: int):
     disk in full precision under :func:`model_cache_dir`; later runs read it in well under a second."""
     import tempfile
 
-    import openvino as ov
+    ov = _import_whole("openvino")
 
     path = model_cache_dir() / f"openvino-{ov.get_version().split('-')[0]}-{network_digest(network, size, batch_size)}.xml"
     if path.exists() and path.with_suffix(".bin").exists():
@@ -345,7 +361,7 @@ class OnnxRunner:
     reduced_precision = False
 
     def __init__(self, network, size: int, batch_size: int, threads: int):
-        import onnxruntime as ort
+        ort = _import_whole("onnxruntime")
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -400,7 +416,7 @@ class OpenVinoRunner:
 
     def __init__(self, network, size: int | None, batch_size: int, threads: int, precision: str):
         """``network``: a torch module (converted here), or an already converted OpenVINO model."""
-        import openvino as ov
+        ov = _import_whole("openvino")
         import torch
 
         if isinstance(network, torch.nn.Module):

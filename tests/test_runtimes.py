@@ -280,3 +280,15 @@ def test_openvino_leaves_the_threads_signal_stack_as_it_was():
     encoder = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="openvino", batch_size=2)
     encoder.encode(np.zeros((2, encoder.preprocess.size, encoder.preprocess.size, 3), np.uint8))
     assert current() == before
+
+
+def test_a_ctrl_c_while_a_runtime_is_imported_stops_after_the_import(tmp_path, monkeypatch):
+    # OpenVINO's extension interrupted mid-initialisation failed with "ImportError: initialization failed".
+    import signal
+    import sys
+
+    (tmp_path / "interrupted_ext.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\nDONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        runtimes._import_whole("interrupted_ext")
+    assert sys.modules["interrupted_ext"].DONE
