@@ -67,6 +67,18 @@ def stderr() -> Console:
     return Console(file=sys.stderr, soft_wrap=True, highlight=False, quiet=mode().quiet)
 
 
+def _caused_by_ctrl_c(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in ``error``'s chain (``SystemError: ... returned a result with an
+    exception set`` from an extension interrupted by Ctrl-C)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def note(message: str) -> None:
     """A line of progress or context on stderr (silenced by --quiet)."""
     stderr().print(message)
@@ -190,3 +202,8 @@ class ImgclustGroup(typer.core.TyperGroup):
             render_error(ImgclustError(f"{error.strerror or error}{where}",
                                        hint="check free disk space and permissions; nothing already written was changed"))
             ctx.exit(EXIT_FAILURE)
+        except Exception as error:
+            if not _caused_by_ctrl_c(error):
+                raise
+            report_interrupt()  # a C extension turned the Ctrl-C it was interrupted by into its own error
+            ctx.exit(EXIT_INTERRUPTED)
