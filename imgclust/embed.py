@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import queue
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, ray_engine
 from .cache import Cache, Failures, NewRows, Rows, encoder_key, file_hash
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode, decode_jpegs_on_device, jpeg_bytes
 from .discover import ImageFile, discover
@@ -143,7 +144,8 @@ class _Journal:
                 paths=np.array(block.paths, dtype=str), sizes=np.array(block.sizes, dtype=np.int64),
                 mtimes=np.array(block.mtimes, dtype=np.int64), labels=np.array(block.labels, dtype=str),
                 hashes=np.array(block.hashes, dtype=str),
-                embeddings=np.array(block.embeddings, dtype=np.float32).reshape(len(block.paths), dim),
+                embeddings=(np.stack(block.embeddings).astype(np.float32, copy=False) if block.paths
+                            else np.zeros((0, dim), np.float32)),
                 fail_paths=np.array(block.fail_paths, dtype=str), fail_sizes=np.array(block.fail_sizes, dtype=np.int64),
                 fail_mtimes=np.array(block.fail_mtimes, dtype=np.int64), fail_reasons=np.array(block.fail_reasons, dtype=str),
             )
@@ -193,13 +195,23 @@ class _DecodeDataset:
 
     def __getitem__(self, i: int):
         path = self.files[i].path
-        try:
-            data = jpeg_bytes(path, self.max_pixels) if self.jpeg_on_device else None
+        if self.jpeg_on_device:
+            try:
+                data = jpeg_bytes(path, self.max_pixels)
+            except DecodeError as exc:
+                return i, None, str(exc), None
             if data is not None:
                 return i, None, "", data
-            return i, decode(path, self.spec, self.max_pixels), "", None
-        except DecodeError as exc:
-            return i, None, str(exc), None
+        image, reason = decode_or_reason(path, self.spec, self.max_pixels)
+        return i, image, reason, None
+
+
+def decode_or_reason(path: str, spec: Preprocess, max_pixels: int | None) -> tuple[np.ndarray | None, str]:
+    """``(image, "")``, or ``(None, reason)`` for a file that cannot be decoded: what every engine records."""
+    try:
+        return decode(path, spec, max_pixels), ""
+    except DecodeError as exc:
+        return None, str(exc)
 
 
 def collate_uint8(items) -> tuple[list[int], object, list[tuple[int, str]], list[tuple[int, object]]]:
@@ -327,6 +339,9 @@ def embed(
     runtime: str | None = None,
     decode_on: str | None = None,
     features: str = "default",
+    engine: str = "local",
+    ray_address: str | None = None,
+    gpus_per_worker: float | None = None,
 ) -> EmbedSummary:
     """Embed every image under ``inputs`` into ``cache`` (resumable; unchanged images are skipped).
 
@@ -363,6 +378,13 @@ def embed(
         GPU resizing is close to Pillow's, not bit-equal, so one cache holds one kind.
     features : ``default`` (the encoder's embedding) or ``cls+patchmean`` (ViTs: ICCE's CLS token + mean of the
         patch tokens), stored as its own encoder table ``<encoder>+cls+patchmean`` (:data:`imgclust.encoders.FEATURES`).
+    engine : ``"local"`` (this machine) or ``"ray"``: decode and encode on a Ray cluster (:mod:`imgclust.ray_engine`;
+        needs ``pip install "imgclust[ray]"``); discovery, the journal and the commit stay here, and the rows are
+        the local engine's. With ``"ray"``, ``workers`` is the number of encoder actors (None: one per GPU, else
+        one per node).
+    ray_address : the Ray cluster to use (``"auto"``: the one ``ray start`` runs on this machine); None starts a
+        local Ray instance (or uses ``RAY_ADDRESS``).
+    gpus_per_worker : GPUs (a fraction shares one) per encoder actor; None: 1 when the cluster has GPUs, else 0.
 
     Returns
     -------
@@ -374,6 +396,7 @@ def embed(
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}", hint="32 is a good default on CPU; 128-256 on a GPU")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}", hint="0 decodes in the main process")
+    _check_engine(engine, workers, views, decode_on, ray_address, gpus_per_worker)
     encoder = features_name(encoder, features)
     spec = resolve_spec(encoder)
     started = time.perf_counter()
@@ -382,20 +405,29 @@ def embed(
         files = discover(inputs, files_from=files_from, labels=labels, exclude=exclude)
     cache = Cache(cache)
     summary = EmbedSummary(cache=str(cache.path), encoder=encoder, discovered=len(files))
-    with cache.writer():
+    on_ray = engine == "ray"
+    with cache.writer(), (ray_engine.connected(ray_address) if on_ray else contextlib.nullcontext()):
         if cache.exists():
             cache.require_writable()
         cache.clean_temp_files()
         rows = cache.rows(encoder) if cache.exists() and encoder in cache.encoders() else None
         committed = rows.index() if rows is not None and not reembed else None
-        run_device = best_device(device)
+        if on_ray:  # the device and runtime of the encoder actors, checked where they run
+            gpus_per_worker = ray_engine.default_gpus_per_worker() if gpus_per_worker is None else gpus_per_worker
+            run_device = ray_engine.worker_device(device, gpus_per_worker)
+            resolve = functools.partial(ray_engine.resolve_runtime_on_worker, gpus_per_worker=gpus_per_worker)
+        else:
+            run_device, resolve = best_device(device), resolve_runtime
         own = _recorded_identity(rows.state.attrs) if rows is not None and not reembed else {}
         recorded = own.get("runtime")
         # A cache's own runtime needs checking against this device only when there is work for it (below):
         # a run with nothing new to embed must not fail because the rows were made on another machine.
         requested, runtime = runtime, (recorded if runtime in (None, "auto") and recorded else
-                                       resolve_runtime(runtime, spec.family, run_device, recorded))
+                                       resolve(runtime, spec.family, run_device, recorded))
         decode_on = _resolve_decode(decode_on, run_device, own.get("decode"))
+        if on_ray and decode_on != "cpu":
+            raise UsageError(f"{cache.path}: its rows were decoded on the GPU, and Ray decodes on CPU tasks; "
+                             "one cache holds one kind", hint="continue it without --engine ray, or use another --cache")
         summary.runtime, summary.decode = runtime, decode_on
         # An omitted batch size continues the cache's own (it decides the last bits of every row).
         summary.batch_size = batch_size or own.get("batch_size") or default_batch_size(run_device)
@@ -431,14 +463,23 @@ def embed(
                 summary.changed += state is not None and not unchanged
         enc = None
         try:
-            if pending:
-                resolve_runtime(requested, spec.family, run_device, recorded)  # can the cache's runtime run here?
+            if pending and on_ray:
+                resolve(requested, spec.family, run_device, recorded)  # can the cache's runtime run there?
+                summary.device = run_device
+                summary.workers = workers or ray_engine.default_workers(gpus_per_worker)
+                batches = ray_engine.encode_files(
+                    pending, encoder=encoder, weights=weights, device=run_device, runtime=runtime,
+                    batch_size=summary.batch_size, preprocess=spec.preprocess, max_pixels=max_pixels,
+                    workers=summary.workers, gpus_per_worker=gpus_per_worker, progress=progress)
+                _embed_batches(batches, block, journal, spec.embedding_dim or 0, summary, flush_rows, flush_seconds)
+            elif pending:
+                resolve(requested, spec.family, run_device, recorded)  # can the cache's runtime run here?
                 enc = create_encoder(encoder, weights=weights, device=run_device, runtime=runtime,
                                      batch_size=summary.batch_size)
                 summary.device = enc.device
                 summary.workers = default_workers(enc.device) if workers is None else workers
-                _embed_batches(enc, pending, block, journal, summary, summary.workers, max_pixels, progress,
-                               flush_rows, flush_seconds, decode_on)
+                batches = encode_files(enc, pending, summary.workers, max_pixels, progress, decode_on)
+                _embed_batches(batches, block, journal, enc.embedding_dim, summary, flush_rows, flush_seconds)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -458,6 +499,31 @@ def embed(
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.images_per_second = round(summary.embedded / summary.seconds, 2) if summary.seconds > 0 else 0.0
     return summary
+
+
+ENGINES = ("local", "ray")
+
+
+def _check_engine(engine: str, workers: int | None, views: int, decode_on: str | None, ray_address: str | None,
+                  gpus_per_worker: float | None) -> None:
+    """Refuse options the chosen engine does not take, before any work (and say what Ray needs)."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine}: choose {' or '.join(ENGINES)}")
+    if engine == "local":
+        given = [name for name, value in (("--ray-address", ray_address), ("--gpus-per-worker", gpus_per_worker))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} go with --engine ray", hint="add --engine ray, or leave them out")
+        return
+    ray_engine.require_ray()
+    if workers == 0:
+        raise UsageError("--workers 0 with --engine ray: it is the number of encoder actors, at least 1",
+                         hint="leave it out for one per GPU (or per node)")
+    if views:
+        raise UsageError("--views with --engine ray: augmented views are computed on this machine",
+                         hint="embed with --engine ray first, then run the same command with --views N and without --engine ray")
+    if decode_on == "gpu":
+        raise UsageError("--decode gpu with --engine ray: Ray decodes on CPU tasks", hint="leave --decode out")
 
 
 def block_identity(spec, weights: str | None, device: str, batch_size: int, runtime: str = LEGACY_RUNTIME,
@@ -572,24 +638,27 @@ def encode_files(enc: Encoder, files: Sequence[ImageFile], workers: int, max_pix
         submitted = (indices, images, failures, enc.submit(images) if images is not None else None)
         if in_flight is not None:
             done += len(in_flight[0]) + len(in_flight[2])
-            yield _finish(enc, files, *in_flight)
+            yield finish_batch(enc, files, *in_flight)
             if progress:
                 progress(done, len(files))
         in_flight = submitted
     if in_flight is not None:
         done += len(in_flight[0]) + len(in_flight[2])
-        yield _finish(enc, files, *in_flight)
+        yield finish_batch(enc, files, *in_flight)
         if progress:
             progress(done, len(files))
 
 
-def _finish(enc: Encoder, files: Sequence[ImageFile], indices, images, failures, pending):
-    results: list[tuple[ImageFile, np.ndarray | None, str]] = [(files[i], None, reason) for i, reason in failures]
+def finish_batch(enc: Encoder, items: Sequence, indices, images, failures, pending):
+    """A submitted batch's results: ``(items[i], vector, "")`` per embedded row ``i`` of ``indices``,
+    ``(items[i], None, reason)`` per failure (decoding, or non-finite also in float32), and the number
+    of rows recomputed in float32. ``items`` are the files (or, on a Ray worker, their positions)."""
+    results: list[tuple[object, np.ndarray | None, str]] = [(items[i], None, reason) for i, reason in failures]
     if pending is None:
         return results, 0
     vectors, finite, recomputed = enc.finish(pending, images)
     for i, vector, ok in zip(indices, vectors, finite):
-        results.append((files[i], vector, "") if ok else (files[i], None, NON_FINITE_REASON))
+        results.append((items[i], vector, "") if ok else (items[i], None, NON_FINITE_REASON))
     return results, len(indices) if recomputed else 0
 
 
@@ -628,15 +697,14 @@ class _JournalWriter:
             raise self.error
 
 
-def _embed_batches(enc: Encoder, pending: list[ImageFile], block: _Block, journal: _Journal, summary: EmbedSummary,
-                   workers: int, max_pixels: int | None, progress: Progress | None,
-                   flush_rows: int, flush_seconds: float, decode_on: str = "cpu") -> None:
-    """Encode ``pending`` into ``block``; full blocks go to the journal (written off the main thread),
-    the last, partial one stays in ``block`` for the caller."""
+def _embed_batches(batches: Iterator[tuple[list, int]], block: _Block, journal: _Journal, dim: int,
+                   summary: EmbedSummary, flush_rows: int, flush_seconds: float) -> None:
+    """Collect an engine's ``batches`` (see :func:`encode_files`) into ``block``; full blocks go to the
+    journal (written off the main thread), the last, partial one stays in ``block`` for the caller."""
     last_flush = time.monotonic()
-    writer = _JournalWriter(journal, enc.embedding_dim)
+    writer = _JournalWriter(journal, dim)
     try:
-        for results, recomputed in encode_files(enc, pending, workers, max_pixels, progress, decode_on):
+        for results, recomputed in batches:
             summary.recomputed_float32 += recomputed
             for f, vector, reason in results:
                 if vector is None:
