@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -52,12 +53,14 @@ def require_ray():
 @contextlib.contextmanager
 def connected(address: str | None) -> Iterator[None]:
     """Connect to the Ray cluster at ``address`` (``auto``: the one ``ray start`` runs on this machine;
-    None: start a local instance, unless ``RAY_ADDRESS`` names one). A process that is already
+    None: the one ``RAY_ADDRESS`` names, else a new local instance). A process that is already
     connected (a library caller that ran ``ray.init`` itself) keeps its connection."""
     ray = require_ray()
     if ray.is_initialized():
         yield
         return
+    # "local" starts a new instance: without it, Ray would join whichever cluster `ray start` last ran here.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=True)
@@ -169,7 +172,8 @@ def encode_files(files: Sequence[ImageFile], *, encoder: str, weights: str | Non
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # progress is the caller's (on stderr, with rich)
     context.execution_options.preserve_order = True  # the same batches in every run
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no execution plans on stderr
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
     per_block = batch_size * PATHS_PER_BLOCK_BATCHES
     paths = pa.table({"index": np.arange(len(files), dtype=np.int64), "path": [f.path for f in files]})
     blocks = [paths.slice(start, per_block) for start in range(0, len(files), per_block)]

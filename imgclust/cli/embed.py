@@ -29,7 +29,7 @@ DataRootOption = Annotated[Optional[Path], typer.Option("--data-root", help="Whe
 SplitOption = Annotated[str, typer.Option("--split", help="Split of a torchvision source: test or train.")]
 DeviceOption = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU); a device this machine lacks is refused.")]
 BatchSizeOption = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (default: 32 on a CPU, 128 on a GPU).")]
-WorkersOption = Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decoding processes (default: every core on a CPU, sharing them with the model; every core but one on a GPU; at most 8; 0 decodes inline).")]
+WorkersOption = Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decoding processes (default: every core on a CPU, sharing them with the model; every core but one on a GPU; at most 8; 0 decodes inline). With --engine ray: encoder actors (default: one per GPU, else one per node).")]
 RuntimeOption = Annotated[str, typer.Option("--runtime", help="What runs the model: auto (the cache's own runtime, else the best here: openvino on a CPU, "
                                             "torch-amp on a GPU), torch, torch-amp, onnxruntime, openvino or openvino-bf16. One cache holds one runtime's rows.")]
 MaxPixelsOption = Annotated[int, typer.Option("--max-pixels", min=0, help="Decompression-bomb limit in pixels; 0 disables it.")]
@@ -58,6 +58,12 @@ def embed_command(
     decode: Annotated[Optional[str], typer.Option("--decode", help="Where JPEGs are decoded: cpu (worker processes) or gpu "
                                                   "(nvJPEG on the CUDA device; files it cannot decode fall back to the CPU). "
                                                   "Default: the cache's own, else cpu.")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray: decode in CPU tasks and encode in an actor pool on a "
+                                        "Ray cluster (pip install \"imgclust[ray]\"); the rows equal the local engine's.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="With --engine ray: the cluster ('auto': the one 'ray start' "
+                                                       "runs on this machine, or HOST:6379); default: a local Ray instance.")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per encoder actor "
+                                                             "(0.5 puts two on one GPU; default: 1 when the cluster has GPUs, else 0).")] = None,
     features: Annotated[str, typer.Option("--features", help="default, or cls+patchmean (ViTs: CLS token + mean of the patch tokens, as ICCE), stored as the encoder '<encoder>+cls+patchmean'.")] = "default",
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
@@ -68,6 +74,7 @@ def embed_command(
       imgclust embed ./photos --encoder clip-vitb16
       imgclust embed ./dataset --encoder effnet-lite0 --labels folder --cache ds.h5
       find . -name '*.jpg' | imgclust embed --files-from - --cache photos.h5
+      imgclust embed /shared/photos --engine ray --ray-address auto --cache photos.h5
     """
     try:
         with progress_bar(f"embedding ({encoder})") as update:
@@ -75,7 +82,8 @@ def embed_command(
                                 weights=weights, device=device, batch_size=batch_size, workers=workers,
                                 max_pixels=max_pixels or None, progress=update, data_root=data_root, split=split,
                                 flush_rows=flush_rows, views=views, prune=prune, reembed=reembed, runtime=runtime,
-                                decode_on=decode, features=features)
+                                decode_on=decode, features=features, engine=engine, ray_address=ray_address,
+                                gpus_per_worker=gpus_per_worker)
     except KeyboardInterrupt:  # Ctrl-C while saving: the cache is unchanged and the journal keeps the work
         _interrupted(str(cache))
     all_failed = summary.images == 0 and summary.failures_total > 0 and not summary.interrupted
