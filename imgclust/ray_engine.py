@@ -174,6 +174,8 @@ def encode_files(files: Sequence[ImageFile], *, encoder: str, weights: str | Non
     context.execution_options.preserve_order = True  # the same batches in every run
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no execution plans on stderr
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
+    if weights not in (None, "random"):
+        weights = os.path.abspath(weights)  # actors run in other working folders
     per_block = batch_size * PATHS_PER_BLOCK_BATCHES
     paths = pa.table({"index": np.arange(len(files), dtype=np.int64), "path": [f.path for f in files]})
     blocks = [paths.slice(start, per_block) for start in range(0, len(files), per_block)]

@@ -151,16 +151,18 @@ def test_an_actor_killed_mid_run_is_restarted_and_the_result_is_complete(ray_clu
     assert failures(tmp_path / "c.h5") == failures(reference)
 
 
+@pytest.mark.slow
 def test_resume_after_the_driver_is_killed_embeds_only_what_was_not_saved(ray_cluster, folder, reference, tmp_path):
-    """The killed driver is the CLI with no --ray-address (it starts its own local Ray instance)."""
+    """The killed driver is the CLI with no --ray-address (it starts its own local Ray instance); the
+    resumed one is the CLI on the shared cluster, with --json."""
     cache = tmp_path / "c.h5"
     journal = cache.with_name("c.h5.journal")
+    args = ["embed", str(folder), "--cache", str(cache), "--encoder", TINY_ENCODER, "--weights", "random",
+            "--device", "cpu", "--batch-size", "4", "--engine", "ray", "--workers", "1"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imgclust", "embed", str(folder), "--cache", str(cache), "--encoder", TINY_ENCODER,
-         "--weights", "random", "--device", "cpu", "--batch-size", "4", "--flush-rows", "4", "--engine", "ray",
-         "--workers", "1", "--quiet"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.log", "wb"))
+    with open(tmp_path / "driver.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "imgclust", *args, "--flush-rows", "4"],
+                                env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -173,20 +175,13 @@ def test_resume_after_the_driver_is_killed_embeds_only_what_was_not_saved(ray_cl
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and what it started in its session
         proc.wait()
     assert not cache.exists()
-    summary = embed([folder], cache=cache, engine="ray", workers=1, **TINY)
-    assert summary.recovered >= 8 and summary.embedded == 120 - summary.recovered
+    resumed = CliRunner().invoke(app, [*args, "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.stdout)
+    assert summary["recovered"] >= 8 and summary["embedded"] == 120 - summary["recovered"]
+    assert (summary["failed"], summary["images"], summary["workers"]) == (1, 120, 1)
     assert_same_rows(rows(cache), rows(reference))
     assert failures(cache) == failures(reference)
     assert not journal.exists()
-
-
-def test_cli_json_summary_and_a_rerun_that_embeds_nothing(ray_cluster, folder, reference, tmp_path):
-    args = ["embed", str(folder), "--cache", str(tmp_path / "c.h5"), "--encoder", TINY_ENCODER, "--weights", "random",
-            "--batch-size", "4", "--engine", "ray", "--workers", "1", "--json"]
-    first = CliRunner().invoke(app, args)
-    assert first.exit_code == 0, first.output
-    summary = json.loads(first.stdout)
-    assert (summary["embedded"], summary["failed"], summary["workers"]) == (120, 1, 1)
-    again = json.loads(CliRunner().invoke(app, args).stdout)
+    again = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
     assert (again["embedded"], again["skipped"], again["images"]) == (0, 121, 120)
-    assert_same_rows(rows(tmp_path / "c.h5"), rows(reference))
