@@ -15,6 +15,10 @@ results of the other rows keep their order (they are marked stale, never deleted
 Every batch is padded to the encoder's batch size before the forward pass (``Encoder.submit``), and
 the runtime is part of the cache's identity, which makes a resumed run bit-for-bit equal to an
 uninterrupted one.
+
+Two engines produce the ``(results, recomputed)`` batches that are journalled: the local one
+(:func:`encode_files`, below) and Ray (:mod:`imgclust.ray_engine`: decoding and encoding on a cluster).
+Everything else -- discovery, the lock, the journal, the commit -- is the same code for both.
 """
 
 from __future__ import annotations

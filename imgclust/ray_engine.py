@@ -25,8 +25,10 @@ their batches), so a lost worker costs time, not rows.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -138,10 +140,18 @@ class _EncodeActor:
     def __init__(self, encoder: str, weights: str | None, device: str, runtime: str, batch_size: int):
         from .encoders import create_encoder
 
-        self.enc = create_encoder(encoder, weights=weights, device=device, runtime=runtime, batch_size=batch_size)
+        # Raised from the first call rather than here, where Ray would first retry the actor.
+        self.enc, self.error = None, None
+        try:
+            self.enc = create_encoder(encoder, weights=weights, device=device, runtime=runtime, batch_size=batch_size)
+        except ImgclustError as exc:
+            self.error = WorkerError.of(exc)
 
     def __call__(self, batch: dict) -> dict:
         from .embed import finish_batch
+
+        if self.error is not None:
+            raise self.error
 
         decoded = np.flatnonzero(batch["reason"] == "")
         images = np.ascontiguousarray(batch["image"][decoded])
@@ -194,10 +204,43 @@ def encode_files(files: Sequence[ImageFile], *, encoder: str, weights: str | Non
     done = 0
     if progress:
         progress(0, len(files))
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+    batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            _raise_imgclust_error(exc)
+            raise
         results = [(files[int(i)], None if reason else vector, str(reason))
                    for i, vector, reason in zip(batch["index"], batch["vector"], batch["reason"])]
         done += len(results)
         yield results, int(batch["recomputed"].sum())
         if progress:
             progress(done, len(files))
+
+
+class WorkerError(Exception):
+    """An imgclust error raised on a Ray worker. Ray Data delivers a worker's exception to the driver only
+    as the text of its traceback, so the error travels as one line of JSON that the driver turns back
+    into the same :class:`ImgclustError` (message and hint)."""
+
+    @classmethod
+    def of(cls, exc: ImgclustError) -> "WorkerError":
+        return cls(json.dumps({"class": type(exc).__name__, "message": exc.message, "hint": exc.hint}))
+
+
+_WORKER_ERROR = re.compile(r"WorkerError: (\{.*\})")
+
+
+def _raise_imgclust_error(exc: BaseException) -> None:
+    """Raise the :class:`ImgclustError` a worker reported (missing weights on a node, say), if it did."""
+    from . import errors
+
+    match = _WORKER_ERROR.search(str(exc))
+    if match is None:
+        return
+    error = json.loads(match.group(1))
+    kind = getattr(errors, error["class"], ImgclustError)
+    raise kind(f"on a Ray worker: {error['message']}", hint=error["hint"]) from None

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from imgclust.cache import Cache
 from imgclust.cli import app
 from imgclust.embed import embed
-from imgclust.errors import CacheLockedError
+from imgclust.errors import CacheLockedError, UsageError
 
 from .conftest import TINY_ENCODER, make_image, shared_set
 
@@ -149,6 +149,12 @@ def test_an_actor_killed_mid_run_is_restarted_and_the_result_is_complete(ray_clu
     assert (summary.embedded, summary.failed, summary.images) == (120, 1, 120)
     assert_same_rows(rows(tmp_path / "c.h5"), rows(reference))
     assert failures(tmp_path / "c.h5") == failures(reference)
+
+
+def test_an_imgclust_error_on_a_worker_reaches_the_driver_as_itself(ray_cluster, folder, tmp_path):
+    with pytest.raises(UsageError, match="on a Ray worker: --weights .*missing.pt: file not found") as caught:
+        embed([folder], cache=tmp_path / "c.h5", engine="ray", workers=1, **{**TINY, "weights": str(tmp_path / "missing.pt")})
+    assert caught.value.hint == "give the path of a local checkpoint file"
 
 
 @pytest.mark.slow
