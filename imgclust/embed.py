@@ -467,23 +467,22 @@ def embed(
                 summary.changed += state is not None and not unchanged
         enc = None
         try:
-            if pending and on_ray:
-                resolve(requested, spec.family, run_device, recorded)  # can the cache's runtime run there?
-                summary.device = run_device
-                summary.workers = workers or ray_engine.default_workers(gpus_per_worker)
-                batches = ray_engine.encode_files(
-                    pending, encoder=encoder, weights=weights, device=run_device, runtime=runtime,
-                    batch_size=summary.batch_size, preprocess=spec.preprocess, max_pixels=max_pixels,
-                    workers=summary.workers, gpus_per_worker=gpus_per_worker, progress=progress)
-                _embed_batches(batches, block, journal, spec.embedding_dim or 0, summary, flush_rows, flush_seconds)
-            elif pending:
-                resolve(requested, spec.family, run_device, recorded)  # can the cache's runtime run here?
-                enc = create_encoder(encoder, weights=weights, device=run_device, runtime=runtime,
-                                     batch_size=summary.batch_size)
-                summary.device = enc.device
-                summary.workers = default_workers(enc.device) if workers is None else workers
-                batches = encode_files(enc, pending, summary.workers, max_pixels, progress, decode_on)
-                _embed_batches(batches, block, journal, enc.embedding_dim, summary, flush_rows, flush_seconds)
+            if pending:
+                resolve(requested, spec.family, run_device, recorded)  # can the cache's runtime run where the model runs?
+                if on_ray:
+                    summary.device = run_device
+                    summary.workers = workers or ray_engine.default_workers(gpus_per_worker)
+                    batches, dim = ray_engine.encode_files(
+                        pending, encoder=encoder, weights=weights, device=run_device, runtime=runtime,
+                        batch_size=summary.batch_size, preprocess=spec.preprocess, max_pixels=max_pixels,
+                        workers=summary.workers, gpus_per_worker=gpus_per_worker, progress=progress), spec.embedding_dim or 0
+                else:
+                    enc = create_encoder(encoder, weights=weights, device=run_device, runtime=runtime,
+                                         batch_size=summary.batch_size)
+                    summary.device = enc.device
+                    summary.workers = default_workers(enc.device) if workers is None else workers
+                    batches, dim = encode_files(enc, pending, summary.workers, max_pixels, progress, decode_on), enc.embedding_dim
+                _embed_batches(batches, block, journal, dim, summary, flush_rows, flush_seconds)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
