@@ -74,3 +74,23 @@ def test_bad_metric_and_k_are_refused():
         knn_graph(X, 3, "hamming")
     with pytest.raises(ParameterError, match=">= 1"):
         knn_graph(X, 0)
+
+
+def test_umap_above_its_fit_size_fits_a_sample_and_places_the_rest_by_their_neighbours(tmp_path, monkeypatch):
+    import importlib
+
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from imgclust.clusterers import create_clusterer
+
+    from .stage_fixtures import blob_cache
+
+    reduce_module = importlib.import_module("imgclust.reduce")  # the package exports a function of that name
+    cache = blob_cache(tmp_path / "c.h5", n_per=150, centers=4, dim=16)
+    monkeypatch.setattr(reduce_module, "UMAP_FIT_ROWS", 200)
+    result = reduce_module.reduce(cache.path, dims=5)
+    assert result.fitted_on == 200 and result.shape == (600, 5)
+    data = reduce_module.load_reduction(cache.path, result.encoder, result.key)
+    truth = cache.read_index(result.encoder).labels
+    labels = create_clusterer("agglomerative", n_clusters=4).fit_predict(data)
+    assert adjusted_mutual_info_score(truth, labels) > 0.95  # placed rows land in their blob's cluster
