@@ -1,6 +1,6 @@
 """Agglomerative clustering beyond the size where the N x N tree fits: a tree over micro-clusters.
 
-Above :data:`EXACT_ROWS` rows, the rows are first split into ``M`` micro-clusters by k-means (each
+Above :data:`EXACT_ROWS` rows, the rows are first split into ``M`` micro-clusters by k-means (FAISS; each
 row to its nearest centre; k-means minimises the same within-cluster sum of squares as Ward), and
 the tree is then built over the micro-clusters with their real sizes as weights:
 
@@ -29,24 +29,27 @@ MICRO_CLUSTERS = 3000
 
 
 def micro_partition(X: np.ndarray, n_micro: int, random_state: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(labels, centres, sizes)`` of a k-means partition of ``X`` into ``n_micro`` parts.
+    """``(labels, centres, sizes)`` of a k-means partition of ``X`` into at most ``n_micro`` parts.
 
-    Centres are the members' means (recomputed, so empty k-means centres never appear).
+    FAISS's k-means (every core; trained on at most 64 rows a centre, its own cap), then each row
+    to its nearest centre; centres are recomputed as their members' means, and empty parts dropped.
     """
-    from sklearn.cluster import KMeans
+    from ..knn import _faiss
 
-    n = X.shape[0]
+    faiss = _faiss()
+    n, dim = X.shape
     n_micro = min(n_micro, n)
-    km = KMeans(n_clusters=n_micro, n_init=1, max_iter=30, random_state=random_state)
-    rng = np.random.default_rng(random_state)
-    fit_rows = X[np.sort(rng.choice(n, size=min(n, 100 * n_micro), replace=False))]  # Lloyd on a sample
-    km.fit(fit_rows)
-    labels = km.predict(X)
-    _, labels = np.unique(labels, return_inverse=True)
+    X32 = np.ascontiguousarray(X, dtype=np.float32)
+    kmeans = faiss.Kmeans(dim, n_micro, niter=20, seed=random_state, min_points_per_centroid=1,
+                          max_points_per_centroid=64, verbose=False)
+    kmeans.train(X32)
+    _, nearest = kmeans.index.search(X32, 1)
+    _, labels = np.unique(nearest[:, 0], return_inverse=True)
     sizes = np.bincount(labels).astype(np.float64)
-    centres = np.zeros((sizes.shape[0], X.shape[1]))
-    np.add.at(centres, labels, X)
-    centres /= sizes[:, None]
+    from scipy.sparse import csr_matrix
+
+    members = csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(sizes.shape[0], n))
+    centres = np.asarray(members @ np.asarray(X, dtype=np.float64)) / sizes[:, None]
     return labels.astype(np.int64), centres, sizes
 
 
