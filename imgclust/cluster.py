@@ -49,6 +49,7 @@ class ClusterRun:
     labels: np.ndarray = field(repr=False)
     selection: dict | None = None  # the label-free sweep when n_clusters="auto"
     space_source: str | None = None  # why this space: the (encoder, method) table's reason, or "--reduction"
+    fit_path: str | None = None  # how the method ran at this size (e.g. agglomerative's exact or micro-cluster tree)
     # The fitted clusterer, for its extra attributes (e.g. icce's ``head_labels_``); None for loaded runs.
     estimator: Any = field(default=None, repr=False, compare=False)
 
@@ -157,10 +158,14 @@ def cluster(
         raise UsageError(f"{method} needs the number of clusters", hint="pass --n-clusters K or --n-clusters auto")
     # Build once now so bad parameters fail before any heavy work ('auto' is validated with a stand-in K).
     probe_k = n_clusters if not auto else (2 if cls.n_clusters_mode == "required" else None)
-    create_clusterer(method, n_clusters=probe_k, random_state=random_state, **params)
+    probe = create_clusterer(method, n_clusters=probe_k, random_state=random_state, **params)
     if store:
         cache_obj.require_writable()  # before the work: a schema-1 or packed cache says what to run first
     rows = cache_obj.rows(encoder)
+    if isinstance(n_clusters, int) and n_clusters > len(rows):
+        raise UsageError(f"--n-clusters {n_clusters} is larger than the number of images ({len(rows)})",
+                         hint="lower --n-clusters")
+    probe.preflight(len(rows))  # before the reduction: a method that cannot run at this size says so now
     space, X, space_source = input_space(cache_obj, rows, method, reduction, dims, random_state)
     started = time.perf_counter()
     selection = None
@@ -179,8 +184,6 @@ def cluster(
         k, selection = choice.n_clusters, {**choice.to_dict(), "space": space}
         if choice.labels is not None:  # the sweep ran on every row: return the very clustering it scored
             labels, clusterer = choice.labels, choice.estimator
-    if isinstance(k, int) and k > len(X):
-        raise UsageError(f"--n-clusters {k} is larger than the number of images ({len(X)})", hint="lower --n-clusters")
     if labels is None:
         clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
         clusterer.on_epoch = on_epoch
@@ -192,7 +195,7 @@ def cluster(
         run_id="", encoder=encoder, method=method, params=_jsonable(clusterer.get_params()),
         n_clusters=int(np.unique(labels[labels >= 0]).size), n_clusters_requested=n_clusters, space=space, n_samples=len(labels),
         n_noise=int((labels < 0).sum()), seconds=seconds, labels=labels, selection=selection, estimator=clusterer,
-        space_source=space_source)
+        space_source=space_source, fit_path=getattr(clusterer, "fit_path_", None))
     if store:
         run.run_id = _store(cache_obj, run, clusterer, rows.fingerprint)
     return run
@@ -215,7 +218,7 @@ def _store(cache: Cache, run: ClusterRun, clusterer, fingerprint: str) -> str:
         "method": run.method, "params": run.params, "n_clusters": run.n_clusters,
         "n_clusters_requested": run.n_clusters_requested, "space": run.space, "n_samples": run.n_samples,
         "n_noise": run.n_noise, "seconds": run.seconds, "selection": run.selection, "space_source": run.space_source,
-        "created": now_iso()}, fingerprint)
+        "fit_path": run.fit_path, "created": now_iso()}, fingerprint)
 
 
 def load_run(cache: str | os.PathLike, run_id: str | None = None, encoder: str | None = None) -> ClusterRun:
@@ -246,7 +249,7 @@ def load_run(cache: str | os.PathLike, run_id: str | None = None, encoder: str |
                       n_clusters=int(attrs["n_clusters"]), n_clusters_requested=attrs["n_clusters_requested"],
                       space=attrs["space"], n_samples=int(attrs["n_samples"]), n_noise=int(attrs["n_noise"]),
                       seconds=float(attrs["seconds"]), labels=labels, selection=attrs.get("selection"),
-                      space_source=attrs.get("space_source"))
+                      space_source=attrs.get("space_source"), fit_path=attrs.get("fit_path"))
 
 
 def run_space(cache: str | os.PathLike, run: ClusterRun) -> np.ndarray:

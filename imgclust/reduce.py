@@ -150,28 +150,68 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
+#: Rows UMAP is fitted on; above it a seeded sample of this size is fitted and the other rows are
+#: placed from their nearest sampled rows (:func:`place_by_neighbours`). UMAP's SGD runs on one core
+#: when seeded (its parallel updates race, so a seed would not reproduce), about a second per
+#: 1,000 rows here; the neighbour searches use every core.
+UMAP_FIT_ROWS = 50000
+
+
 def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, budget: int):
-    """Fit on everything when it fits the budget, else on a sample; apply to all rows chunk by chunk."""
-    fits = n * dim * 4 <= budget
-    if fits:
+    """Fit on everything when it fits (UMAP: up to :data:`UMAP_FIT_ROWS` rows), else on a sample; apply to all rows."""
+    fit_limit = UMAP_FIT_ROWS if "umap" in steps else n
+    if n * dim * 4 <= budget:
         x = rows.read_embeddings()
-        sample_rows = None
-    else:
+        if "l2" in steps:
+            x = l2_normalise(x)
+        if n <= fit_limit:
+            model = _fit(steps, settings, x)
+            return (model(None, fitted=True) if model else x).astype(np.float32), n
         rng = np.random.default_rng(settings.get("seed", 0))
-        sample_rows = np.sort(rng.choice(n, size=max(2, budget // (dim * 4)), replace=False))
-        x = rows.take(sample_rows)
+        sample = np.sort(rng.choice(n, size=fit_limit, replace=False))
+        model = _fit(steps, settings, x[sample])
+        out = np.empty((n, settings["n_components"]), np.float32)
+        out[sample] = model(None, fitted=True)
+        rest = np.setdiff1d(np.arange(n), sample)
+        for start in range(0, len(rest), 262144):  # bounded neighbour lists
+            part = rest[start : start + 262144]
+            out[part] = model(x[part], fitted=False)
+        return out, fit_limit
+    rng = np.random.default_rng(settings.get("seed", 0))
+    sample_rows = np.sort(rng.choice(n, size=min(fit_limit, max(2, budget // (dim * 4))), replace=False))
+    x = rows.take(sample_rows)
     if "l2" in steps:
         x = l2_normalise(x)
     model = _fit(steps, settings, x)
-    if fits:
-        out = model(None, fitted=True) if model else x
-        return out.astype(np.float32), n
     blocks = []
     for _, block in rows.iter_embeddings():
         if "l2" in steps:
             block = l2_normalise(block)
         blocks.append(model(block, fitted=False) if model else block)
     return np.concatenate(blocks).astype(np.float32), len(sample_rows)
+
+
+def place_by_neighbours(sample: np.ndarray, embedding: np.ndarray, block: np.ndarray, n_neighbors: int,
+                        metric: str, random_state: int = 0) -> np.ndarray:
+    """Rows of ``block`` placed in a fitted UMAP: the membership-weighted mean of their neighbours' places.
+
+    This is umap-learn's own out-of-sample initialisation (``UMAP.transform``: fuzzy membership
+    strengths of each new row to its ``n_neighbors`` nearest training rows from
+    ``smooth_knn_dist``, then ``init_graph_transform``), without the SGD epochs ``transform`` runs
+    after it: at a million rows those would cost more than the fit, and they only refine a row's
+    place among its neighbours. Neighbours come from :func:`imgclust.knn.neighbours_of` (exact, or
+    approximate with a measured recall).
+    """
+    from umap.umap_ import smooth_knn_dist
+
+    from .knn import neighbours_of
+
+    knn_metric = metric if metric in ("euclidean", "cosine") else "euclidean"
+    idx, dist, _ = neighbours_of(sample, block, n_neighbors, knn_metric, random_state=random_state)
+    sigmas, rhos = smooth_knn_dist(dist, float(n_neighbors), local_connectivity=0.0)
+    weights = np.exp(-np.maximum(dist - rhos[:, None], 0.0) / sigmas[:, None])
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    return np.einsum("nk,nkd->nd", weights, embedding[idx]).astype(np.float32)
 
 
 def fit_umap(x: np.ndarray, **params):
@@ -184,6 +224,7 @@ def fit_umap(x: np.ndarray, **params):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # a fixed seed runs single-threaded
         warnings.filterwarnings("ignore", message=".*k >= N.*|.*spectral initialisation.*")
+        warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # new rows are placed by imgclust
         return reducer, reducer.fit_transform(x)
 
 
@@ -195,9 +236,17 @@ def _fit(steps: list[str], settings: dict, x: np.ndarray):
         if len(x) < 4:
             raise UsageError(f"UMAP needs at least 4 images, the cache holds {len(x)}",
                              hint="use --method none or pca for so few images")
+        from .knn import knn_graph
+
+        # precomputed neighbours (FAISS, every core) instead of UMAP's NN-descent; UMAP wants each row first
+        knn_metric = settings["metric"] if settings["metric"] in ("euclidean", "cosine") else None
+        extra = {}
+        if knn_metric is not None and len(x) >= 4096:
+            extra["precomputed_knn"] = knn_graph(x, n_neighbors - 1, knn_metric, random_state=settings["seed"]).with_self()
         reducer, fitted = fit_umap(x, n_neighbors=n_neighbors, min_dist=settings["min_dist"], n_components=n_components,
-                                   metric=settings["metric"], random_state=settings["seed"])
-        return lambda block, fitted_=fitted, fitted=False: fitted_ if fitted else reducer.transform(block)
+                                   metric=settings["metric"], random_state=settings["seed"], **extra)
+        return lambda block, fitted_=fitted, fitted=False: fitted_ if fitted else place_by_neighbours(
+            x, fitted_, block, n_neighbors, settings["metric"], settings["seed"])
     if "pca" in steps:
         from sklearn.decomposition import PCA
 

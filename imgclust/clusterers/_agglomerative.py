@@ -24,7 +24,9 @@ import numpy as np
 
 from ..errors import ParameterError
 from . import register_clusterer
-from ._base import Clusterer, Param, check_pairwise_memory
+from . import _base
+from ._base import Clusterer, Param
+from ._tree import EXACT_ROWS, MICRO_CLUSTERS, micro_tree
 
 LINKAGES = ("ward", "average", "complete", "single")
 METRICS = ("euclidean", "cosine", "chebyshev", "manhattan")
@@ -144,9 +146,16 @@ class Agglomerative(Clusterer):
     Merges the two closest groups again and again. With ``n_clusters`` it stops at K groups;
     without it, it stops when the closest groups are further apart than ``distance_threshold``
     (measured after :func:`normalise_for_threshold`), so it finds the number of clusters itself.
-    Every sample gets a cluster (no noise). Memory grows as N^2 (about 4 N^2 bytes, twice: 0.8 GB
-    for 10 000 samples) and imgclust refuses when it would not fit; ``connectivity_neighbors``
-    makes it O(N * k) for large N.
+    Every sample gets a cluster (no noise).
+
+    **At scale.** The exact tree needs O(N²) memory (about 8 N² bytes: 0.8 GB for 10,000 samples,
+    80 GB for 100,000). Above ``exact_rows`` samples, or when the exact tree would not fit in the
+    memory available, the tree is built over ``micro_clusters`` k-means micro-clusters with their
+    sizes as weights (:mod:`imgclust.clusterers._tree`): ward then continues *exactly* from that
+    partition (its merge cost depends only on sizes and centroids); average, complete and single
+    linkage compare micro-cluster centres (an approximation). Memory is O(N · d + M²), time
+    O(N · M · d) for the partition. The path taken is ``fit_path_`` and is recorded with the run.
+    ``connectivity_neighbors`` is another route to large N (O(N · k) memory).
 
     Parameters
     ----------
@@ -205,6 +214,8 @@ class Agglomerative(Clusterer):
             "restrict merges to k-nearest-neighbour pairs (10-30; None = no restriction)",
             low=1, nullable=True,
         ),
+        Param("exact_rows", EXACT_ROWS, int, "samples above which the tree is built over micro-clusters", low=2),
+        Param("micro_clusters", MICRO_CLUSTERS, int, "k-means micro-clusters the tree is built over at scale", low=2),
     )
 
     def _check_params(self) -> None:
@@ -247,14 +258,13 @@ class Agglomerative(Clusterer):
             return np.zeros(1, dtype=np.int64)
         connectivity = None
         if self.connectivity_neighbors is None:
-            # scipy/sklearn keep the condensed N x N distance matrix and a working copy.
-            check_pairwise_memory(
-                n, self.name, alternative="agglomerative with connectivity_neighbors=15, or kmeans",
-                bytes_per_pair=4, copies=2,
-            )
+            if n > self.exact_rows or not exact_tree_fits(n):
+                return self._fit_micro(X, None if self.n_clusters is not None else threshold)
+            self.fit_path_ = "exact"
         else:
             from sklearn.neighbors import kneighbors_graph
 
+            self.fit_path_ = f"exact, merges restricted to {self.connectivity_neighbors} nearest neighbours"
             k = min(self.connectivity_neighbors, n - 1)
             connectivity = kneighbors_graph(X, n_neighbors=k, metric=self.metric, include_self=False)
         if self.n_clusters is not None:
@@ -274,3 +284,28 @@ class Agglomerative(Clusterer):
             # A kNN graph with several components is completed by sklearn; that is expected here.
             warnings.filterwarnings("ignore", message=".*number of connected components.*")
             return model.fit_predict(X)
+
+    def _fit_micro(self, X: np.ndarray, threshold: float | None) -> np.ndarray:
+        from scipy.cluster.hierarchy import fcluster
+
+        micro, Z = micro_tree(X, self.linkage, self.metric, self.micro_clusters, self.random_state)
+        m = Z.shape[0] + 1
+        how = "continued exactly" if self.linkage == "ward" else "on micro-cluster centres"
+        self.fit_path_ = f"micro-clusters: {m} k-means parts of {X.shape[0]} samples, {self.linkage} tree {how}"
+        if m == 1:
+            return np.zeros(X.shape[0], dtype=np.int64)
+        if threshold is None:
+            if self.n_clusters > m:
+                raise ParameterError(
+                    f"agglomerative at this size builds its tree over {m} micro-clusters, fewer than "
+                    f"n_clusters={self.n_clusters}", hint=f"raise micro_clusters above {self.n_clusters}")
+            tree_labels = fcluster(Z, self.n_clusters, criterion="maxclust")
+        else:
+            tree_labels = fcluster(Z, threshold, criterion="distance")
+        _, tree_labels = np.unique(tree_labels, return_inverse=True)
+        return tree_labels[micro].astype(np.int64)
+
+
+def exact_tree_fits(n_samples: int) -> bool:
+    """Whether scikit-learn's exact tree (a condensed N x N matrix and a working copy) fits in memory now."""
+    return n_samples * n_samples * 4 * 2 <= 0.8 * _base.available_memory_bytes()

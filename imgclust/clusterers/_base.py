@@ -229,13 +229,17 @@ class Clusterer:
         values = {p.name: getattr(self, p.name) for p in self.params}
         return {"n_clusters": self.n_clusters, "random_state": self.random_state, **values}
 
+    def preflight(self, n_samples: int) -> None:
+        """Refuse at once what cannot run on ``n_samples`` rows here (the pipeline calls it before any
+        reduction, so nothing runs for an hour and then refuses); ``fit`` calls it too."""
+        if self.n_clusters is not None and self.n_clusters > n_samples:
+            raise UsageError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}", hint="lower --n-clusters")
+        if self.quadratic_memory:
+            check_pairwise_memory(n_samples, self.name, alternative="agglomerative or kmeans")
+
     def fit(self, X: Any, views: np.ndarray | None = None) -> "Clusterer":
         X = check_embeddings(X)
-        n = X.shape[0]
-        if self.n_clusters is not None and self.n_clusters > n:
-            raise UsageError(f"n_samples={n} should be >= n_clusters={self.n_clusters}", hint="lower --n-clusters")
-        if self.quadratic_memory:
-            check_pairwise_memory(n, self.name, alternative="agglomerative or kmeans")
+        self.preflight(X.shape[0])
         if self.needs_views and views is None:
             raise UsageError(
                 f"{self.name} trains on augmented-view embeddings, and none are stored",

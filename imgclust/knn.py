@@ -1,0 +1,308 @@
+"""k-nearest-neighbour graphs: one per space, computed once, shared by every stage that needs neighbours.
+
+:func:`knn_graph` returns each row's ``k`` nearest other rows (self excluded), nearest first, with
+FAISS (Johnson, Douze & Jégou, "Billion-scale similarity search with GPUs", 2019):
+
+* **exact** (``IndexFlat``: every distance, in BLAS blocks) while the work ``N² · d`` stays under
+  :data:`EXACT_WORK` (about a minute on two cores; e.g. 40,000 rows of 1,280 dims, 280,000 of 50);
+* **approximate** above it: an inverted file (``IndexIVFFlat``, ``nlist ≈ 4 √N`` lists trained by
+  k-means on a sample), searched in ``nprobe`` lists. ``nprobe`` starts at 8 and doubles until the
+  recall measured against exact search on :data:`RECALL_QUERIES` sampled rows reaches
+  :data:`TARGET_RECALL`; the graph records the recall it reached (``KnnGraph.recall``).
+
+Both are deterministic for a seed on a given machine (the k-means sample and FAISS's own seed are
+fixed; ties between equal distances may order differently across FAISS builds). Metrics:
+``euclidean`` and ``cosine`` (rows normalised, inner product; the distance is ``1 - cos``) on either
+path; ``manhattan`` and ``chebyshev`` exactly only. :func:`neighbours_of` finds, for new rows, their
+nearest rows of a base set (``assign``'s k-NN vote, UMAP's out-of-sample placement).
+
+:func:`stored_graph` keeps graphs in the cache (result kind ``knn``, keyed by space, metric and row
+set), so UMAP, the density and graph methods, the trained heads and ``assign`` compute it once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ParameterError, UsageError
+
+METRICS = ("euclidean", "cosine", "manhattan", "chebyshev")
+APPROXIMATE_METRICS = ("euclidean", "cosine")
+#: Multiply-adds ``N² · d`` below which the graph is exact (about a minute on this 2-core machine).
+EXACT_WORK = 4e12
+#: Recall of the approximate graph against exact search, measured on a sample of rows.
+TARGET_RECALL = 0.95
+RECALL_QUERIES = 1000
+#: Rows used to train the inverted file's centroids (FAISS advises 30-256 per list).
+TRAIN_PER_LIST = 64
+#: Above this many dimensions the inverted file searches a PCA projection and re-ranks exactly.
+PROJECTED_DIMS = 128
+#: Candidates per wanted neighbour taken from the projection before the exact re-ranking.
+CANDIDATES = 4
+#: Most lists one search visits: beyond it an approximate search costs more than it saves, and the
+#: recall reached is reported as it is.
+MAX_NPROBE = 64
+DEFAULT_K = 30
+
+
+@dataclass
+class KnnGraph:
+    """The ``k`` nearest other rows of every row, nearest first.
+
+    Attributes
+    ----------
+    indices : ndarray of shape (n_samples, k), int64
+        Neighbour row numbers (never the row itself; -1 where fewer than k others exist).
+    distances : ndarray of shape (n_samples, k), float32
+        Their distances in ``metric`` (``1 - cos`` for cosine).
+    method : ``"exact"`` or ``"ivf"``.
+    recall : fraction of the exact k nearest found, measured on ``recall_queries`` rows (1.0 exact).
+    """
+
+    indices: np.ndarray
+    distances: np.ndarray
+    metric: str
+    method: str
+    recall: float
+    seconds: float = 0.0
+    nprobe: int | None = None
+    nlist: int | None = None
+    recall_queries: int = 0
+    attrs: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def k(self) -> int:
+        return self.indices.shape[1]
+
+    def top(self, k: int) -> "KnnGraph":
+        """The same graph keeping each row's ``k`` nearest."""
+        if k > self.k:
+            raise ParameterError(f"the stored graph has {self.k} neighbours per row, {k} were asked",
+                                 hint="compute a larger graph")
+        return KnnGraph(self.indices[:, :k], self.distances[:, :k], self.metric, self.method, self.recall,
+                        self.seconds, self.nprobe, self.nlist, self.recall_queries)
+
+    def with_self(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, distances)`` with each row first in its own list (UMAP's precomputed_knn layout)."""
+        n = self.indices.shape[0]
+        idx = np.concatenate([np.arange(n, dtype=np.int64)[:, None], self.indices], axis=1)
+        dist = np.concatenate([np.zeros((n, 1), np.float32), self.distances], axis=1)
+        return idx, dist
+
+    def describe(self) -> dict:
+        return {"k": self.k, "metric": self.metric, "method": self.method, "recall": round(float(self.recall), 4),
+                "recall_queries": self.recall_queries, "nprobe": self.nprobe, "nlist": self.nlist,
+                "seconds": round(self.seconds, 3)}
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:  # a core dependency; only a broken install gets here
+        raise UsageError("the kNN graph needs faiss, which is not installed", hint="pip install faiss-cpu") from exc
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return faiss
+
+
+def _check(metric: str, k: int) -> None:
+    if metric not in METRICS:
+        raise ParameterError(f"unknown kNN metric {metric!r}", hint=f"choose from {', '.join(METRICS)}")
+    if k < 1:
+        raise ParameterError(f"the number of neighbours must be >= 1, got {k}", hint=f"{DEFAULT_K} is the default")
+
+
+def _prepared(X: np.ndarray, metric: str) -> np.ndarray:
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if metric == "cosine":
+        norms = np.linalg.norm(X, axis=1, keepdims=True)
+        X = X / np.where(norms > 0, norms, 1.0)
+    return X
+
+
+def _faiss_metric(faiss, metric: str):
+    return {"euclidean": faiss.METRIC_L2, "cosine": faiss.METRIC_INNER_PRODUCT, "manhattan": faiss.METRIC_L1,
+            "chebyshev": faiss.METRIC_Linf}[metric]
+
+
+def _to_distances(raw: np.ndarray, metric: str) -> np.ndarray:
+    """FAISS's scores as distances: squared L2 -> L2, inner product of unit rows -> 1 - cos."""
+    if metric == "euclidean":
+        return np.sqrt(np.maximum(raw, 0.0))
+    if metric == "cosine":
+        return np.clip(1.0 - raw, 0.0, 2.0)
+    return raw
+
+
+def exact_work(n_base: int, n_query: int, dim: int) -> float:
+    return float(n_base) * n_query * dim
+
+
+class _Approximate:
+    """An inverted file over ``base`` (Jégou et al. 2011's IVF, as FAISS's ``IndexIVFFlat``).
+
+    Above :data:`PROJECTED_DIMS` dimensions the lists hold a PCA projection of the rows (FAISS's
+    ``PCAMatrix``, trained on the same sample as the lists) and each search takes
+    :data:`CANDIDATES` × k candidates there, then re-ranks them by their exact distance in the
+    full space: scanning lists does not use BLAS, so a 1,280-d scan costs ten times a 128-d one.
+    """
+
+    def __init__(self, faiss, base: np.ndarray, metric: str, random_state: int):
+        n, dim = base.shape
+        self.base, self.metric = base, metric
+        self.nlist = int(max(1, min(round(4 * math.sqrt(n)), n // 39)))  # FAISS wants >= 39 rows a list
+        rng = np.random.default_rng(random_state)
+        train = base[np.sort(rng.choice(n, size=min(n, self.nlist * TRAIN_PER_LIST), replace=False))]
+        self.pca = None
+        if dim > PROJECTED_DIMS:
+            self.pca = faiss.PCAMatrix(dim, PROJECTED_DIMS)
+            self.pca.train(train)
+            train = self.pca.apply(train)
+        # projected rows are compared by L2 (for unit rows, the same order as cosine)
+        space = faiss.METRIC_L2 if self.pca is not None else _faiss_metric(faiss, metric)
+        quantizer = faiss.IndexFlat(train.shape[1], space)
+        self.index = faiss.IndexIVFFlat(quantizer, train.shape[1], self.nlist, space)
+        self.index.cp.seed = random_state
+        self.index.cp.niter = 10
+        self.index.train(train)
+        for start in range(0, n, 65536):  # projected a block at a time: no second full copy
+            self.index.add(self._project(base[start : start + 65536]))
+
+    def _project(self, rows: np.ndarray) -> np.ndarray:
+        return rows if self.pca is None else self.pca.apply(rows)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw scores, indices)`` of the k nearest rows of ``base``, as ``faiss.Index.search``."""
+        if self.pca is None:
+            return self.index.search(queries, k)
+        kc = min(max(CANDIDATES * k, k + 10), len(self.base))
+        _, cand = self.index.search(self._project(queries), kc)
+        found = cand >= 0
+        safe = np.where(found, cand, 0)
+        gathered = self.base[safe]  # (q, kc, d)
+        if self.metric == "cosine":
+            raw = np.einsum("qkd,qd->qk", gathered, queries)
+            raw[~found] = -np.inf
+            order = np.argsort(-raw, axis=1, kind="stable")[:, :k]
+        else:
+            diff = gathered - queries[:, None, :]
+            raw = np.einsum("qkd,qkd->qk", diff, diff)
+            raw[~found] = np.inf
+            order = np.argsort(raw, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(raw, order, 1), np.where(np.take_along_axis(found, order, 1),
+                                                           np.take_along_axis(cand, order, 1), -1)
+
+    def tune(self, queries: np.ndarray, truth: np.ndarray, k: int, target: float) -> tuple[int, float]:
+        """The smallest ``nprobe`` (8, 16, ...) whose recall on ``queries`` reaches ``target``."""
+        nprobe = 8
+        while True:
+            self.index.nprobe = min(nprobe, self.nlist)
+            _, found = self.search(queries, k)
+            recall = _recall(found, truth)
+            if recall >= target or nprobe >= min(self.nlist, MAX_NPROBE):
+                return self.index.nprobe, recall
+            nprobe *= 2
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = sum(np.intersect1d(f[f >= 0], t[t >= 0]).size for f, t in zip(found, truth))
+    return hits / max(1, int((truth >= 0).sum()))
+
+
+class _Exact:
+    """Every distance, in BLAS blocks, without copying ``base`` (``faiss.knn``)."""
+
+    def __init__(self, faiss, base: np.ndarray, metric: str):
+        self.faiss, self.base, self.metric = faiss, base, _faiss_metric(faiss, metric)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.faiss.knn(queries, self.base, k, metric=self.metric)
+
+
+def _index(faiss, base: np.ndarray, queries: np.ndarray, k: int, metric: str, random_state: int,
+           exact_work_limit: float, target_recall: float):
+    """An exact index, or an approximate one tuned on a sample of ``queries``: ``(index, recall, sampled)``."""
+    exact = _Exact(faiss, base, metric)
+    if (exact_work(len(base), len(queries), base.shape[1]) <= exact_work_limit or metric not in APPROXIMATE_METRICS
+            or len(base) < 1024):
+        return exact, 1.0, 0
+    rng = np.random.default_rng(random_state)
+    probe = queries[np.sort(rng.choice(len(queries), size=min(RECALL_QUERIES, len(queries)), replace=False))]
+    _, truth = exact.search(probe, k)
+    index = _Approximate(faiss, base, metric, random_state)
+    _, recall = index.tune(probe, truth, k, target_recall)
+    return index, recall, len(probe)
+
+
+def _search(index, queries: np.ndarray, k: int, on_progress: Callable[[int, int], None] | None,
+            block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` in blocks of queries, reporting ``(rows done, rows)`` after each."""
+    raw = np.empty((len(queries), k), np.float32)
+    idx = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), block):
+        stop = min(start + block, len(queries))
+        raw[start:stop], idx[start:stop] = index.search(queries[start:stop], k)
+        if on_progress is not None:
+            on_progress(stop, len(queries))
+    return raw, idx
+
+
+def _drop_self(idx: np.ndarray, raw: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest others from a search for k+1 that usually returns the row itself first."""
+    n = idx.shape[0]
+    is_self = idx == np.arange(n)[:, None]
+    # rows whose self was not returned (duplicates tie with it, or an approximate miss) drop the last hit
+    is_self[~is_self.any(axis=1), -1] = True
+    keep = ~is_self
+    return idx[keep].reshape(n, k), raw[keep].reshape(n, k)
+
+
+def knn_graph(X: np.ndarray, k: int = DEFAULT_K, metric: str = "euclidean", *, random_state: int = 0,
+              exact_work_limit: float = EXACT_WORK, target_recall: float = TARGET_RECALL,
+              on_progress: Callable[[int, int], None] | None = None) -> KnnGraph:
+    """The k-nearest-neighbour graph of the rows of ``X`` (self excluded); see the module docstring.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+    k : neighbours per row (clipped to n_samples - 1).
+    metric : euclidean, cosine (exact or approximate), manhattan or chebyshev (exact only).
+    exact_work_limit : ``N² · d`` above which the graph is approximate.
+    target_recall : recall the approximate search must reach on the measured sample.
+    on_progress : ``(rows done, rows)`` after each block of queries.
+    """
+    _check(metric, k)
+    started = time.perf_counter()
+    X = _prepared(X, metric)
+    n = X.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return KnnGraph(np.empty((n, 0), np.int64), np.empty((n, 0), np.float32), metric, "exact", 1.0)
+    index, recall, probed = _index(_faiss(), X, X, k + 1, metric, random_state, exact_work_limit, target_recall)
+    raw, idx = _search(index, X, k + 1, on_progress)
+    idx, raw = _drop_self(idx, raw, k)
+    approximate = isinstance(index, _Approximate)
+    return KnnGraph(idx, _to_distances(raw, metric).astype(np.float32), metric, "ivf" if approximate else "exact",
+                    recall, time.perf_counter() - started, index.index.nprobe if approximate else None,
+                    index.nlist if approximate else None, probed)
+
+
+def neighbours_of(base: np.ndarray, queries: np.ndarray, k: int, metric: str = "euclidean", *,
+                  random_state: int = 0, exact_work_limit: float = EXACT_WORK, target_recall: float = TARGET_RECALL,
+                  on_progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """For each row of ``queries``, its ``k`` nearest rows of ``base``: ``(indices, distances, recall)``.
+
+    Exact while ``len(base) · len(queries) · d`` stays under ``exact_work_limit``, else approximate
+    as :func:`knn_graph`, tuned to ``target_recall`` on a sample of the queries.
+    """
+    _check(metric, k)
+    base, queries = _prepared(base, metric), _prepared(queries, metric)
+    k = min(k, len(base))
+    index, recall, _ = _index(_faiss(), base, queries, k, metric, random_state, exact_work_limit, target_recall)
+    raw, idx = _search(index, queries, k, on_progress)
+    return idx, _to_distances(raw, metric).astype(np.float32), recall

@@ -1,0 +1,96 @@
+"""The shared kNN graph: exact against brute force, approximate with a measured recall, and neighbours of new rows."""
+
+import numpy as np
+import pytest
+
+from imgclust.errors import ParameterError
+from imgclust.knn import knn_graph, neighbours_of
+
+
+def brute(X, k, metric="euclidean"):
+    if metric == "cosine":
+        Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+        D = 1 - Xn @ Xn.T
+    else:
+        from sklearn.metrics import pairwise_distances
+
+        D = pairwise_distances(X)
+    np.fill_diagonal(D, np.inf)
+    return np.argsort(D, axis=1, kind="stable")[:, :k], np.sort(D, axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_exact_graph_equals_brute_force_and_never_lists_a_row_as_its_own_neighbour(metric):
+    X = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    graph = knn_graph(X, 5, metric)
+    idx, dist = brute(X.astype(np.float64), 5, metric)
+    assert graph.method == "exact" and graph.recall == 1.0
+    assert (graph.indices == idx).mean() > 0.99  # float32 ties may swap neighbours
+    np.testing.assert_allclose(graph.distances, dist, atol=1e-4)
+    assert not (graph.indices == np.arange(300)[:, None]).any()
+
+
+def test_exact_duplicates_still_exclude_the_row_itself():
+    X = np.repeat(np.random.default_rng(1).normal(size=(50, 4)), 3, axis=0).astype(np.float32)
+    graph = knn_graph(X, 4)
+    assert not (graph.indices == np.arange(150)[:, None]).any()
+    assert (graph.distances[:, :2] < 1e-3).all()  # the two copies come first
+
+
+def test_approximate_graph_reports_the_recall_it_measured():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(20, 200)) * 5
+    X = (centres[rng.integers(0, 20, 6000)] + rng.normal(size=(6000, 200))).astype(np.float32)
+    graph = knn_graph(X, 10, exact_work_limit=1e6)
+    truth, _ = brute(X.astype(np.float64), 10)
+    measured = np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(graph.indices, truth)])
+    assert graph.method == "ivf" and graph.recall_queries == 1000 and graph.nprobe >= 8
+    assert graph.recall >= 0.9
+    assert abs(measured - graph.recall) < 0.05  # the sampled recall describes the whole graph
+
+
+def test_top_and_with_self_give_umaps_layout():
+    X = np.random.default_rng(3).normal(size=(100, 3)).astype(np.float32)
+    graph = knn_graph(X, 6)
+    idx, dist = graph.top(4).with_self()
+    assert idx.shape == (100, 5) and (idx[:, 0] == np.arange(100)).all() and (dist[:, 0] == 0).all()
+    with pytest.raises(ParameterError, match="6 neighbours per row"):
+        graph.top(7)
+
+
+def test_neighbours_of_new_rows_among_a_base():
+    rng = np.random.default_rng(4)
+    base, queries = rng.normal(size=(400, 5)).astype(np.float32), rng.normal(size=(30, 5)).astype(np.float32)
+    idx, dist, recall = neighbours_of(base, queries, 3)
+    D = np.linalg.norm(queries[:, None] - base[None], axis=2)
+    assert recall == 1.0
+    np.testing.assert_array_equal(idx, np.argsort(D, axis=1)[:, :3])
+    np.testing.assert_allclose(dist, np.sort(D, axis=1)[:, :3], atol=1e-4)
+
+
+def test_bad_metric_and_k_are_refused():
+    X = np.zeros((10, 2), np.float32)
+    with pytest.raises(ParameterError, match="unknown kNN metric"):
+        knn_graph(X, 3, "hamming")
+    with pytest.raises(ParameterError, match=">= 1"):
+        knn_graph(X, 0)
+
+
+def test_umap_above_its_fit_size_fits_a_sample_and_places_the_rest_by_their_neighbours(tmp_path, monkeypatch):
+    import importlib
+
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from imgclust.clusterers import create_clusterer
+
+    from .stage_fixtures import blob_cache
+
+    reduce_module = importlib.import_module("imgclust.reduce")  # the package exports a function of that name
+    cache = blob_cache(tmp_path / "c.h5", n_per=150, centers=4, dim=16)
+    monkeypatch.setattr(reduce_module, "UMAP_FIT_ROWS", 200)
+    result = reduce_module.reduce(cache.path, dims=5)
+    assert result.fitted_on == 200 and result.shape == (600, 5)
+    data = reduce_module.load_reduction(cache.path, result.encoder, result.key)
+    truth = cache.read_index(result.encoder).labels
+    labels = create_clusterer("agglomerative", n_clusters=4).fit_predict(data)
+    assert adjusted_mutual_info_score(truth, labels) > 0.95  # placed rows land in their blob's cluster
