@@ -11,7 +11,7 @@ The caches ``benchmarks/results/<set>-effnet-lite.h5`` hold both encoders' rows 
 ../shared/data/<set> --encoder effnet-lite0+effnet-lite2 --labels folder --cache ...``; the script
 embeds what is missing). Each run works on a fresh copy of the cache, so every UMAP is computed anew
 and its time counted: ``seconds`` is the whole ``cluster`` call (UMAP fit + clustering; TURTLE: its
-training on the raw rows). Torch and UMAP use both cores; nothing else should run beside it.
+training on the raw rows). Torch runs on ``--threads`` (1), UMAP on both cores.
 
     python benchmarks/multi_encoder.py                                   # both sets, 3 seeds
     python benchmarks/multi_encoder.py --sets cifar10-test --seeds 0 --methods turtle
@@ -133,7 +133,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--combinations", action="store_true", help="agglomerative on other combinations of the parts")
     parser.add_argument("--out", default="multi_encoder")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (on the busy shared 2-core box one thread trains faster than two)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory(dir=HERE / "results") as tmp:
         for name in args.sets:

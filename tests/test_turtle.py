@@ -83,7 +83,7 @@ def test_space_dims_must_add_up():
         create_clusterer("turtle", n_clusters=2, space_dims="24;40")
 
 
-def test_default_schedule_is_about_a_thousand_outer_steps():
+def test_default_schedule_is_about_400_outer_steps():
     c = create_clusterer("turtle", n_clusters=10)
-    assert c._batch_size(10_000) == 1024 and c._n_epochs(10_000) == math.ceil(1000 / 9)
+    assert c._batch_size(10_000) == 1024 and c._n_epochs(10_000) == math.ceil(400 / 9)
     assert c._batch_size(220) == 220 and c._n_epochs(220) == 300  # clipped
