@@ -2,7 +2,7 @@
 
 New images are embedded with the run's encoder and weights, through embed's loader, a batch at a time
 (for a joint space, ``--encoder A+B``, by each of its encoders, combined as the joint table is). Runs of trained methods
-(temi, icce, scan, unic, cc) assign through their stored head/classifier; every other run through
+(temi, icce, scan, unic, cc, turtle) assign through their stored head/classifier; every other run through
 the nearest cluster centre in the raw embedding space (cosine: rows and centres ℓ2-normalised),
 because the UMAP model behind a reduced space is not stored.
 """

@@ -143,7 +143,7 @@ def cluster(
     if device is not None:
         if not takes_device(method):
             raise UsageError(f"--device does not apply to {method}: it runs on the CPU",
-                             hint="drop --device, or choose a trained method (temi, icce, scan, unic, cc)")
+                             hint="drop --device, or choose a trained method (temi, icce, scan, unic, cc, turtle)")
         params.setdefault("device", device)
     if method == "agglomerative":
         defaults = agglomerative_defaults(encoder)

@@ -101,7 +101,7 @@ def cluster_command(
     \b
     The whole pipeline (ZS defaults): embed -> UMAP 50 -> agglomerative -> score -> csv, json, parquet,
     cluster folders, HTML gallery, plots. Options marked "Folders only" are refused with a cache.
-    --device reaches the encoder and the trained methods (temi, icce, scan, unic, cc).
+    --device reaches the encoder and the trained methods (temi, icce, scan, unic, cc, turtle).
     \b
     Examples:
       imgclust cluster ./photos --encoder clip-vitb16
