@@ -16,6 +16,7 @@ training on the raw rows). Torch runs on ``--threads`` (1), UMAP on both cores.
     python benchmarks/multi_encoder.py                                   # both sets, 3 seeds
     python benchmarks/multi_encoder.py --sets cifar10-test --seeds 0 --methods turtle
     python benchmarks/multi_encoder.py --combinations --seeds 0 1 2 --out multi_encoder_combinations
+    python benchmarks/multi_encoder.py --from-json benchmarks/results/multi_encoder.json   # the table again
 
 Prints the table and writes ``benchmarks/results/<out>.json`` and ``.md``.
 """
@@ -121,15 +122,16 @@ def summarise(rows: list[dict]) -> list[dict]:
             values = np.array([r[key] for r in rs], float)
             entry[key] = float(values.mean())
             entry[key + "_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        entry["seconds_median"] = float(np.median([r["seconds"] for r in rs]))
         out.append(entry)
     return out
 
 
 def markdown(summary: list[dict]) -> str:
-    lines = ["| set | method | space | AMI | accuracy | seconds |", "|---|---|---|---|---|---|"]
+    lines = ["| set | method | space | AMI ×100 | accuracy % | seconds (median) |", "|---|---|---|---|---|---|"]
     for e in summary:
         lines.append(f"| {e['set']} | {e['method']} | {e['encoder']} | {100 * e['ami']:.1f} ± {100 * e['ami_sd']:.1f} "
-                     f"| {100 * e['accuracy']:.1f} ± {100 * e['accuracy_sd']:.1f} | {e['seconds']:.0f} ± {e['seconds_sd']:.0f} |")
+                     f"| {100 * e['accuracy']:.1f} ± {100 * e['accuracy_sd']:.1f} | {e['seconds_median']:.0f} |")
     return "\n".join(lines)
 
 
@@ -140,10 +142,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--combinations", action="store_true", help="agglomerative on other combinations of the parts")
     parser.add_argument("--out", default="multi_encoder")
+    parser.add_argument("--from-json", type=Path, help="print the tables of a saved run's JSON again, run nothing")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (on the busy shared 2-core box one thread trains faster than two)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.from_json:
+        print(markdown(summarise(json.loads(args.from_json.read_text())["rows"])))
+        return
     rows = []
     with tempfile.TemporaryDirectory(dir=HERE / "results") as tmp:
         for name in args.sets:
