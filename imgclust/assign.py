@@ -1,7 +1,8 @@
 """``assign``: put new images into the clusters of a stored run, without changing the run.
 
-New images are embedded with the run's encoder and weights, through embed's loader, a batch at a time. Runs of trained methods
-(temi, icce, scan, unic, cc) assign through their stored head/classifier; every other run through
+New images are embedded with the run's encoder and weights, through embed's loader, a batch at a time
+(for a joint space, ``--encoder A+B``, by each of its encoders, combined as the joint table is). Runs of trained methods
+(temi, icce, scan, unic, cc, turtle) assign through their stored head/classifier; every other run through
 the nearest cluster centre in the raw embedding space (cosine: rows and centres ℓ2-normalised),
 because the UMAP model behind a reduced space is not stored.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from .embed import default_workers, encode_files
 from .encoders import Encoder, best_device, create_encoder, resolve_spec
 from .runtimes import LEGACY_RUNTIME, RUNTIMES
 from .errors import UsageError
+from .joint import JOINT_FAMILY, combine
 from .reduce import l2_normalise
 
 
@@ -107,10 +109,11 @@ def assign(
     files = discover(inputs, files_from=files_from)
     failures = {f.path: f.error for f in files if f.error}
     method, place = _placer(cache_obj, stored)
-    enc = run_encoder(cache_obj, stored.encoder, device, batch_size)
-    workers = default_workers(enc.device) if workers is None else workers
+    parts = joint_parts(cache_obj, stored.encoder)
+    encoders = [run_encoder(cache_obj, part, device, batch_size) for part in parts]
+    workers = default_workers(encoders[0].device) if workers is None else workers
     paths, clusters, similarity = [], [], []
-    for results, _ in encode_files(enc, [f for f in files if not f.error], workers, max_pixels, progress):
+    for results in _encode(encoders, [f for f in files if not f.error], workers, max_pixels, progress):
         good = [(f.path, vector) for f, vector, _ in results if vector is not None]
         failures.update({f.path: reason for f, vector, reason in results if vector is None})
         if good:
@@ -121,6 +124,42 @@ def assign(
     if not paths:
         raise UsageError("none of the images to assign could be read", hint="; ".join(f"{p}: {r}" for p, r in list(failures.items())[:3]))
     return Assignment(stored.run_id, method, paths, clusters, similarity, failures)
+
+
+def joint_parts(cache_obj: Cache, encoder: str) -> list[str]:
+    """The encoders whose embeddings make a table's rows: its parts for a joint space, else itself."""
+    info = cache_obj.info(encoder)
+    return list(info["parts"]) if info.get("family") == JOINT_FAMILY else [encoder]
+
+
+def _encode(encoders: list[Encoder], files: list, workers: int, max_pixels: int | None,
+            progress: Callable[[int, int], None] | None, group: int = 1024) -> Iterator[list]:
+    """``encode_files``' results, per batch, with each vector in the run's space: for a joint space the
+    files are embedded by every part, ``group`` files at a time (bounded memory), and combined as the
+    joint table is (:func:`imgclust.joint.combine`); a file that fails in any part fails."""
+    if len(encoders) == 1:
+        yield from (results for results, _ in encode_files(encoders[0], files, workers, max_pixels, progress))
+        return
+    if progress:
+        progress(0, len(files))
+    for start in range(0, len(files), group):
+        chunk = files[start:start + group]
+        vectors: list[dict] = []
+        reasons: dict[str, str] = {}
+        for enc in encoders:
+            vectors.append({})
+            for results, _ in encode_files(enc, chunk, workers, max_pixels):
+                vectors[-1].update({f.path: v for f, v, _ in results if v is not None})
+                reasons.update({f.path: r for f, v, r in results if v is None and f.path not in reasons})
+        out = []
+        for f in chunk:
+            if all(f.path in v for v in vectors):
+                out.append((f, combine([v[f.path][None] for v in vectors])[0], ""))
+            else:
+                out.append((f, None, reasons.get(f.path, "could not be embedded")))
+        if progress:
+            progress(start + len(chunk), len(files))
+        yield out
 
 
 def _placer(cache_obj: Cache, stored) -> tuple[str, Callable]:

@@ -26,6 +26,7 @@ from .clusterers import CLUSTERERS, create_clusterer
 from .clusterers._agglomerative import agglomerative_defaults
 from .clusterers._base import available_memory_bytes
 from .errors import UsageError
+from .joint import part_dims, resolve_table
 from .reduce import DEFAULT_DIMS, reduce
 from .spaces import default_space
 
@@ -118,6 +119,8 @@ def cluster(
 
     Parameters
     ----------
+    encoder : the cache's encoder table (None: its only one), or several joined by ``+`` (``A+B``): the
+        joint space of :mod:`imgclust.joint`, on the images every one of them embedded.
     method : a registered method (``imgclust.list_clusterers()``); agglomerative by default.
     n_clusters : K, ``"auto"`` (label-free choice by silhouette), or None (the method decides).
     params : method parameters (see ``imgclust methods``); agglomerative without explicit linkage,
@@ -132,13 +135,16 @@ def cluster(
     on_select : progress callback ``(fits done, fits)`` of ``"auto"`` with a method fitted once per K.
     """
     cache_obj = Cache(cache)
-    encoder = cache_obj.resolve_encoder(encoder)
+    encoder = resolve_table(cache_obj, encoder)  # a joint space (A+B) is built or refreshed here
     cls = CLUSTERERS.get(method)
     params = dict(params or {})
+    spaces = part_dims(cache_obj, encoder)
+    if spaces and any(p.name == "space_dims" for p in cls.params):  # one space per encoder (turtle)
+        params.setdefault("space_dims", ",".join(map(str, spaces)))
     if device is not None:
         if not takes_device(method):
             raise UsageError(f"--device does not apply to {method}: it runs on the CPU",
-                             hint="drop --device, or choose a trained method (temi, icce, scan, unic, cc)")
+                             hint="drop --device, or choose a trained method (temi, icce, scan, unic, cc, turtle)")
         params.setdefault("device", device)
     if method == "agglomerative":
         defaults = agglomerative_defaults(encoder)

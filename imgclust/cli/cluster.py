@@ -79,7 +79,7 @@ def cluster_command(
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")] = None,
     reduction: Annotated[Optional[str], typer.Option("--reduction", help="Override the (encoder, method) space table (see 'imgclust methods'): umap, pca, l2 (ES style: l2-normalised raw embeddings, no UMAP), l2+umap, none (raw), or a stored reduction key.")] = None,
     dims: Annotated[Optional[int], typer.Option("--dims", help="Dimensions of the reduction (default 50).")] = None,
-    encoder: Annotated[Optional[str], typer.Option("--encoder", "-e", help=f"Encoder (folders: default {DEFAULT_ENCODER}; cache: its only encoder).")] = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", "-e", help=f"Encoder (folders: default {DEFAULT_ENCODER}; cache: its only encoder); A+B clusters the joint space of several.")] = None,
     seed: SeedOption = 0,
     device: DeviceOption = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folders only: output folder (default ./<name>-clusters, beside the input when the working folder is inside it).")] = None,
@@ -101,7 +101,7 @@ def cluster_command(
     \b
     The whole pipeline (ZS defaults): embed -> UMAP 50 -> agglomerative -> score -> csv, json, parquet,
     cluster folders, HTML gallery, plots. Options marked "Folders only" are refused with a cache.
-    --device reaches the encoder and the trained methods (temi, icce, scan, unic, cc).
+    --device reaches the encoder and the trained methods (temi, icce, scan, unic, cc, turtle).
     \b
     Examples:
       imgclust cluster ./photos --encoder clip-vitb16

@@ -21,7 +21,7 @@ from . import app
 from ._output import (EXIT_INTERRUPTED, DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bar,
                       report_interrupt, stdout)
 
-EncoderOption = Annotated[str, typer.Option("--encoder", "-e", help="Encoder name (see 'imgclust encoders'), timm:<model> or open_clip:<arch>:<tag>.")]
+EncoderOption = Annotated[str, typer.Option("--encoder", "-e", help="Encoder name (see 'imgclust encoders'), timm:<model> or open_clip:<arch>:<tag>; A+B embeds with each, then stores their joint space A+B.")]
 CacheOption = Annotated[Path, typer.Option("--cache", "-c", help="HDF5 cache file to create or update.")]
 LabelsOption = Annotated[Optional[str], typer.Option("--labels", help="Ground truth: 'folder' (parent folder name) or a path,label CSV.")]
 WeightsOption = Annotated[Optional[str], typer.Option("--weights", help="Local checkpoint for the encoder ('random' = untrained, for tests).")]

@@ -38,4 +38,4 @@ __all__ = [
 ]
 
 from . import _agglomerative, _centroid, _density, _graph  # noqa: E402,F401  (registers the built-ins)
-from . import _heads, _contrastive  # noqa: E402,F401  (deep heads on frozen embeddings)
+from . import _heads, _contrastive, _turtle  # noqa: E402,F401  (deep heads on frozen embeddings)

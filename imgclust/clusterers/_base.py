@@ -323,7 +323,7 @@ class Clusterer:
         if not self.supports_predict:
             raise UsageError(
                 f"{self.name} cannot assign new samples to its clusters",
-                hint="use a method that learns a predictor (temi, icce, scan, unic, cc)",
+                hint="use a method that learns a predictor (temi, icce, scan, unic, cc, turtle)",
             )
 
     def _state(self) -> dict[str, np.ndarray]:
