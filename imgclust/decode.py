@@ -269,3 +269,11 @@ def decode(path: str, spec: Preprocess, max_pixels: int | None = DEFAULT_MAX_PIX
         raise DecodeError("not enough memory to resize this image") from None
     except Exception as exc:  # as in load_rgb: one strange file must not stop the run
         raise DecodeError(f"cannot preprocess image ({type(exc).__name__}: {exc})") from None
+
+
+def decode_or_reason(path: str, spec: Preprocess, max_pixels: int | None) -> tuple[np.ndarray | None, str]:
+    """``(image, "")``, or ``(None, reason)`` for a file that cannot be decoded: what every engine records."""
+    try:
+        return decode(path, spec, max_pixels), ""
+    except DecodeError as exc:
+        return None, str(exc)

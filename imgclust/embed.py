@@ -44,9 +44,11 @@ import numpy as np
 
 from . import __version__, ray_engine
 from .cache import Cache, Failures, NewRows, Rows, encoder_key, file_hash
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode, decode_jpegs_on_device, jpeg_bytes
+from .decode import (DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode, decode_jpegs_on_device, decode_or_reason,
+                     jpeg_bytes)
 from .discover import ImageFile, discover
-from .encoders import DEFAULT_ENCODER, Encoder, best_device, create_encoder, default_batch_size, features_name, resolve_spec
+from .encoders import (DEFAULT_ENCODER, Encoder, best_device, create_encoder, default_batch_size, features_name,
+                       finish_batch, resolve_spec)
 from .errors import UsageError
 from .joint import embed_joint, is_joint
 from .runtimes import LEGACY_RUNTIME, default_threads, resolve_runtime
@@ -209,14 +211,6 @@ class _DecodeDataset:
                 return i, None, "", data
         image, reason = decode_or_reason(path, self.spec, self.max_pixels)
         return i, image, reason, None
-
-
-def decode_or_reason(path: str, spec: Preprocess, max_pixels: int | None) -> tuple[np.ndarray | None, str]:
-    """``(image, "")``, or ``(None, reason)`` for a file that cannot be decoded: what every engine records."""
-    try:
-        return decode(path, spec, max_pixels), ""
-    except DecodeError as exc:
-        return None, str(exc)
 
 
 def collate_uint8(items) -> tuple[list[int], object, list[tuple[int, str]], list[tuple[int, object]]]:
@@ -654,22 +648,6 @@ def encode_files(enc: Encoder, files: Sequence[ImageFile], workers: int, max_pix
         yield finish_batch(enc, files, *in_flight)
         if progress:
             progress(done, len(files))
-
-
-def finish_batch(enc: Encoder, items: Sequence, indices, images, failures, pending):
-    """A submitted batch's results: ``(items[i], vector, "")`` per embedded row ``i`` of ``indices``,
-    ``(items[i], None, reason)`` per failure (decoding, or non-finite also in float32), and the number
-    of rows recomputed in float32. ``items`` are the files (or, on a Ray worker, their positions)."""
-    results: list[tuple[object, np.ndarray | None, str]] = [(items[i], None, reason) for i, reason in failures]
-    if pending is None:
-        return results, 0
-    vectors, finite, recomputed = enc.finish(pending, images)
-    for i, vector, ok in zip(indices, vectors, finite):
-        results.append((items[i], vector, "") if ok else (items[i], None, NON_FINITE_REASON))
-    return results, len(indices) if recomputed else 0
-
-
-NON_FINITE_REASON = "the encoder gave a non-finite embedding (NaN or Inf), also in float32"
 
 
 class _JournalWriter:

