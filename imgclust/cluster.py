@@ -74,7 +74,8 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
 
 
 def input_space(cache: Cache, rows: Rows, method: str, reduction: str | None, dims: int | None,
-                random_state: int, memory_budget: int | None = None) -> tuple[str, np.ndarray, str]:
+                random_state: int, memory_budget: int | None = None,
+                progress: Callable[[str, int, int], None] | None = None) -> tuple[str, np.ndarray, str]:
     """The data a method clusters, for exactly ``rows``: ``(space key, array, why this space)``.
 
     Without ``reduction`` the (encoder, method) table of :func:`imgclust.spaces.default_space`
@@ -95,7 +96,7 @@ def input_space(cache: Cache, rows: Rows, method: str, reduction: str | None, di
         key = reduction
     else:
         key = reduce(cache.path, rows.encoder, reduction, dims if dims is not None or variance is not None else DEFAULT_DIMS,
-                     variance=variance, random_state=random_state, memory_budget=budget).key
+                     variance=variance, random_state=random_state, memory_budget=budget, progress=progress).key
     return key, cache.read_result(rows.encoder, "reductions", key, rows.fingerprint)["data"], source
 
 
@@ -114,6 +115,7 @@ def cluster(
     store: bool = True,
     k_range: tuple[int, int] | None = None,
     on_select: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ClusterRun:
     """Cluster the cached embeddings and store the run in the cache.
 
@@ -133,6 +135,8 @@ def cluster(
     on_epoch : progress callback ``(epoch, epochs, loss)`` of trained methods, after each epoch.
     k_range : ``(k_min, k_max)`` searched by ``"auto"`` (default 2 to min(200, rows / 10)).
     on_select : progress callback ``(fits done, fits)`` of ``"auto"`` with a method fitted once per K.
+    progress : ``progress(stage, done, total)`` of the reduction when it is computed here
+        (:data:`imgclust.reduce.PROGRESS_UNITS`).
     """
     cache_obj = Cache(cache)
     encoder = resolve_table(cache_obj, encoder)  # a joint space (A+B) is built or refreshed here
@@ -172,7 +176,7 @@ def cluster(
         raise UsageError(f"--n-clusters {n_clusters} is larger than the number of images ({len(rows)})",
                          hint="lower --n-clusters")
     probe.preflight(len(rows))  # before the reduction: a method that cannot run at this size says so now
-    space, X, space_source = input_space(cache_obj, rows, method, reduction, dims, random_state)
+    space, X, space_source = input_space(cache_obj, rows, method, reduction, dims, random_state, progress=progress)
     started = time.perf_counter()
     selection = None
     k = n_clusters

@@ -471,13 +471,18 @@ def _sampled_silhouette(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Silhouette with a stratified reference sample: exact on the sample, estimated elsewhere.
 
-    Returns (values, sampled mask, reference counts per cluster).
+    Every block of work holds at most about ``_CHUNK_ENTRIES`` numbers whatever the number of
+    clusters K: the exact sums of the reference points (n_ref x K in all) are built one block of
+    references at a time, each block with its own pass over the rows. Returns (values, sampled
+    mask, reference counts per cluster).
     """
     n = X.shape[0]
     counts = np.bincount(codes)
     k = counts.shape[0]
     want = np.ceil(sample_size * counts / n).astype(np.int64)
-    m = np.minimum(counts, np.maximum(want, _MIN_PER_CLUSTER))
+    # at least a few references per cluster, but never more than sample_size of them in minimums
+    floor = max(1, min(_MIN_PER_CLUSTER, sample_size // k))
+    m = np.minimum(counts, np.maximum(want, floor))
     order = np.argsort(codes, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts)])
     ref = np.sort(
@@ -493,33 +498,40 @@ def _sampled_silhouette(
     sq = np.einsum("ij,ij->i", X, X)
     ref_sq = sq[ref]
     ref_ET = _onehot(ref_codes, k).T.tocsr()  # K x n_ref
-    ref_exact_sums = np.zeros((ref.shape[0], k))  # distances of each reference point to all N, by cluster
     est = np.empty(n)
-    step = _auto_chunk(ref.shape[0], chunk_size)
-    for start in range(0, n, step):
+    step = _auto_chunk(max(ref.shape[0], k), chunk_size)
+    for start in range(0, n, step):  # every row's estimate from its distances to the references
         stop = min(start + step, n)
         D = _distances(X[start:stop], sq[start:stop], R, ref_sq)
         rows = np.arange(stop - start)
         in_ref = pos_in_ref[start:stop]
         hit = in_ref >= 0
         D[rows[hit], in_ref[hit]] = 0.0
-        # rows -> estimated sums against the reference points of each cluster
-        sums = np.asarray(ref_ET @ np.ascontiguousarray(D.T)).T
+        sums = np.asarray(ref_ET @ np.ascontiguousarray(D.T)).T  # (chunk, K)
         own = codes[start:stop]
         a_sum = sums[rows, own].copy()
         sums[rows, own] = np.inf
         b = (sums / m).min(axis=1)
-        # a point outside the sample is not one of its own references; the sampled points'
-        # estimates are replaced by their exact values below
+        # a point outside the sample is not one of its own references; the references' values follow
         est[start:stop] = _a_b_to_s(a_sum, m[own].astype(np.float64), b)
-        # columns -> exact sums for the reference points
-        ref_exact_sums += np.asarray(_onehot(own, k).T.tocsr() @ D).T
-    own = ref_codes
-    r_rows = np.arange(ref.shape[0])
-    a_sum = ref_exact_sums[r_rows, own].copy()
-    ref_exact_sums[r_rows, own] = np.inf
-    b = (ref_exact_sums / counts).min(axis=1)
-    est[ref] = _a_b_to_s(a_sum, counts[own] - 1.0, b)
+    ref_block = max(1, min(ref.shape[0], _CHUNK_ENTRIES // k))
+    for r0 in range(0, ref.shape[0], ref_block):  # the references' exact values, a block of them at a time
+        r1 = min(r0 + ref_block, ref.shape[0])
+        exact_sums = np.zeros((r1 - r0, k))  # their distances to all N rows, summed by cluster
+        inner = _auto_chunk(r1 - r0, chunk_size)
+        for start in range(0, n, inner):
+            stop = min(start + inner, n)
+            D = _distances(X[start:stop], sq[start:stop], R[r0:r1], ref_sq[r0:r1])
+            in_ref = pos_in_ref[start:stop]
+            mine = (in_ref >= r0) & (in_ref < r1)
+            D[np.flatnonzero(mine), in_ref[mine] - r0] = 0.0
+            exact_sums += np.asarray(_onehot(codes[start:stop], k).T.tocsr() @ D).T
+        own = ref_codes[r0:r1]
+        r_rows = np.arange(r1 - r0)
+        a_sum = exact_sums[r_rows, own].copy()
+        exact_sums[r_rows, own] = np.inf
+        b = (exact_sums / counts).min(axis=1)
+        est[ref[r0:r1]] = _a_b_to_s(a_sum, counts[own] - 1.0, b)
     return est, sampled, m
 
 
@@ -565,7 +577,7 @@ def silhouette_analysis(
 
     **Sampled path** (more than ``max_exact`` points): a stratified random reference sample is
     drawn -- each cluster gets a share of ``sample_size`` proportional to its size, at least 10
-    points (or the whole cluster). The reference points' silhouettes are computed *exactly*
+    points (or the whole cluster; at least ``sample_size // K`` points, and one, when K > sample_size / 10). The reference points' silhouettes are computed *exactly*
     (their distances to all N points); every other point's a and b are *estimated* from its
     distances to the reference points of each cluster. Cost O(N · sample_size). The reported
     ``mean`` (and ``per_cluster``) is the size-weighted mean of the exact values on the reference

@@ -141,7 +141,7 @@ def run_pipeline(
         raise UsageError(f"none of the {summary.discovered} images could be read ({summary.failed} failed)",
                          hint=f"see the reasons with: imgclust info {cache} --failures")
     run = cluster(cache, encoder, method, n_clusters, params, reduction=reduction, dims=dims, random_state=random_state,
-                  device=device if takes_device(method) else None, on_epoch=on_epoch, k_range=k_range)
+                  device=device if takes_device(method) else None, on_epoch=on_epoch, k_range=k_range, progress=progress)
     report = score(cache, run.run_id, encoder)
     result = PipelineResult(str(folder), str(cache), summary, run, report, out_moved=moved)
     result.skipped_formats = {fmt: _available(fmt) for fmt in formats if fmt not in wanted}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -98,6 +99,7 @@ def reduce(
     random_state: int = 0,
     force: bool = False,
     memory_budget: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Reduction:
     """Reduce the cached embeddings of ``encoder`` and store the result (or reuse a stored one).
 
@@ -109,6 +111,8 @@ def reduce(
     n_neighbors, min_dist, metric : UMAP's knobs (ZS: 30, 0.0, euclidean).
     force : recompute even when a reduction with the same settings is stored.
     memory_budget : bytes of embeddings to hold at once (default: half the available memory).
+    progress : ``progress(stage, done, total)`` for the stages that take long (UMAP's neighbours, its fit,
+        placing rows beyond the fitted sample); see :data:`PROGRESS_UNITS`.
     """
     cache = Cache(cache)
     encoder = cache.resolve_encoder(encoder)
@@ -127,7 +131,7 @@ def reduce(
     steps = parse_method(method)
     started = time.perf_counter()
     budget = memory_budget or available_memory_bytes() // 2
-    data, fitted_on = _compute(rows, steps, settings, n, dim, budget)
+    data, fitted_on = _compute(rows, steps, settings, n, dim, budget, progress or _silent)
     seconds = round(time.perf_counter() - started, 3)
     attrs = {"method": "+".join(steps), "settings": settings, "shape": list(data.shape), "seconds": seconds,
              "fitted_on": fitted_on, "created": now_iso()}
@@ -157,7 +161,15 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 UMAP_FIT_ROWS = 50000
 
 
-def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, budget: int):
+#: What each progress stage of :func:`reduce` counts.
+PROGRESS_UNITS = {"UMAP neighbours": "rows", "fitting UMAP": "fits", "placing rows": "rows"}
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, budget: int, progress):
     """Fit on everything when it fits (UMAP: up to :data:`UMAP_FIT_ROWS` rows), else on a sample; apply to all rows."""
     fit_limit = UMAP_FIT_ROWS if "umap" in steps else n
     if n * dim * 4 <= budget:
@@ -165,24 +177,25 @@ def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, bud
         if "l2" in steps:
             x = l2_normalise(x)
         if n <= fit_limit:
-            model = _fit(steps, settings, x)
+            model = _fit(steps, settings, x, progress)
             return (model(None, fitted=True) if model else x).astype(np.float32), n
         rng = np.random.default_rng(settings.get("seed", 0))
         sample = np.sort(rng.choice(n, size=fit_limit, replace=False))
-        model = _fit(steps, settings, x[sample])
+        model = _fit(steps, settings, x[sample], progress)
         out = np.empty((n, settings["n_components"]), np.float32)
         out[sample] = model(None, fitted=True)
         rest = np.setdiff1d(np.arange(n), sample)
         for start in range(0, len(rest), 262144):  # bounded neighbour lists
             part = rest[start : start + 262144]
-            out[part] = model(x[part], fitted=False)
+            out[part] = model(x[part], fitted=False,
+                              on_progress=lambda done, _, s=start: progress("placing rows", s + done, len(rest)))
         return out, fit_limit
     rng = np.random.default_rng(settings.get("seed", 0))
     sample_rows = np.sort(rng.choice(n, size=min(fit_limit, max(2, budget // (dim * 4))), replace=False))
     x = rows.take(sample_rows)
     if "l2" in steps:
         x = l2_normalise(x)
-    model = _fit(steps, settings, x)
+    model = _fit(steps, settings, x, progress)
     blocks = []
     for _, block in rows.iter_embeddings():
         if "l2" in steps:
@@ -192,7 +205,8 @@ def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, bud
 
 
 def place_by_neighbours(sample: np.ndarray, embedding: np.ndarray, block: np.ndarray, n_neighbors: int,
-                        metric: str, random_state: int = 0) -> np.ndarray:
+                        metric: str, random_state: int = 0,
+                        on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Rows of ``block`` placed in a fitted UMAP: the membership-weighted mean of their neighbours' places.
 
     This is umap-learn's own out-of-sample initialisation (``UMAP.transform``: fuzzy membership
@@ -207,7 +221,8 @@ def place_by_neighbours(sample: np.ndarray, embedding: np.ndarray, block: np.nda
     from .knn import neighbours_of
 
     knn_metric = metric if metric in ("euclidean", "cosine") else "euclidean"
-    idx, dist, _ = neighbours_of(sample, block, n_neighbors, knn_metric, random_state=random_state)
+    idx, dist, _ = neighbours_of(sample, block, n_neighbors, knn_metric, random_state=random_state,
+                                 on_progress=on_progress)
     sigmas, rhos = smooth_knn_dist(dist, float(n_neighbors), local_connectivity=0.0)
     weights = np.exp(-np.maximum(dist - rhos[:, None], 0.0) / sigmas[:, None])
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
@@ -228,7 +243,7 @@ def fit_umap(x: np.ndarray, **params):
         return reducer, reducer.fit_transform(x)
 
 
-def _fit(steps: list[str], settings: dict, x: np.ndarray):
+def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent):
     """Fit the reducer on ``x``; return ``apply(block, fitted)`` (``fitted=True`` gives x's own output)."""
     if "umap" in steps:
         n_neighbors = min(settings["n_neighbors"], max(2, len(x) - 1))
@@ -242,11 +257,15 @@ def _fit(steps: list[str], settings: dict, x: np.ndarray):
         knn_metric = settings["metric"] if settings["metric"] in ("euclidean", "cosine") else None
         extra = {}
         if knn_metric is not None and len(x) >= 4096:
-            extra["precomputed_knn"] = knn_graph(x, n_neighbors - 1, knn_metric, random_state=settings["seed"]).with_self()
+            extra["precomputed_knn"] = knn_graph(
+                x, n_neighbors - 1, knn_metric, random_state=settings["seed"],
+                on_progress=lambda done, total: progress("UMAP neighbours", done, total)).with_self()
+        progress("fitting UMAP", 0, 1)
         reducer, fitted = fit_umap(x, n_neighbors=n_neighbors, min_dist=settings["min_dist"], n_components=n_components,
                                    metric=settings["metric"], random_state=settings["seed"], **extra)
-        return lambda block, fitted_=fitted, fitted=False: fitted_ if fitted else place_by_neighbours(
-            x, fitted_, block, n_neighbors, settings["metric"], settings["seed"])
+        progress("fitting UMAP", 1, 1)
+        return lambda block, fitted_=fitted, fitted=False, on_progress=None: fitted_ if fitted else place_by_neighbours(
+            x, fitted_, block, n_neighbors, settings["metric"], settings["seed"], on_progress)
     if "pca" in steps:
         from sklearn.decomposition import PCA
 

@@ -401,3 +401,21 @@ def test_silhouette_bounds_and_renaming(n, k, seed, chunk):
     np.testing.assert_allclose(s2, s[order], atol=1e-12)
     if len(np.unique(y)) < n:
         np.testing.assert_allclose(s, skm.silhouette_samples(X, y), atol=1e-6)
+
+
+def test_sampled_silhouette_is_exact_on_its_references_with_many_clusters_in_small_blocks(monkeypatch):
+    """Many clusters (each gets one or two references) and tiny work blocks: the references' values
+    are still sklearn's exact silhouettes, whatever the blocking over references and rows."""
+    import imgclust.metrics as metrics_module
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_samples as sk_samples
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6000, 4))
+    labels = KMeans(n_clusters=400, n_init=1, random_state=0).fit_predict(X)
+    monkeypatch.setattr(metrics_module, "_CHUNK_ENTRIES", 2**12)
+    result = metrics_module.silhouette_analysis(X, labels, max_exact=1000, sample_size=600)
+    assert not result.exact and result.sampled.sum() <= 600 + 400
+    expected = sk_samples(X, labels)
+    np.testing.assert_allclose(result.samples[result.sampled], expected[result.sampled], atol=1e-9)
+    assert abs(result.mean - expected.mean()) <= result.error_bound

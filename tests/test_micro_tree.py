@@ -51,3 +51,25 @@ def test_more_clusters_than_micro_clusters_is_refused():
     X = np.random.default_rng(0).normal(size=(600, 3))
     with pytest.raises(ParameterError, match="over 20 micro-clusters, fewer than n_clusters=50"):
         create_clusterer("agglomerative", n_clusters=50, exact_rows=100, micro_clusters=20).fit_predict(X)
+
+
+def test_a_method_that_cannot_run_at_this_size_is_refused_before_the_reduction(tmp_path, monkeypatch):
+    import imgclust.clusterers._base as base
+    from imgclust.cache import Cache
+    from imgclust.cluster import cluster
+    from imgclust.errors import ResourceError
+
+    from .stage_fixtures import blob_cache
+
+    cache = blob_cache(tmp_path / "c.h5", n_per=50, centers=4)
+    monkeypatch.setattr(base, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(ResourceError, match="O\\(N\\^2\\)"):
+        cluster(cache.path, method="affinity")
+    encoder = cache.encoders()[0]
+    assert Cache(cache.path).list_groups(encoder, "reductions") == {}  # no UMAP ran before the refusal
+    # agglomerative takes its micro-cluster tree instead, and the run records it
+    run = cluster(cache.path, n_clusters=4, params={"exact_rows": 100, "micro_clusters": 40})
+    assert run.fit_path.startswith("micro-clusters: 40 k-means parts of 200 samples")
+    from imgclust.cluster import load_run
+
+    assert load_run(cache.path, run.run_id).fit_path == run.fit_path

@@ -20,7 +20,7 @@ from . import app
 from ._output import (DebugOption, JsonOption, QuietOption, VerboseOption, detail, emit_json, epoch_reporter, note,
                       progress_bars, stdout)
 from .embed import BatchSizeOption, DataRootOption, DeviceOption, LabelsOption, WeightsOption, WorkersOption
-from .reduce import SeedOption
+from .reduce import REDUCE_PROGRESS, SeedOption
 
 
 K_HINT = "e.g. --n-clusters 10, --n-clusters auto (chosen without labels), or --n-clusters none (the method decides)"
@@ -123,10 +123,11 @@ def cluster_command(
         refuse_folder_options({"--out": out, "--force": force, "--formats": formats, "--link": link, "--labels": labels,
                                "--weights": weights, "--batch-size": batch_size, "--workers": workers,
                                "--max-pixels": max_pixels, "--data-root": data_root, "--split": split})
-        with progress_bars({train: "epochs", CHOOSING_K: "fits"}) as update:
+        with progress_bars({train: "epochs", CHOOSING_K: "fits", **REDUCE_PROGRESS}) as update:
             run = run_cluster(targets[0], encoder, method, k, params, reduction=reduction, dims=dims, random_state=seed,
                               device=device, on_epoch=epoch_reporter(update, train), k_range=searched,
-                              on_select=(lambda done, total: update(CHOOSING_K, done, total)) if update else None)
+                              on_select=(lambda done, total: update(CHOOSING_K, done, total)) if update else None,
+                              progress=update)
         if json_:
             emit_json(run.to_dict())
             return
@@ -141,7 +142,7 @@ def cluster_command(
         return
     if not targets and files_from is None:
         raise UsageError("no input given", hint="pass a cache file, or folders/images to cluster (or --files-from)")
-    with progress_bars({train: "epochs"}) as update:
+    with progress_bars({train: "epochs", **REDUCE_PROGRESS}) as update:
         result = run_pipeline(
             targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters=k, params=params, k_range=searched,
             reduction=reduction, dims=dims, labels=labels, files_from=files_from, force=force,

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..reduce import reduce as run_reduce
+from ..reduce import PROGRESS_UNITS as REDUCE_PROGRESS, reduce as run_reduce
 from . import app
-from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, stdout
+from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bars, stdout
 
 CacheArgument = Annotated[Path, typer.Argument(help="The HDF5 cache written by imgclust embed.")]
 CacheEncoderOption = Annotated[Optional[str], typer.Option("--encoder", "-e", help="Which encoder's embeddings (default: the only one in the cache).")]
@@ -39,8 +39,9 @@ def reduce_command(
     """
     if not quiet and not json_:
         note(f"reducing with {method} ...")
-    result = run_reduce(cache, encoder, method, dims, variance=variance, n_neighbors=n_neighbors, min_dist=min_dist,
-                        metric=metric, random_state=seed, force=force)
+    with progress_bars(REDUCE_PROGRESS) as update:
+        result = run_reduce(cache, encoder, method, dims, variance=variance, n_neighbors=n_neighbors, min_dist=min_dist,
+                            metric=metric, random_state=seed, force=force, progress=update)
     if json_:
         emit_json(result.to_dict())
         return
