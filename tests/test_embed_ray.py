@@ -164,15 +164,16 @@ def test_resume_after_the_driver_is_killed_embeds_only_what_was_not_saved(ray_cl
     cache = tmp_path / "c.h5"
     journal = cache.with_name("c.h5.journal")
     args = ["embed", str(folder), "--cache", str(cache), "--encoder", TINY_ENCODER, "--weights", "random",
-            "--device", "cpu", "--batch-size", "4", "--engine", "ray", "--workers", "1"]
+            "--device", "cpu", "--batch-size", "1", "--engine", "ray", "--workers", "1"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with open(tmp_path / "driver.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "imgclust", *args, "--flush-rows", "4"],
+        # one image a batch and a journal part a row: the run lasts long enough to be caught mid-way
+        proc = subprocess.Popen([sys.executable, "-m", "imgclust", *args, "--flush-rows", "1"],
                                 env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            if journal.exists() and len(list(journal.rglob("part-*.npz"))) >= 2:
+            if journal.exists() and len(list(journal.rglob("part-*.npz"))) >= 1:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"the run ended before it could be killed: {(tmp_path / 'driver.log').read_text()}"
@@ -184,7 +185,7 @@ def test_resume_after_the_driver_is_killed_embeds_only_what_was_not_saved(ray_cl
     resumed = CliRunner().invoke(app, [*args, "--json"])
     assert resumed.exit_code == 0, resumed.output
     summary = json.loads(resumed.stdout)
-    assert summary["recovered"] >= 8 and summary["embedded"] == 120 - summary["recovered"]
+    assert summary["recovered"] >= 1 and summary["embedded"] == 120 - summary["recovered"]
     assert (summary["images"], summary["failures_total"]) == (120, 1)
     assert_same_rows(rows(cache), rows(reference))
     assert failures(cache) == failures(reference)
