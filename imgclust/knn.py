@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -74,7 +74,6 @@ class KnnGraph:
     nprobe: int | None = None
     nlist: int | None = None
     recall_queries: int = 0
-    attrs: dict = field(default_factory=dict, repr=False)
 
     @property
     def k(self) -> int:
@@ -225,10 +224,14 @@ class _Exact:
 
 
 def _index(faiss, base: np.ndarray, queries: np.ndarray, k: int, metric: str, random_state: int,
-           exact_work_limit: float, target_recall: float):
-    """An exact index, or an approximate one tuned on a sample of ``queries``: ``(index, recall, sampled)``."""
+           exact_work_limit: float, target_recall: float, n_queries: int | None = None):
+    """An exact index, or an approximate one tuned on a sample of ``queries``: ``(index, recall, sampled)``.
+
+    ``n_queries`` is how many queries the index will answer in all (default: ``len(queries)``).
+    """
     exact = _Exact(faiss, base, metric)
-    if (exact_work(len(base), len(queries), base.shape[1]) <= exact_work_limit or metric not in APPROXIMATE_METRICS
+    n_queries = len(queries) if n_queries is None else n_queries
+    if (exact_work(len(base), n_queries, base.shape[1]) <= exact_work_limit or metric not in APPROXIMATE_METRICS
             or len(base) < 1024):
         return exact, 1.0, 0
     rng = np.random.default_rng(random_state)
@@ -292,17 +295,42 @@ def knn_graph(X: np.ndarray, k: int = DEFAULT_K, metric: str = "euclidean", *, r
                     index.nlist if approximate else None, probed)
 
 
+class NeighbourSearch:
+    """The ``k`` nearest rows of a fixed ``base`` for queries that come in batches.
+
+    The index is built once, at the first batch (exact, or approximate as :func:`knn_graph` and tuned to
+    ``target_recall`` on a sample of that batch), and answers every later batch; ``n_queries`` (all
+    batches together) decides between exact and approximate. ``recall`` is the measured recall.
+    """
+
+    def __init__(self, base: np.ndarray, k: int, metric: str = "euclidean", *, n_queries: int, random_state: int = 0,
+                 exact_work_limit: float = EXACT_WORK, target_recall: float = TARGET_RECALL):
+        _check(metric, k)
+        self.base = _prepared(base, metric)
+        self.k, self.metric, self.n_queries = min(k, len(self.base)), metric, n_queries
+        self.random_state, self.exact_work_limit, self.target_recall = random_state, exact_work_limit, target_recall
+        self.index, self.recall = None, 1.0
+
+    def __call__(self, queries: np.ndarray,
+                 on_progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, distances)`` of each query's ``k`` nearest rows of the base."""
+        queries = _prepared(queries, self.metric)
+        if self.index is None:
+            self.index, self.recall, _ = _index(_faiss(), self.base, queries, self.k, self.metric, self.random_state,
+                                                self.exact_work_limit, self.target_recall, self.n_queries)
+        raw, idx = _search(self.index, queries, self.k, on_progress)
+        return idx, _to_distances(raw, self.metric).astype(np.float32)
+
+
 def neighbours_of(base: np.ndarray, queries: np.ndarray, k: int, metric: str = "euclidean", *,
                   random_state: int = 0, exact_work_limit: float = EXACT_WORK, target_recall: float = TARGET_RECALL,
                   on_progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """For each row of ``queries``, its ``k`` nearest rows of ``base``: ``(indices, distances, recall)``.
 
     Exact while ``len(base) · len(queries) · d`` stays under ``exact_work_limit``, else approximate
-    as :func:`knn_graph`, tuned to ``target_recall`` on a sample of the queries.
+    as :func:`knn_graph`, tuned to ``target_recall`` on a sample of the queries (see :class:`NeighbourSearch`).
     """
-    _check(metric, k)
-    base, queries = _prepared(base, metric), _prepared(queries, metric)
-    k = min(k, len(base))
-    index, recall, _ = _index(_faiss(), base, queries, k, metric, random_state, exact_work_limit, target_recall)
-    raw, idx = _search(index, queries, k, on_progress)
-    return idx, _to_distances(raw, metric).astype(np.float32), recall
+    search = NeighbourSearch(base, k, metric, n_queries=len(queries), random_state=random_state,
+                             exact_work_limit=exact_work_limit, target_recall=target_recall)
+    idx, dist = search(queries, on_progress)
+    return idx, dist, search.recall

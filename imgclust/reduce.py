@@ -181,7 +181,7 @@ def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, bud
             return (model(None, fitted=True) if model else x).astype(np.float32), n
         rng = np.random.default_rng(settings.get("seed", 0))
         sample = np.sort(rng.choice(n, size=fit_limit, replace=False))
-        model = _fit(steps, settings, x[sample], progress)
+        model = _fit(steps, settings, x[sample], progress, n_new=n - fit_limit)
         out = np.empty((n, settings["n_components"]), np.float32)
         out[sample] = model(None, fitted=True)
         rest = np.setdiff1d(np.arange(n), sample)
@@ -195,7 +195,7 @@ def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, bud
     x = rows.take(sample_rows)
     if "l2" in steps:
         x = l2_normalise(x)
-    model = _fit(steps, settings, x, progress)
+    model = _fit(steps, settings, x, progress, n_new=n)
     blocks = []
     for _, block in rows.iter_embeddings():
         if "l2" in steps:
@@ -204,8 +204,7 @@ def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, bud
     return np.concatenate(blocks).astype(np.float32), len(sample_rows)
 
 
-def place_by_neighbours(sample: np.ndarray, embedding: np.ndarray, block: np.ndarray, n_neighbors: int,
-                        metric: str, random_state: int = 0,
+def place_by_neighbours(search, embedding: np.ndarray, block: np.ndarray,
                         on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Rows of ``block`` placed in a fitted UMAP: the membership-weighted mean of their neighbours' places.
 
@@ -213,17 +212,14 @@ def place_by_neighbours(sample: np.ndarray, embedding: np.ndarray, block: np.nda
     strengths of each new row to its ``n_neighbors`` nearest training rows from
     ``smooth_knn_dist``, then ``init_graph_transform``), without the SGD epochs ``transform`` runs
     after it: at a million rows those would cost more than the fit, and they only refine a row's
-    place among its neighbours. Neighbours come from :func:`imgclust.knn.neighbours_of` (exact, or
-    approximate with a measured recall).
+    place among its neighbours. ``search`` is an :class:`imgclust.knn.NeighbourSearch` over the
+    training rows (exact, or approximate with a measured recall), built once for every block;
+    ``embedding`` holds their places.
     """
     from umap.umap_ import smooth_knn_dist
 
-    from .knn import neighbours_of
-
-    knn_metric = metric if metric in ("euclidean", "cosine") else "euclidean"
-    idx, dist, _ = neighbours_of(sample, block, n_neighbors, knn_metric, random_state=random_state,
-                                 on_progress=on_progress)
-    sigmas, rhos = smooth_knn_dist(dist, float(n_neighbors), local_connectivity=0.0)
+    idx, dist = search(block, on_progress)
+    sigmas, rhos = smooth_knn_dist(dist, float(search.k), local_connectivity=0.0)
     weights = np.exp(-np.maximum(dist - rhos[:, None], 0.0) / sigmas[:, None])
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
     return np.einsum("nk,nkd->nd", weights, embedding[idx]).astype(np.float32)
@@ -243,15 +239,18 @@ def fit_umap(x: np.ndarray, **params):
         return reducer, reducer.fit_transform(x)
 
 
-def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent):
-    """Fit the reducer on ``x``; return ``apply(block, fitted)`` (``fitted=True`` gives x's own output)."""
+def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent, n_new: int = 0):
+    """Fit the reducer on ``x``; return ``apply(block, fitted)`` (``fitted=True`` gives x's own output).
+
+    ``n_new``: how many rows ``apply`` will place in all (UMAP builds its neighbour search for them once).
+    """
     if "umap" in steps:
         n_neighbors = min(settings["n_neighbors"], max(2, len(x) - 1))
         n_components = min(settings["n_components"], max(1, len(x) - 2))
         if len(x) < 4:
             raise UsageError(f"UMAP needs at least 4 images, the cache holds {len(x)}",
                              hint="use --method none or pca for so few images")
-        from .knn import knn_graph
+        from .knn import NeighbourSearch, knn_graph
 
         # precomputed neighbours (FAISS, every core) instead of UMAP's NN-descent; UMAP wants each row first
         knn_metric = settings["metric"] if settings["metric"] in ("euclidean", "cosine") else None
@@ -264,8 +263,10 @@ def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent):
         reducer, fitted = fit_umap(x, n_neighbors=n_neighbors, min_dist=settings["min_dist"], n_components=n_components,
                                    metric=settings["metric"], random_state=settings["seed"], **extra)
         progress("fitting UMAP", 1, 1)
+        search = NeighbourSearch(x, n_neighbors, knn_metric or "euclidean", n_queries=max(n_new, 1),
+                                 random_state=settings["seed"])
         return lambda block, fitted_=fitted, fitted=False, on_progress=None: fitted_ if fitted else place_by_neighbours(
-            x, fitted_, block, n_neighbors, settings["metric"], settings["seed"], on_progress)
+            search, fitted_, block, on_progress)
     if "pca" in steps:
         from sklearn.decomposition import PCA
 
