@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="scale", help="name of the JSON written under --results")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     x, y = real_rows(args.results)
@@ -131,7 +132,7 @@ def main() -> None:
                                  "ami_micro": round(float(adjusted_mutual_info_score(truth, scalable)), 4)}
         print(json.dumps(row), flush=True)
         report["rows"].append(row)
-    out = args.results / "scale.json"
+    out = args.results / f"{args.out}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 
