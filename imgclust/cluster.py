@@ -27,6 +27,7 @@ from .clusterers._agglomerative import agglomerative_defaults
 from .clusterers._base import available_memory_bytes
 from .errors import UsageError
 from .joint import part_dims, resolve_table
+from .knn import KNN_STAGE, Neighbours, StoredGraphs
 from .reduce import DEFAULT_DIMS, reduce
 from .spaces import default_space
 
@@ -178,6 +179,10 @@ def cluster(
     probe.preflight(len(rows))  # before the reduction: a method that cannot run at this size says so now
     space, X, space_source = input_space(cache_obj, rows, method, reduction, dims, random_state, progress=progress)
     started = time.perf_counter()
+    # One kNN graph per space, shared by the method (and by later runs: it is stored with the results)
+    neighbours = Neighbours(X, random_state=random_state,
+                            store=StoredGraphs(cache_obj, encoder, space, rows.fingerprint) if store else None,
+                            on_progress=(lambda done, total: progress(KNN_STAGE, done, total)) if progress else None)
     selection = None
     k = n_clusters
     labels = clusterer = None
@@ -190,14 +195,14 @@ def cluster(
         params.pop("distance_threshold", None)
         k_min, k_max = k_range if k_range is not None else (2, None)
         choice = choose_n_clusters(X, method, params, k_min=k_min, k_max=k_max, random_state=random_state,
-                                   views=views, on_fit=on_select)
+                                   views=views, on_fit=on_select, neighbours=neighbours)
         k, selection = choice.n_clusters, {**choice.to_dict(), "space": space}
         if choice.labels is not None:  # the sweep ran on every row: return the very clustering it scored
             labels, clusterer = choice.labels, choice.estimator
     if labels is None:
         clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
         clusterer.on_epoch = on_epoch
-        labels = clusterer.fit_predict(X, views)
+        labels = clusterer.fit_predict(X, views, neighbours)
     elif clusterer is None:  # a tree cut: the clusterer only records the parameters
         clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
     seconds = round(time.perf_counter() - started, 3)

@@ -16,8 +16,9 @@ fixed; ties between equal distances may order differently across FAISS builds). 
 path; ``manhattan`` and ``chebyshev`` exactly only. :func:`neighbours_of` finds, for new rows, their
 nearest rows of a base set (``assign``'s k-NN vote, UMAP's out-of-sample placement).
 
-:func:`stored_graph` keeps graphs in the cache (result kind ``knn``, keyed by space, metric and row
-set), so UMAP, the density and graph methods, the trained heads and ``assign`` compute it once.
+:class:`Neighbours` holds the graphs of one space and computes each metric's once, at the largest ``k``
+asked; with a :class:`StoredGraphs` it keeps them in the cache (result kind ``knn``, keyed by space,
+metric and row set), so UMAP, the density and graph methods, the trained heads and ``assign`` share it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ CANDIDATES = 4
 #: recall reached is reported as it is.
 MAX_NPROBE = 64
 DEFAULT_K = 30
+#: The progress stage of a graph being computed (rows searched).
+KNN_STAGE = "kNN graph"
 
 
 @dataclass
@@ -334,3 +337,78 @@ def neighbours_of(base: np.ndarray, queries: np.ndarray, k: int, metric: str = "
                              exact_work_limit=exact_work_limit, target_recall=target_recall)
     idx, dist = search(queries, on_progress)
     return idx, dist, search.recall
+
+
+class StoredGraphs:
+    """The kNN graphs of one space kept in a cache (result kind ``knn``), for one row set.
+
+    A graph is stored as ``<space>:<metric>@<fingerprint[:8]>`` with its indices (int32 below 2³¹ rows)
+    and distances, and the attributes of :meth:`KnnGraph.describe`; rows that change make it stale
+    like every other result, so a graph is never used for other rows.
+    """
+
+    def __init__(self, cache, encoder: str, space: str, fingerprint: str):
+        self.cache, self.encoder, self.space, self.fingerprint = cache, encoder, space, fingerprint
+
+    def name(self, metric: str) -> str:
+        return f"{self.space}:{metric}@{self.fingerprint[:8]}"
+
+    def load(self, metric: str, k: int) -> KnnGraph | None:
+        """The stored graph of ``metric`` with at least ``k`` neighbours per row, or None."""
+        attrs = self.cache.current(self.encoder, "knn", self.fingerprint).get(self.name(metric))
+        if attrs is None or int(attrs.get("k", 0)) < k:
+            return None
+        arrays = self.cache.read_result(self.encoder, "knn", self.name(metric), self.fingerprint)
+        return KnnGraph(arrays["indices"].astype(np.int64), arrays["distances"], metric, attrs["method"],
+                        float(attrs["recall"]), float(attrs.get("seconds", 0.0)), attrs.get("nprobe"),
+                        attrs.get("nlist"), int(attrs.get("recall_queries", 0)))
+
+    def save(self, graph: KnnGraph) -> None:
+        small = graph.indices.shape[0] < 2**31
+        indices = graph.indices.astype(np.int32) if small else graph.indices
+        self.cache.store_result(self.encoder, "knn", self.name(graph.metric),
+                                {"indices": indices, "distances": graph.distances.astype(np.float32)},
+                                {**graph.describe(), "space": self.space}, self.fingerprint)
+
+
+class Neighbours:
+    """The neighbour graphs of one space (the rows of ``X``), each computed once and shared.
+
+    Every stage that needs neighbours asks :meth:`graph` for ``k`` and a metric: the first request of a
+    metric takes the graph from ``store`` (a :class:`StoredGraphs`) when one with enough neighbours is
+    there, else computes it with :func:`knn_graph` at ``max(k, DEFAULT_K)`` and stores it; later requests
+    with no larger ``k`` take its nearest ``k`` (:meth:`KnnGraph.top`) without any search.
+    """
+
+    def __init__(self, X: np.ndarray, *, random_state: int = 0, store: StoredGraphs | None = None,
+                 on_progress: Callable[[int, int], None] | None = None):
+        self.X, self.random_state, self.store, self.on_progress = X, random_state, store, on_progress
+        self._graphs: dict[str, KnnGraph] = {}
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def graph(self, k: int, metric: str = "euclidean") -> KnnGraph:
+        """Each row's ``k`` nearest other rows in ``metric`` (clipped to the rows there are)."""
+        _check(metric, k)
+        k = min(k, len(self.X) - 1)
+        kept = self._graphs.get(metric)
+        if kept is None or kept.k < k:
+            kept = self.store.load(metric, k) if self.store is not None else None
+            if kept is None:
+                kept = knn_graph(self.X, max(k, DEFAULT_K), metric, random_state=self.random_state,
+                                 on_progress=self.on_progress)
+                if self.store is not None:
+                    self.store.save(kept)
+            self._graphs[metric] = kept
+        return kept if kept.k == k else kept.top(k)
+
+    def share(self, graph: KnnGraph) -> None:
+        """Keep (and store) a graph another stage computed over these very rows (e.g. UMAP's)."""
+        if graph.indices.shape[0] != len(self.X):
+            raise ValueError("a graph of other rows cannot be shared")
+        kept = self._graphs.get(graph.metric)
+        if kept is None or kept.k < graph.k:
+            self._graphs[graph.metric] = graph
+            if self.store is not None:
+                self.store.save(graph)

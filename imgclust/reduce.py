@@ -26,6 +26,7 @@ import numpy as np
 from .cache import Cache, Rows, now_iso, settings_key
 from .clusterers._base import available_memory_bytes
 from .errors import ParameterError, UsageError
+from .knn import KNN_STAGE
 
 METHODS = ("umap", "pca", "l2", "none")
 UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
@@ -162,7 +163,7 @@ UMAP_FIT_ROWS = 50000
 
 
 #: What each progress stage of :func:`reduce` counts.
-PROGRESS_UNITS = {"UMAP neighbours": "rows", "fitting UMAP": "fits", "placing rows": "rows"}
+PROGRESS_UNITS = {"UMAP neighbours": "rows", "fitting UMAP": "fits", "placing rows": "rows", KNN_STAGE: "rows"}
 
 
 def _silent(stage: str, done: int, total: int) -> None:

@@ -80,6 +80,7 @@ import numpy as np
 from .clusterers import CLUSTERERS, create_clusterer
 from .clusterers._base import check_embeddings
 from .errors import ParameterError, UsageError
+from .knn import Neighbours
 
 __all__ = [
     "DEFAULT_RULE",
@@ -367,16 +368,18 @@ class _Sweep:
 
 
 def _sweep(X: np.ndarray, method: str, params: dict, ks: np.ndarray, random_state: int, keep: bool = False,
-           views: np.ndarray | None = None, on_fit: Callable[[int, int], None] | None = None) -> _Sweep:
+           views: np.ndarray | None = None, on_fit: Callable[[int, int], None] | None = None,
+           neighbours: Neighbours | None = None) -> _Sweep:
     cls = CLUSTERERS.get(method)
     if cls.nested_k:
         probe = create_clusterer(method, n_clusters=int(ks[0]), random_state=random_state, **params)
         Z = merge_tree(X, probe.linkage, probe.metric, probe.connectivity_neighbors)
         return _Sweep(cut_tree_labels(Z, ks), Z[:, 2], {})
     labels, estimators = {}, {}
+    shared = neighbours if neighbours is not None else Neighbours(X, random_state=random_state)  # one graph for every K
     for i, k in enumerate(ks):
         est = create_clusterer(method, n_clusters=int(k), random_state=random_state, **params)
-        labels[int(k)] = est.fit_predict(X, views)
+        labels[int(k)] = est.fit_predict(X, views, shared)
         if on_fit is not None:
             on_fit(i + 1, len(ks))
         if keep:
@@ -733,6 +736,7 @@ def choose_n_clusters(
     keep_estimator: bool = True,
     views: np.ndarray | None = None,
     on_fit: Callable[[int, int], None] | None = None,
+    neighbours: Neighbours | None = None,
 ) -> Selection:
     """Choose the number of clusters without labels, on the method's own clusterings.
 
@@ -771,6 +775,8 @@ def choose_n_clusters(
         Augmented-view embeddings, for methods that train on them (``cc``).
     on_fit : callable(done, total) or None
         Called after each fit of a method fitted once per K (progress).
+    neighbours : imgclust.knn.Neighbours or None
+        The kNN graphs of ``X``'s rows, shared with the caller (used when the sweep takes every row).
 
     Returns
     -------
@@ -827,7 +833,7 @@ def choose_n_clusters(
     ks = k_grid(k_min, k_max, None if cls.nested_k else cls.auto_k_fits)
 
     sweep = _sweep(X, method, params, ks, random_state, keep=keep_estimator and sample_indices is None,
-                   views=views, on_fit=on_fit)
+                   views=views, on_fit=on_fit, neighbours=neighbours if sample_indices is None else None)
     curves = {"silhouette": _silhouette_curve(X, sweep.labels, ks)}
     if sweep.heights is not None:
         curves["merge_gap"] = _merge_gap_curve(sweep.heights, ks)

@@ -94,3 +94,40 @@ def test_umap_above_its_fit_size_fits_a_sample_and_places_the_rest_by_their_neig
     truth = cache.read_index(result.encoder).labels
     labels = create_clusterer("agglomerative", n_clusters=4).fit_predict(data)
     assert adjusted_mutual_info_score(truth, labels) > 0.95  # placed rows land in their blob's cluster
+
+
+def test_neighbours_compute_each_metric_once_and_serve_smaller_k_from_it(monkeypatch):
+    import imgclust.knn as knn
+
+    calls = []
+    real = knn.knn_graph
+    monkeypatch.setattr(knn, "knn_graph", lambda X, k, metric, **kw: calls.append((k, metric)) or real(X, k, metric, **kw))
+    X = np.random.default_rng(2).normal(size=(200, 6)).astype(np.float32)
+    shared = knn.Neighbours(X)
+    ten = shared.graph(10)
+    assert ten.k == 10 and calls == [(knn.DEFAULT_K, "euclidean")]  # computed once, at the default size
+    np.testing.assert_array_equal(shared.graph(5).indices, ten.indices[:, :5])
+    shared.graph(knn.DEFAULT_K)
+    assert calls == [(knn.DEFAULT_K, "euclidean")]
+    shared.graph(40)
+    shared.graph(5, "cosine")
+    assert calls[1:] == [(40, "euclidean"), (knn.DEFAULT_K, "cosine")]
+
+
+def test_a_stored_graph_is_reused_by_the_next_process_and_never_for_other_rows(tmp_path, monkeypatch):
+    import imgclust.knn as knn
+
+    from .stage_fixtures import blob_cache
+
+    cache = blob_cache(tmp_path / "c.h5", n_per=40, centers=3, dim=8)
+    encoder = cache.encoders()[0]
+    rows = cache.rows(encoder)
+    X = rows.read_embeddings()
+    first = knn.Neighbours(X, store=knn.StoredGraphs(cache, encoder, "raw", rows.fingerprint)).graph(12)
+    assert list(cache.current(encoder, "knn", rows.fingerprint)) == [f"raw:euclidean@{rows.fingerprint[:8]}"]
+    monkeypatch.setattr(knn, "knn_graph", lambda *a, **kw: pytest.fail("the stored graph should have been read"))
+    again = knn.Neighbours(X, store=knn.StoredGraphs(cache, encoder, "raw", rows.fingerprint)).graph(12)
+    np.testing.assert_array_equal(again.indices, first.indices)
+    np.testing.assert_allclose(again.distances, first.distances)
+    assert again.method == "exact" and again.recall == 1.0
+    assert knn.StoredGraphs(cache, encoder, "raw", "0" * 32).load("euclidean", 12) is None  # other rows: not used

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ParameterError, ResourceError, UsageError
+from ..knn import KnnGraph, Neighbours
 
 _log = logging.getLogger("imgclust.clusterers")
 
@@ -237,9 +238,14 @@ class Clusterer:
         if self.quadratic_memory:
             check_pairwise_memory(n_samples, self.name, alternative="agglomerative or kmeans")
 
-    def fit(self, X: Any, views: np.ndarray | None = None) -> "Clusterer":
+    def fit(self, X: Any, views: np.ndarray | None = None, neighbours: "Neighbours | None" = None) -> "Clusterer":
+        """Cluster the rows of ``X``; ``neighbours`` (an :class:`imgclust.knn.Neighbours` over these rows)
+        shares a kNN graph computed or stored before, else the method computes the one it needs."""
         X = check_embeddings(X)
         self.preflight(X.shape[0])
+        if neighbours is not None and len(neighbours) != X.shape[0]:
+            raise UsageError(f"the neighbour graph holds {len(neighbours)} rows, X has {X.shape[0]}")
+        self._graphs = neighbours if neighbours is not None else Neighbours(X, random_state=self.random_state)
         if self.needs_views and views is None:
             raise UsageError(
                 f"{self.name} trains on augmented-view embeddings, and none are stored",
@@ -250,8 +256,12 @@ class Clusterer:
         self.n_clusters_ = int(len(np.unique(labels[labels >= 0])))
         return self
 
-    def fit_predict(self, X: Any, views: np.ndarray | None = None) -> np.ndarray:
-        return self.fit(X, views).labels_
+    def fit_predict(self, X: Any, views: np.ndarray | None = None, neighbours: "Neighbours | None" = None) -> np.ndarray:
+        return self.fit(X, views, neighbours).labels_
+
+    def neighbour_graph(self, k: int, metric: str = "euclidean") -> KnnGraph:
+        """The ``k`` nearest other rows of each row of the data being fitted (the shared graph; during fit)."""
+        return self._graphs.graph(k, metric)
 
     def _fit(self, X: np.ndarray, views: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
