@@ -26,7 +26,7 @@ import numpy as np
 from .cache import Cache, Rows, now_iso, settings_key
 from .clusterers._base import available_memory_bytes
 from .errors import ParameterError, UsageError
-from .knn import KNN_STAGE
+from .knn import KNN_STAGE, NeighbourSearch, Neighbours, StoredGraphs
 
 METHODS = ("umap", "pca", "l2", "none")
 UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
@@ -132,7 +132,9 @@ def reduce(
     steps = parse_method(method)
     started = time.perf_counter()
     budget = memory_budget or available_memory_bytes() // 2
-    data, fitted_on = _compute(rows, steps, settings, n, dim, budget, progress or _silent)
+    # UMAP on the raw rows shares its neighbour graph with every later stage of that space (stored)
+    graphs = StoredGraphs(cache, encoder, "raw", rows.fingerprint) if steps == ["umap"] else None
+    data, fitted_on = _compute(rows, steps, settings, n, dim, budget, progress or _silent, graphs)
     seconds = round(time.perf_counter() - started, 3)
     attrs = {"method": "+".join(steps), "settings": settings, "shape": list(data.shape), "seconds": seconds,
              "fitted_on": fitted_on, "created": now_iso()}
@@ -163,6 +165,8 @@ UMAP_FIT_ROWS = 50000
 
 
 #: What each progress stage of :func:`reduce` counts.
+#: From this many rows UMAP takes its neighbours from FAISS (every core) instead of its own NN-descent.
+PRECOMPUTED_KNN_ROWS = 4096
 PROGRESS_UNITS = {"UMAP neighbours": "rows", "fitting UMAP": "fits", "placing rows": "rows", KNN_STAGE: "rows"}
 
 
@@ -170,15 +174,21 @@ def _silent(stage: str, done: int, total: int) -> None:
     return None
 
 
-def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, budget: int, progress):
-    """Fit on everything when it fits (UMAP: up to :data:`UMAP_FIT_ROWS` rows), else on a sample; apply to all rows."""
+def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, budget: int, progress,
+             graphs: StoredGraphs | None = None):
+    """Fit on everything when it fits (UMAP: up to :data:`UMAP_FIT_ROWS` rows), else on a sample; apply to all rows.
+
+    ``graphs`` keeps the neighbour graph of a fit on every row (a sample's graph is not the space's)."""
     fit_limit = UMAP_FIT_ROWS if "umap" in steps else n
     if n * dim * 4 <= budget:
         x = rows.read_embeddings()
         if "l2" in steps:
             x = l2_normalise(x)
         if n <= fit_limit:
-            model = _fit(steps, settings, x, progress)
+            shared = None if graphs is None else Neighbours(
+                x, random_state=settings["seed"], store=graphs,
+                on_progress=lambda done, total: progress("UMAP neighbours", done, total))
+            model = _fit(steps, settings, x, progress, neighbours=shared)
             return (model(None, fitted=True) if model else x).astype(np.float32), n
         rng = np.random.default_rng(settings.get("seed", 0))
         sample = np.sort(rng.choice(n, size=fit_limit, replace=False))
@@ -240,10 +250,12 @@ def fit_umap(x: np.ndarray, **params):
         return reducer, reducer.fit_transform(x)
 
 
-def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent, n_new: int = 0):
+def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent, n_new: int = 0,
+         neighbours: Neighbours | None = None):
     """Fit the reducer on ``x``; return ``apply(block, fitted)`` (``fitted=True`` gives x's own output).
 
     ``n_new``: how many rows ``apply`` will place in all (UMAP builds its neighbour search for them once).
+    ``neighbours``: the shared graphs of ``x``'s space, which UMAP takes its neighbours from.
     """
     if "umap" in steps:
         n_neighbors = min(settings["n_neighbors"], max(2, len(x) - 1))
@@ -251,15 +263,14 @@ def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent, n_ne
         if len(x) < 4:
             raise UsageError(f"UMAP needs at least 4 images, the cache holds {len(x)}",
                              hint="use --method none or pca for so few images")
-        from .knn import NeighbourSearch, knn_graph
-
         # precomputed neighbours (FAISS, every core) instead of UMAP's NN-descent; UMAP wants each row first
         knn_metric = settings["metric"] if settings["metric"] in ("euclidean", "cosine") else None
         extra = {}
-        if knn_metric is not None and len(x) >= 4096:
-            extra["precomputed_knn"] = knn_graph(
-                x, n_neighbors - 1, knn_metric, random_state=settings["seed"],
-                on_progress=lambda done, total: progress("UMAP neighbours", done, total)).with_self()
+        if knn_metric is not None and len(x) >= PRECOMPUTED_KNN_ROWS:
+            if neighbours is None:
+                neighbours = Neighbours(x, random_state=settings["seed"],
+                                        on_progress=lambda done, total: progress("UMAP neighbours", done, total))
+            extra["precomputed_knn"] = neighbours.graph(n_neighbors - 1, knn_metric).with_self()
         progress("fitting UMAP", 0, 1)
         reducer, fitted = fit_umap(x, n_neighbors=n_neighbors, min_dist=settings["min_dist"], n_components=n_components,
                                    metric=settings["metric"], random_state=settings["seed"], **extra)

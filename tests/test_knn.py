@@ -131,3 +131,20 @@ def test_a_stored_graph_is_reused_by_the_next_process_and_never_for_other_rows(t
     np.testing.assert_allclose(again.distances, first.distances)
     assert again.method == "exact" and again.recall == 1.0
     assert knn.StoredGraphs(cache, encoder, "raw", "0" * 32).load("euclidean", 12) is None  # other rows: not used
+
+
+def test_umap_on_the_raw_rows_stores_its_graph_for_the_stages_after_it(tmp_path, monkeypatch):
+    import importlib
+
+    import imgclust.knn as knn
+
+    from .stage_fixtures import blob_cache
+
+    reduce_module = importlib.import_module("imgclust.reduce")
+    monkeypatch.setattr(reduce_module, "PRECOMPUTED_KNN_ROWS", 50)
+    cache = blob_cache(tmp_path / "c.h5", n_per=40, centers=3, dim=8)
+    result = reduce_module.reduce(cache.path, dims=3, n_neighbors=10)
+    rows = cache.rows(result.encoder)
+    stored = knn.StoredGraphs(cache, result.encoder, "raw", rows.fingerprint).load("euclidean", 9)
+    assert stored is not None and stored.k == knn.DEFAULT_K and stored.method == "exact"
+    np.testing.assert_array_equal(stored.indices, knn.knn_graph(rows.read_embeddings(), knn.DEFAULT_K).indices)

@@ -62,7 +62,8 @@ def info_command(
         for kind in ("reductions", "runs", "views", "knn"):
             for key, item in entry[kind].items():
                 what = (f"{item.get('method')} -> {item.get('n_clusters')} clusters" if kind == "runs"
-                        else f"shape {item['shape']}" if item.get("shape") else "")
+                        else f"{item.get('k')} neighbours, {item.get('method')}, recall {item.get('recall')}"
+                        if kind == "knn" else f"shape {item['shape']}" if item.get("shape") else "")
                 rows = f"{item['rows']} rows, " if item["rows"] is not None else ""
                 out.print(f"  {kind[:-1] if kind != 'knn' else 'knn'} {key}: {what} "
                           f"({rows}{human_bytes(item['nbytes'])}, {item.get('created')})"
