@@ -2,9 +2,12 @@
 
 New images are embedded with the run's encoder and weights, through embed's loader, a batch at a time
 (for a joint space, ``--encoder A+B``, by each of its encoders, combined as the joint table is). Runs of trained methods
-(temi, icce, scan, unic, cc, turtle) assign through their stored head/classifier; every other run through
-the nearest cluster centre in the raw embedding space (cosine: rows and centres ℓ2-normalised),
-because the UMAP model behind a reduced space is not stored.
+(temi, icce, scan, unic, cc, turtle) assign through their stored head/classifier; every other run, in the raw
+embedding space (the UMAP model behind a reduced space is not stored), either through the nearest cluster
+centre (cosine: rows and centres ℓ2-normalised; the default) or, with ``vote="knn"``, through a vote of the
+``k`` nearest clustered images (cosine similarity as the weight; noise does not vote), which follows
+clusters of any shape where a centre only suits round ones. The vote searches the run's rows with
+:class:`imgclust.knn.NeighbourSearch` (FAISS: exact, or approximate with a measured recall at scale).
 """
 
 from __future__ import annotations
@@ -23,18 +26,28 @@ from .discover import discover
 from .embed import default_workers, encode_files
 from .encoders import Encoder, best_device, create_encoder, resolve_spec
 from .runtimes import LEGACY_RUNTIME, RUNTIMES
-from .errors import UsageError
+from .errors import ResourceError, UsageError
+from .knn import NeighbourSearch
+from .clusterers._base import available_memory_bytes
 from .joint import JOINT_FAMILY, combine
 from .reduce import l2_normalise
+
+
+#: How runs without a trained head place new images (``assign --vote``).
+VOTES = ("centre", "knn")
+#: Neighbours that vote in ``--vote knn``.
+DEFAULT_VOTE_K = 15
 
 
 @dataclass
 class Assignment:
     run_id: str
-    method: str  # "head" (trained predictor) or "nearest-centre"
+    method: str  # "head" (trained predictor), "nearest-centre" or "knn-vote"
     paths: list[str]
     clusters: list[int]
-    similarity: list[float | None]  # cosine similarity to the chosen centre (nearest-centre only)
+    # cosine similarity to the chosen centre (nearest-centre), or the mean similarity of the neighbours
+    # that voted for the chosen cluster (knn-vote); None for heads
+    similarity: list[float | None]
     failures: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -70,6 +83,26 @@ def nearest_centre(ids: np.ndarray, centres: np.ndarray, new: np.ndarray) -> tup
     return ids[best], similarity[np.arange(len(new)), best]
 
 
+def knn_vote(neighbour_labels: np.ndarray, similarities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's cluster by a vote of its neighbours, weighted by their similarity, and the mean similarity
+    of the winning voters. Noise (-1) does not vote; a row whose neighbours are all noise gets -1; a tie goes
+    to the cluster whose voters are nearest (the first of them in the neighbour order)."""
+    clusters = np.full(len(neighbour_labels), -1, np.int64)
+    support = np.full(len(neighbour_labels), np.nan)
+    for row, (labels, sims) in enumerate(zip(neighbour_labels, similarities)):
+        voting = labels >= 0
+        if not voting.any():
+            continue
+        ids, first, inverse = np.unique(labels[voting], return_index=True, return_inverse=True)
+        # a neighbour at similarity <= 0 still counts a little
+        totals = np.bincount(inverse, weights=np.where(sims[voting] > 0, sims[voting], 1e-9))
+        best = np.flatnonzero(totals >= totals.max() * (1 - 1e-12))
+        winner = best[np.argmin(first[best])]
+        clusters[row] = ids[winner]
+        support[row] = float(sims[voting][inverse == winner].mean())
+    return clusters, support
+
+
 def run_encoder(cache: Cache, encoder_name: str, device: str | None = None, batch_size: int | None = None) -> Encoder:
     """The encoder (and weights) the cache's rows were made with, run by the same runtime where this
     device has it (else the best one it has: runtimes agree to ~1e-3, enough to place an image)."""
@@ -93,12 +126,16 @@ def assign(
     workers: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
+    vote: str = "centre",
+    k: int = DEFAULT_VOTE_K,
 ) -> Assignment:
     """Assign the images named by ``inputs`` to the clusters of run ``run`` (latest by default).
 
     Images go through the same loader as :func:`imgclust.embed` (decoding workers, padded batches,
     ``max_pixels``, the same failure reasons) and are assigned a batch at a time, so memory does not
-    grow with the number of images. ``progress(done, total)`` is called after each batch.
+    grow with the number of images. ``progress(done, total)`` is called after each batch. ``vote``:
+    ``centre`` (nearest cluster centre) or ``knn`` (a vote of the ``k`` nearest clustered images); runs of
+    trained methods always use their head.
     """
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}", hint="leave it out for the device's default")
@@ -108,7 +145,7 @@ def assign(
     stored = load_run(cache_obj.path, run, encoder)
     files = discover(inputs, files_from=files_from)
     failures = {f.path: f.error for f in files if f.error}
-    method, place = _placer(cache_obj, stored)
+    method, place = _placer(cache_obj, stored, vote, k, n_queries=len(files))
     parts = joint_parts(cache_obj, stored.encoder)
     encoders = [run_encoder(cache_obj, part, device, batch_size) for part in parts]
     workers = default_workers(encoders[0].device) if workers is None else workers
@@ -162,18 +199,42 @@ def _encode(encoders: list[Encoder], files: list, workers: int, max_pixels: int 
         yield out
 
 
-def _placer(cache_obj: Cache, stored) -> tuple[str, Callable]:
+def _placer(cache_obj: Cache, stored, vote: str, k: int, n_queries: int) -> tuple[str, Callable]:
     """``(method, place)``: ``place(vectors) -> (clusters, similarities)`` for a stored run."""
+    if vote not in VOTES:
+        raise UsageError(f"--vote must be one of {', '.join(VOTES)}, got {vote!r}",
+                         hint="centre: the nearest cluster centre; knn: a vote of the nearest clustered images")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UsageError(f"--k must be a positive integer, got {k!r}", hint=f"{DEFAULT_VOTE_K} is the default")
     state = cache_obj.read_result(stored.encoder, "runs", stored.run_id).get("state")
     if state is not None:
         head = Clusterer.from_state(state)
         return "head", (lambda new: (head.predict(new), [None] * len(new)))
+    if vote == "knn":
+        return "knn-vote", _voter(cache_obj, stored, k, n_queries)
     ids, centres = cluster_centres(cache_obj.iter_embeddings(stored.encoder), stored.labels)
 
     def place(new):
         clusters, similarity = nearest_centre(ids, centres, new)
         return clusters, [float(v) for v in similarity]
     return "nearest-centre", place
+
+
+def _voter(cache_obj: Cache, stored, k: int, n_queries: int) -> Callable:
+    rows = cache_obj.rows(stored.encoder)
+    needed = len(rows) * rows.dim * 4 * 2  # the rows and the search's normalised copy
+    if needed > 0.8 * available_memory_bytes():
+        raise ResourceError(f"the k-NN vote holds the run's {len(rows)} embeddings ({needed / 2**30:.1f} GiB); "
+                            f"only {available_memory_bytes() / 2**30:.1f} GiB is available",
+                            hint="use --vote centre (memory: one centre per cluster)")
+    search = NeighbourSearch(rows.read_embeddings(), k, "cosine", n_queries=max(n_queries, 1))
+    labels = stored.labels
+
+    def place(new):
+        idx, dist = search(new)
+        clusters, support = knn_vote(labels[idx], 1.0 - dist)
+        return clusters, [None if np.isnan(v) else float(v) for v in support]
+    return place
 
 
 def assign_vectors(
@@ -184,6 +245,8 @@ def assign_vectors(
     *,
     encoder: str | None = None,
     dataset: str | None = None,
+    vote: str = "centre",
+    k: int = DEFAULT_VOTE_K,
 ) -> Assignment:
     """Assign vectors made elsewhere (a file :func:`imgclust.vectors.open_vectors` reads, with one
     path per line in ``paths``) to the clusters of run ``run``, a chunk at a time."""
@@ -200,7 +263,7 @@ def assign_vectors(
     if source.dim != dim:
         raise UsageError(f"{source.source} has {source.dim}-d vectors; run {stored.run_id} clustered {dim}-d "
                          f"'{stored.encoder}' embeddings", hint="give vectors of the run's encoder")
-    method, place = _placer(cache_obj, stored)
+    method, place = _placer(cache_obj, stored, vote, k, n_queries=source.n)
     clusters, similarity = [], []
     for chunk in source.chunks(4096):
         batch_clusters, batch_similarity = place(chunk)

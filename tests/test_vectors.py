@@ -147,6 +147,11 @@ def test_cli_import_export_assign_and_cache_commands(tmp_path, blobs):
     (tmp_path / "new.txt").write_text("p\nq\n")
     assigned = json.loads(invoke("assign", cache, "--vectors", tmp_path / "new.npy", "--paths", tmp_path / "new.txt", "--json"))
     assert [i["path"] for i in assigned["images"]] == ["p", "q"]
+    voted = json.loads(invoke("assign", cache, "--vectors", tmp_path / "new.npy", "--paths", tmp_path / "new.txt",
+                              "--vote", "knn", "--k", "5", "--json"))
+    assert voted["method"] == "knn-vote" and [i["cluster"] for i in voted["images"]] == [i["cluster"] for i in assigned["images"]]
+    assert "--vote must be one of" in invoke("assign", cache, "--vectors", tmp_path / "new.npy", "--paths",
+                                             tmp_path / "new.txt", "--vote", "mode", code=2)
     invoke("export", cache, "--format", "embeddings", "--out", tmp_path / "e.parquet")
     info = json.loads(invoke("info", cache, "--json"))
     assert not info["encoders"][0]["runs"]["run-1"]["stale"]
@@ -157,3 +162,36 @@ def test_cli_import_export_assign_and_cache_commands(tmp_path, blobs):
     assert json.loads(invoke("cache", "rm", cache, "run-1", "--json"))["removed"][0]["name"] == "run-1"
     assert "no run, reduction" in invoke("cache", "rm", cache, "run-1", code=2)
     assert json.loads(invoke("cache", "upgrade", tmp_path / "p.h5", "--json"))["upgraded"]
+
+
+def test_knn_vote_weighs_neighbours_by_similarity_ignores_noise_and_breaks_ties_by_the_nearest():
+    from imgclust.assign import knn_vote
+
+    labels = np.array([[0, 1, 1], [2, 1, -1], [-1, -1, -1], [3, 4, 4]])
+    sims = np.array([[0.9, 0.4, 0.4], [0.6, 0.5, 0.99], [0.9, 0.9, 0.9], [0.8, 0.4, 0.4]])
+    clusters, support = knn_vote(labels, sims)
+    # row 0: 0.9 for 0 beats 0.8 for 1; row 1: noise does not vote; row 2: only noise; row 3: 0.8 ties 0.8, nearest wins
+    assert clusters.tolist() == [0, 2, -1, 3]
+    np.testing.assert_allclose(support[[0, 1, 3]], [0.9, 0.6, 0.8])
+    assert np.isnan(support[2])
+
+
+def test_knn_vote_follows_a_long_cluster_where_the_nearest_centre_does_not(tmp_path):
+    # Two arcs of the unit circle: a long one (0-170 degrees) and a short one (190-260 degrees). A point at
+    # 168 degrees lies in the long arc but nearer the short arc's centre (225) than the long one's (85).
+    angles = np.deg2rad(np.concatenate([np.linspace(0, 170, 171), np.linspace(190, 260, 71)]))
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    np.save(tmp_path / "v.npy", x)
+    (tmp_path / "names.txt").write_text("".join(f"p{i}\n" for i in range(len(x))))
+    import_vectors(tmp_path / "v.npy", tmp_path / "names.txt", "arcs", tmp_path / "c.h5")
+    run = cluster(tmp_path / "c.h5", n_clusters=2, reduction="none", params={"linkage": "single", "metric": "cosine"})
+    long_arc = int(run.labels[0])
+    assert (run.labels[:171] == long_arc).all() and (run.labels[171:] != long_arc).all()
+    np.save(tmp_path / "new.npy", np.array([[np.cos(np.deg2rad(168.5)), np.sin(np.deg2rad(168.5))]], np.float32))
+    (tmp_path / "new.txt").write_text("q\n")
+    by_centre = assign_vectors(tmp_path / "c.h5", tmp_path / "new.npy", tmp_path / "new.txt")
+    by_vote = assign_vectors(tmp_path / "c.h5", tmp_path / "new.npy", tmp_path / "new.txt", vote="knn", k=5)
+    assert by_centre.method == "nearest-centre" and by_centre.clusters == [1 - long_arc]
+    assert by_vote.method == "knn-vote" and by_vote.clusters == [long_arc] and by_vote.similarity[0] > 0.99
+    with pytest.raises(UsageError, match="--vote must be one of centre, knn"):
+        assign_vectors(tmp_path / "c.h5", tmp_path / "new.npy", tmp_path / "new.txt", vote="nearest")
