@@ -49,6 +49,8 @@ CANDIDATES = 4
 #: Most lists one search visits: beyond it an approximate search costs more than it saves, and the
 #: recall reached is reported as it is.
 MAX_NPROBE = 64
+#: Bytes of candidate rows gathered at once for the exact re-ranking (bounds its memory at any N and d).
+RERANK_BYTES = 64 * 2**20
 DEFAULT_K = 30
 #: The progress stage of a graph being computed (rows searched).
 KNN_STAGE = "kNN graph"
@@ -184,16 +186,22 @@ class _Approximate:
             return self.index.search(queries, k)
         kc = min(max(CANDIDATES * k, k + 10), len(self.base))
         _, cand = self.index.search(self._project(queries), kc)
+        raw = np.empty(cand.shape, np.float32)
+        # the candidates' full rows are gathered a few queries at a time: (queries, kc, d) floats at once
+        step = max(1, RERANK_BYTES // (kc * self.base.shape[1] * 4))
+        for start in range(0, len(queries), step):
+            part = slice(start, start + step)
+            gathered = self.base[np.maximum(cand[part], 0)]  # (q, kc, d)
+            if self.metric == "cosine":
+                raw[part] = np.einsum("qkd,qd->qk", gathered, queries[part])
+            else:
+                diff = gathered - queries[part, None, :]
+                raw[part] = np.einsum("qkd,qkd->qk", diff, diff)
         found = cand >= 0
-        safe = np.where(found, cand, 0)
-        gathered = self.base[safe]  # (q, kc, d)
         if self.metric == "cosine":
-            raw = np.einsum("qkd,qd->qk", gathered, queries)
             raw[~found] = -np.inf
             order = np.argsort(-raw, axis=1, kind="stable")[:, :k]
         else:
-            diff = gathered - queries[:, None, :]
-            raw = np.einsum("qkd,qkd->qk", diff, diff)
             raw[~found] = np.inf
             order = np.argsort(raw, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(raw, order, 1), np.where(np.take_along_axis(found, order, 1),

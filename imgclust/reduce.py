@@ -152,9 +152,14 @@ def load_reduction(cache: str | os.PathLike, encoder: str, key: str) -> np.ndarr
     return data
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
+def l2_normalise(x: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Rows scaled to unit length (zero rows left as they are); ``copy=False`` scales ``x`` in place."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+    norms = np.where(norms > 0, norms, 1.0).astype(x.dtype)
+    if copy:
+        return x / norms
+    x /= norms
+    return x
 
 
 #: Rows UMAP is fitted on; above it a seeded sample of this size is fitted and the other rows are
@@ -167,6 +172,11 @@ UMAP_FIT_ROWS = 50000
 #: What each progress stage of :func:`reduce` counts.
 #: From this many rows UMAP takes its neighbours from FAISS (every core) instead of its own NN-descent.
 PRECOMPUTED_KNN_ROWS = 4096
+#: Rows PCA is fitted on; above it a seeded sample of this size (its components are as good; its
+#: standardised copy stays small) and the other rows are projected a block at a time.
+PCA_FIT_ROWS = 200000
+#: Rows placed (UMAP) or projected (PCA) at once beyond the fitted sample: bounds their neighbour lists.
+PLACE_BLOCK = 65536
 PROGRESS_UNITS = {"UMAP neighbours": "rows", "fitting UMAP": "fits", "placing rows": "rows", KNN_STAGE: "rows"}
 
 
@@ -179,11 +189,11 @@ def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, bud
     """Fit on everything when it fits (UMAP: up to :data:`UMAP_FIT_ROWS` rows), else on a sample; apply to all rows.
 
     ``graphs`` keeps the neighbour graph of a fit on every row (a sample's graph is not the space's)."""
-    fit_limit = UMAP_FIT_ROWS if "umap" in steps else n
+    fit_limit = UMAP_FIT_ROWS if "umap" in steps else PCA_FIT_ROWS if "pca" in steps else n
     if n * dim * 4 <= budget:
         x = rows.read_embeddings()
         if "l2" in steps:
-            x = l2_normalise(x)
+            x = l2_normalise(x, copy=False)
         if n <= fit_limit:
             shared = None if graphs is None else Neighbours(
                 x, random_state=settings["seed"], store=graphs,
@@ -196,8 +206,8 @@ def _compute(rows: Rows, steps: list[str], settings: dict, n: int, dim: int, bud
         out = np.empty((n, settings["n_components"]), np.float32)
         out[sample] = model(None, fitted=True)
         rest = np.setdiff1d(np.arange(n), sample)
-        for start in range(0, len(rest), 262144):  # bounded neighbour lists
-            part = rest[start : start + 262144]
+        for start in range(0, len(rest), PLACE_BLOCK):  # bounded neighbour lists
+            part = rest[start : start + PLACE_BLOCK]
             out[part] = model(x[part], fitted=False,
                               on_progress=lambda done, _, s=start: progress("placing rows", s + done, len(rest)))
         return out, fit_limit
@@ -232,8 +242,8 @@ def place_by_neighbours(search, embedding: np.ndarray, block: np.ndarray,
     idx, dist = search(block, on_progress)
     sigmas, rhos = smooth_knn_dist(dist, float(search.k), local_connectivity=0.0)
     weights = np.exp(-np.maximum(dist - rhos[:, None], 0.0) / sigmas[:, None])
-    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
-    return np.einsum("nk,nkd->nd", weights, embedding[idx]).astype(np.float32)
+    weights = (weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return np.einsum("nk,nkd->nd", weights, embedding[idx])
 
 
 def fit_umap(x: np.ndarray, **params):
@@ -294,5 +304,5 @@ def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent, n_ne
             keep = min(settings["n_components"], limit)
             pca = PCA(n_components=keep, random_state=settings["seed"]).fit(z)
         components = pca.components_[:keep]
-        return lambda block, fitted=False: (((x if fitted else block) - mean) / std - pca.mean_) @ components.T
+        return lambda block, fitted=False, on_progress=None: (((x if fitted else block) - mean) / std - pca.mean_) @ components.T
     return None

@@ -148,3 +148,37 @@ def test_umap_on_the_raw_rows_stores_its_graph_for_the_stages_after_it(tmp_path,
     stored = knn.StoredGraphs(cache, result.encoder, "raw", rows.fingerprint).load("euclidean", 9)
     assert stored is not None and stored.k == knn.DEFAULT_K and stored.method == "exact"
     np.testing.assert_array_equal(stored.indices, knn.knn_graph(rows.read_embeddings(), knn.DEFAULT_K).indices)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_reranking_a_few_queries_at_a_time_gives_the_same_graph(monkeypatch, metric):
+    import imgclust.knn as knn
+
+    X = np.random.default_rng(3).normal(size=(3000, 160)).astype(np.float32)
+    whole = knn_graph(X, 8, metric, exact_work_limit=1e6)
+    monkeypatch.setattr(knn, "RERANK_BYTES", 1)  # one query at a time
+    chunked = knn_graph(X, 8, metric, exact_work_limit=1e6)
+    assert whole.method == chunked.method == "ivf"
+    np.testing.assert_array_equal(whole.indices, chunked.indices)
+    np.testing.assert_allclose(whole.distances, chunked.distances, rtol=1e-5, atol=1e-5)
+
+
+def test_pca_above_its_fit_size_fits_a_sample_and_projects_every_row(tmp_path, monkeypatch):
+    import importlib
+
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from imgclust.clusterers import create_clusterer
+
+    from .stage_fixtures import blob_cache
+
+    reduce_module = importlib.import_module("imgclust.reduce")
+    cache = blob_cache(tmp_path / "c.h5", n_per=150, centers=4, dim=16)
+    monkeypatch.setattr(reduce_module, "PCA_FIT_ROWS", 200)
+    monkeypatch.setattr(reduce_module, "PLACE_BLOCK", 64)  # several blocks
+    result = reduce_module.reduce(cache.path, method="pca", dims=4)
+    assert result.fitted_on == 200 and result.shape == (600, 4)
+    data = reduce_module.load_reduction(cache.path, result.encoder, result.key)
+    truth = cache.read_index(result.encoder).labels
+    labels = create_clusterer("kmeans", n_clusters=4).fit_predict(data)
+    assert adjusted_mutual_info_score(truth, labels) > 0.95
