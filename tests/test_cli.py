@@ -169,6 +169,8 @@ def test_methods_show_the_input_space_table():
     assert methods["affinity"]["space"]["default"] == "PCA 10-d"
     assert methods["temi"]["space"]["default"] == "raw embeddings"
     assert "PCA 10-d" in invoke("methods", "affinity").stdout
+    assert "micro_clusters" in methods["agglomerative"]["at_scale"] and methods["kmeans"]["at_scale"] is None
+    assert "at scale: the exact tree needs" in invoke("methods", "agglomerative").stdout
 
 
 def test_embed_features_option(image_folder, tmp_path):

@@ -18,6 +18,7 @@ def method_info(name: str) -> dict:
     cls = CLUSTERERS.get(name)
     return {"name": name, "summary": cls.summary, "paper": cls.paper, "n_clusters": cls.n_clusters_mode,
             "input": cls.input_space, "space": method_spaces(name), "needs_views": cls.needs_views,
+            "at_scale": cls.at_scale or None,
             "params": [{"name": p.name, "default": p.default, "type": p.type.__name__, "allowed": p.describe(), "doc": p.doc}
                        for p in cls.params]}
 
@@ -42,6 +43,8 @@ def methods_command(
         for p in info["params"]:
             table.add_row(p["name"], str(p["default"]), p["allowed"], p["doc"])
         stdout().print(table)
+        if info["at_scale"]:
+            stdout().print(f"at scale: {escape(info['at_scale'])}")
         return
     table = Table(title="imgclust clustering methods", title_justify="left")
     for column in ("method", "n_clusters", "input space", "from", "summary"):

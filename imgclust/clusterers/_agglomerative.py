@@ -189,6 +189,11 @@ class Agglomerative(Clusterer):
     >>> labels = create_clusterer("agglomerative", n_clusters=3).fit_predict(X)  # doctest: +SKIP
     """
 
+    at_scale = ("the exact tree needs about 8·N² bytes; above exact_rows (30,000) samples, or when it would not fit "
+                "in the memory available, the tree is built over micro_clusters (3,000) FAISS k-means parts weighted by "
+                "their sizes: ward continues exactly from that partition (merge costs from the parts' real sizes and "
+                "centroids), other linkages compare the parts' centres. The path taken is recorded with the run "
+                "(fit_path). Measured against the exact tree: BENCHMARKS.md, 'The default pipeline at scale'.")
     name = "agglomerative"
     summary = "Hierarchical clustering (ward by default); finds K itself via a distance threshold"
     paper = "ZS (Lowe et al.) §AC; ES (Scott et al.)"

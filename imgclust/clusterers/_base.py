@@ -187,6 +187,8 @@ class Clusterer:
     nested_k: ClassVar[bool] = False
     auto_k_fits: ClassVar[int] = 40
     auto_k_samples: ClassVar[int] = 5000
+    #: how the method runs at large N (shown by ``imgclust methods NAME``); empty when nothing changes with N
+    at_scale: ClassVar[str] = ""
 
     #: optional progress callback of trained methods: ``on_epoch(epoch, epochs, loss)`` after each epoch
     #: (epoch counts from 1 to epochs). Set it on the instance; None (default) keeps training quiet.
