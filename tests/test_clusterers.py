@@ -423,3 +423,27 @@ def test_dbscan_cosine_matches_sklearn_and_ignores_the_norm():
     default = create_clusterer("dbscan", metric="cosine").fit_predict(X)
     rescaled = create_clusterer("dbscan", metric="cosine").fit_predict(X * rng.uniform(0.1, 10.0, (120, 1)))
     np.testing.assert_array_equal(default, rescaled)
+
+
+def test_memory_available_reads_the_cgroup_limit_v1_and_v2(tmp_path):
+    from imgclust.clusterers._base import cgroup_headroom_bytes
+
+    proc = tmp_path / "cgroup"
+    v2 = tmp_path / "v2" / "box"
+    v2.mkdir(parents=True)
+    (v2 / "memory.max").write_text("4294967296\n")
+    (v2 / "memory.current").write_text("1073741824\n")
+    (v2 / "memory.stat").write_text("anon 1\ninactive_file 536870912\n")
+    proc.write_text("0::/box\n")
+    assert cgroup_headroom_bytes(str(tmp_path / "v2"), str(proc)) == 4 * 2**30 - 2**30 + 2**29
+    (v2 / "memory.max").write_text("max\n")
+    assert cgroup_headroom_bytes(str(tmp_path / "v2"), str(proc)) is None  # no limit
+    v1 = tmp_path / "v1" / "memory" / "job"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("2147483648\n")
+    (v1 / "memory.usage_in_bytes").write_text("2147483648\n")
+    proc.write_text("5:cpu:/\n4:memory:/job\n")
+    assert cgroup_headroom_bytes(str(tmp_path / "v1"), str(proc)) == 0
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
+    assert cgroup_headroom_bytes(str(tmp_path / "v1"), str(proc)) is None
+    assert cgroup_headroom_bytes(str(tmp_path / "v1"), str(tmp_path / "missing")) is None

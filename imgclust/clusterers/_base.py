@@ -117,15 +117,64 @@ def _coerce(value: Any, kind: type) -> Any:
 
 
 def available_memory_bytes() -> int:
-    """Memory the process may still use: MemAvailable on Linux, else physical memory."""
+    """Memory the process may still use: the smaller of MemAvailable (else physical memory) and what its
+    memory cgroup (v1 or v2, e.g. a container's limit) leaves."""
+    machine = None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    machine = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if machine is None:
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    headroom = cgroup_headroom_bytes()
+    return machine if headroom is None else min(machine, headroom)
+
+
+#: cgroup files per version: (limit, usage, reclaimable page cache key in memory.stat)
+_CGROUP_FILES = {"v2": ("memory.max", "memory.current", "inactive_file"),
+                 "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+
+
+def cgroup_headroom_bytes(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """Bytes this process's memory cgroup still allows (limit - usage + reclaimable page cache), or None
+    when there is no limit (or no cgroup file can be read)."""
+    try:
+        with open(proc_cgroup) as fh:
+            entries = [line.rstrip("\n").split(":", 2) for line in fh if line.count(":") >= 2]
+    except OSError:
+        return None
+    candidates = []
+    for _, controllers, path in entries:
+        if controllers == "":  # v2: one unified hierarchy
+            candidates += [("v2", os.path.join(root, path.lstrip("/"))), ("v2", root)]
+        elif "memory" in controllers.split(","):
+            candidates += [("v1", os.path.join(root, "memory", path.lstrip("/"))), ("v1", os.path.join(root, "memory"))]
+    for version, folder in candidates:
+        limit_file, usage_file, cache_key = _CGROUP_FILES[version]
+        try:
+            with open(os.path.join(folder, limit_file)) as fh:
+                limit_text = fh.read().strip()
+            with open(os.path.join(folder, usage_file)) as fh:
+                usage = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or int(limit_text) >= 2**60:  # no limit here (v1 writes a huge number)
+            return None
+        reclaimable = 0
+        try:
+            with open(os.path.join(folder, "memory.stat")) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == cache_key:
+                        reclaimable = int(value)
+        except (OSError, ValueError):
+            pass
+        return max(0, int(limit_text) - usage + reclaimable)
+    return None
 
 
 def check_pairwise_memory(n_samples: int, method: str, alternative: str, bytes_per_pair: int = 8, copies: int = 3) -> None:
