@@ -28,7 +28,7 @@ from .clusterers._base import available_memory_bytes
 from .errors import UsageError
 from .joint import part_dims, resolve_table
 from .knn import KNN_STAGE, Neighbours, StoredGraphs
-from .reduce import DEFAULT_DIMS, reduce
+from .reduce import CLUSTERING_STAGE, DEFAULT_DIMS, reduce
 from .spaces import default_space
 
 DEFAULT_METHOD = "agglomerative"
@@ -202,7 +202,11 @@ def cluster(
     if labels is None:
         clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
         clusterer.on_epoch = on_epoch
+        if progress:  # a bar with the elapsed time while the method runs (trained methods also report epochs)
+            progress(CLUSTERING_STAGE, 0, 1)
         labels = clusterer.fit_predict(X, views, neighbours)
+        if progress:
+            progress(CLUSTERING_STAGE, 1, 1)
     elif clusterer is None:  # a tree cut: the clusterer only records the parameters
         clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
     seconds = round(time.perf_counter() - started, 3)

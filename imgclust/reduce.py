@@ -177,7 +177,10 @@ PRECOMPUTED_KNN_ROWS = 4096
 PCA_FIT_ROWS = 200000
 #: Rows placed (UMAP) or projected (PCA) at once beyond the fitted sample: bounds their neighbour lists.
 PLACE_BLOCK = 65536
-PROGRESS_UNITS = {"UMAP neighbours": "rows", "fitting UMAP": "fits", "placing rows": "rows", KNN_STAGE: "rows"}
+#: The progress stage of the clustering method itself (0 then 1: the bar shows the time it takes).
+CLUSTERING_STAGE = "clustering"
+PROGRESS_UNITS = {"UMAP neighbours": "rows", "fitting UMAP": "fits", "placing rows": "rows", KNN_STAGE: "rows",
+                  CLUSTERING_STAGE: "steps"}
 
 
 def _silent(stage: str, done: int, total: int) -> None:

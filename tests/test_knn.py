@@ -182,3 +182,20 @@ def test_pca_above_its_fit_size_fits_a_sample_and_projects_every_row(tmp_path, m
     truth = cache.read_index(result.encoder).labels
     labels = create_clusterer("kmeans", n_clusters=4).fit_predict(data)
     assert adjusted_mutual_info_score(truth, labels) > 0.95
+
+
+def test_cluster_reports_each_long_stage_on_its_progress_callback(tmp_path, monkeypatch):
+    import importlib
+
+    from imgclust.cluster import cluster
+
+    from .stage_fixtures import blob_cache
+
+    monkeypatch.setattr(importlib.import_module("imgclust.reduce"), "PRECOMPUTED_KNN_ROWS", 50)
+    cache = blob_cache(tmp_path / "c.h5", n_per=40, centers=3, dim=8)
+    seen = []
+    cluster(cache.path, n_clusters=3, dims=3, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    stages = [stage for stage, _, _ in seen]
+    assert stages.index("UMAP neighbours") < stages.index("fitting UMAP") < stages.index("clustering")
+    assert [s for s in seen if s[0] == "clustering"] == [("clustering", 0, 1), ("clustering", 1, 1)]
+    assert seen[stages.index("UMAP neighbours")][2] == 120  # rows searched
