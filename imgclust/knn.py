@@ -176,6 +176,7 @@ class _Approximate:
         self.index.train(train)
         for start in range(0, n, 65536):  # projected a block at a time: no second full copy
             self.index.add(self._project(base[start : start + 65536]))
+        self.base_sq = None if metric == "cosine" else np.einsum("nd,nd->n", base, base)
 
     def _project(self, rows: np.ndarray) -> np.ndarray:
         return rows if self.pca is None else self.pca.apply(rows)
@@ -191,12 +192,14 @@ class _Approximate:
         step = max(1, RERANK_BYTES // (kc * self.base.shape[1] * 4))
         for start in range(0, len(queries), step):
             part = slice(start, start + step)
-            gathered = self.base[np.maximum(cand[part], 0)]  # (q, kc, d)
+            rows = np.maximum(cand[part], 0)
+            # inner products as one batched matrix product (BLAS), not an elementwise pass
+            dots = np.matmul(self.base[rows], queries[part, :, None])[:, :, 0]  # (q, kc)
             if self.metric == "cosine":
-                raw[part] = np.einsum("qkd,qd->qk", gathered, queries[part])
-            else:
-                diff = gathered - queries[part, None, :]
-                raw[part] = np.einsum("qkd,qkd->qk", diff, diff)
+                raw[part] = dots
+            else:  # |a - b|² = |a|² + |b|² - 2 a·b
+                q_sq = np.einsum("qd,qd->q", queries[part], queries[part])
+                raw[part] = np.maximum(self.base_sq[rows] + q_sq[:, None] - 2.0 * dots, 0.0)
         found = cand >= 0
         if self.metric == "cosine":
             raw[~found] = -np.inf
