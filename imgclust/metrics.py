@@ -61,6 +61,8 @@ NOISE = -1
 _CHUNK_ENTRIES = 2**23
 # Each cluster gets at least this many reference points on the sampled silhouette path.
 _MIN_PER_CLUSTER = 10
+# Up to this many clusters, sums by cluster are a matrix product with a dense one-hot (BLAS, every core).
+_DENSE_ONEHOT_K = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,7 +499,11 @@ def _sampled_silhouette(
     R = X[ref]
     sq = np.einsum("ij,ij->i", X, X)
     ref_sq = sq[ref]
-    ref_ET = _onehot(ref_codes, k).T.tocsr()  # K x n_ref
+    ref_E = _onehot_for_sums(ref_codes, k)  # n_ref x K
+    # the references' exact sums (their distances to every row, by cluster) come from the same distances as
+    # the estimates, in the same pass, when they fit in one block; else from a pass per block of references
+    single_pass = ref.shape[0] * k <= _CHUNK_ENTRIES
+    exact_sums = np.zeros((ref.shape[0], k)) if single_pass else None
     est = np.empty(n)
     step = _auto_chunk(max(ref.shape[0], k), chunk_size)
     for start in range(0, n, step):  # every row's estimate from its distances to the references
@@ -507,13 +513,18 @@ def _sampled_silhouette(
         in_ref = pos_in_ref[start:stop]
         hit = in_ref >= 0
         D[rows[hit], in_ref[hit]] = 0.0
-        sums = np.asarray(ref_ET @ np.ascontiguousarray(D.T)).T  # (chunk, K)
+        sums = np.asarray(D @ ref_E)  # (chunk, K): distance sums to each cluster's references
         own = codes[start:stop]
         a_sum = sums[rows, own].copy()
         sums[rows, own] = np.inf
         b = (sums / m).min(axis=1)
         # a point outside the sample is not one of its own references; the references' values follow
         est[start:stop] = _a_b_to_s(a_sum, m[own].astype(np.float64), b)
+        if single_pass:
+            _add_by_cluster(exact_sums, D, codes[start:stop], k)
+    if single_pass:
+        _reference_values(est, ref, ref_codes, counts, 0, exact_sums)
+        return est, sampled, m
     ref_block = max(1, min(ref.shape[0], _CHUNK_ENTRIES // k))
     for r0 in range(0, ref.shape[0], ref_block):  # the references' exact values, a block of them at a time
         r1 = min(r0 + ref_block, ref.shape[0])
@@ -525,14 +536,34 @@ def _sampled_silhouette(
             in_ref = pos_in_ref[start:stop]
             mine = (in_ref >= r0) & (in_ref < r1)
             D[np.flatnonzero(mine), in_ref[mine] - r0] = 0.0
-            exact_sums += np.asarray(_onehot(codes[start:stop], k).T.tocsr() @ D).T
-        own = ref_codes[r0:r1]
-        r_rows = np.arange(r1 - r0)
-        a_sum = exact_sums[r_rows, own].copy()
-        exact_sums[r_rows, own] = np.inf
-        b = (exact_sums / counts).min(axis=1)
-        est[ref[r0:r1]] = _a_b_to_s(a_sum, counts[own] - 1.0, b)
+            _add_by_cluster(exact_sums, D, codes[start:stop], k)
+        _reference_values(est, ref, ref_codes, counts, r0, exact_sums)
     return est, sampled, m
+
+
+def _onehot_for_sums(codes: np.ndarray, k: int):
+    """The one-hot of ``codes`` that sums distances by cluster: dense for few clusters (a BLAS product on
+    every core), sparse for many (its dense form would be larger than the distances)."""
+    if k <= _DENSE_ONEHOT_K:
+        return (codes[:, None] == np.arange(k)[None, :]).astype(np.float64)
+    return _onehot(codes, k).tocsc()
+
+
+def _add_by_cluster(target: np.ndarray, D: np.ndarray, row_codes: np.ndarray, k: int) -> None:
+    """``target[j, c] += Σ D[i, j]`` over the rows ``i`` of cluster ``c`` (``row_codes``)."""
+    target += np.asarray((_onehot_for_sums(row_codes, k).T @ D).T)
+
+
+def _reference_values(est: np.ndarray, ref: np.ndarray, ref_codes: np.ndarray, counts: np.ndarray, r0: int,
+                      exact_sums: np.ndarray) -> None:
+    """The exact silhouettes of references ``r0 ..`` from their distance sums by cluster (changes the sums)."""
+    r1 = r0 + exact_sums.shape[0]
+    own = ref_codes[r0:r1]
+    r_rows = np.arange(r1 - r0)
+    a_sum = exact_sums[r_rows, own].copy()
+    exact_sums[r_rows, own] = np.inf
+    b = (exact_sums / counts).min(axis=1)
+    est[ref[r0:r1]] = _a_b_to_s(a_sum, counts[own] - 1.0, b)
 
 
 def hoeffding_bound(cluster_sizes: Any, sample_sizes: Any, confidence: float = 0.95) -> float:
