@@ -295,10 +295,17 @@ def onnx_bytes(network, size: int, batch_size: int) -> bytes:
     buffer = io.BytesIO()
     example = torch.zeros((batch_size, size, size, 3), dtype=torch.uint8)
     # The TorchScript exporter: the dynamo one needs onnxscript and more time; torch is capped at a release that has both.
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(network, (example,), buffer, input_names=["images"], output_names=["embeddings"],
-                          dynamo=False, opset_version=17)
+    # nn.MultiheadAttention's fused inference path (open_clip's ViTs) is one op ONNX has no export for: the
+    # export traces the unfused path (the same arithmetic), then the fast path is restored.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(network, (example,), buffer, input_names=["images"], output_names=["embeddings"],
+                              dynamo=False, opset_version=17)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return buffer.getvalue()
 
 

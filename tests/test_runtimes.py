@@ -298,3 +298,19 @@ def test_a_ctrl_c_while_a_runtime_is_imported_stops_after_the_import(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.stdout.strip() == "interrupted after the import: True", done.stderr
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_open_clip_vits_export_to_the_cpu_runtimes_and_give_the_same_embeddings(name, images, tmp_path, monkeypatch):
+    """open_clip's attention takes PyTorch's fused inference path, which ONNX cannot export (the default
+    encoder clip-vitb16 failed on CPUs); the export traces the unfused path, the same arithmetic."""
+    import torch
+
+    monkeypatch.setenv("IMGCLUST_MODEL_CACHE", str(tmp_path))
+    clip = "open_clip:ViT-S-32:none"
+    small = np.ascontiguousarray(np.tile(images[:4], (1, 2, 2, 1))[:, :224, :224])  # ViT-S-32 takes 224 px
+    eager = create_encoder(clip, weights="random", device="cpu", runtime="torch", batch_size=4).encode(small)
+    converted = create_encoder(clip, weights="random", device="cpu", runtime=name, batch_size=4).encode(small)
+    cosine = (eager * converted).sum(1) / np.linalg.norm(eager, axis=1) / np.linalg.norm(converted, axis=1)
+    assert cosine.min() > 0.999
+    assert torch.backends.mha.get_fastpath_enabled()  # restored for everything else
