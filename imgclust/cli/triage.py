@@ -1,4 +1,4 @@
-"""``imgclust duplicates`` and ``imgclust outliers``: dataset triage on the cached embeddings."""
+"""``imgclust duplicates``, ``outliers`` and ``names``: dataset triage on the cached embeddings."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..names import cluster_names
 from ..duplicates import DEFAULT_K as DUPLICATE_K, find_duplicates, write_duplicates
 from ..outliers import DEFAULT_K as OUTLIER_K, MARK_SCORE, find_outliers
 from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bar, progress_bars, stdout
 from .reduce import CacheArgument, CacheEncoderOption
+from .score import RunOption
 
 ListOption = "One path per line (for xargs); - prints it on stdout instead of the summary."
 
@@ -99,4 +101,43 @@ def outliers_command(
         table.add_column(column, justify=justify, overflow="fold")
     for rank, row in enumerate(report.top(top), start=1):
         table.add_row(str(rank), f"{report.scores[row]:.3f}", str(report.paths[row]))
+    stdout().print(table)
+
+
+VocabularyOption = Annotated[Optional[Path], typer.Option("--vocabulary", help="Words to name clusters with, one per line (default: the built-in 10,951 nouns).")]
+
+
+@app.command("names")
+def names_command(
+    cache: CacheArgument,
+    run: RunOption = None,
+    vocabulary: VocabularyOption = None,
+    top: Annotated[int, typer.Option("--top", "-n", min=1, help="Names per cluster.")] = 3,
+    encoder: CacheEncoderOption = None,
+    json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
+) -> None:
+    """Name each cluster of a run with a CLIP encoder: the words whose prompt "a photo of a {word}" is nearest the
+    cluster's mean image embedding, with the cosine similarity. Other encoders: skipped with a note.
+
+    \b
+    Examples:
+      imgclust names photos.h5
+      imgclust names photos.h5 --vocabulary my-words.txt --top 5 --json
+    """
+    with progress_bar("text embeddings", unit="words") as update:
+        names, why = cluster_names(cache, run, encoder, vocabulary=vocabulary, top=top, progress=update)
+    if names is None:
+        note(f"[yellow]no cluster names:[/yellow] {escape(why)}")
+        if json_:
+            emit_json({"names": None, "skipped": why})
+        return
+    if json_:
+        emit_json(names.to_dict())
+        return
+    table = Table(title=f"cluster names ({names.encoder}, {names.vocabulary} vocabulary of {names.vocabulary_size})",
+                  title_justify="left")
+    table.add_column("cluster", justify="right")
+    table.add_column("names (cosine similarity)")
+    for cluster in sorted(names.names):
+        table.add_row(str(cluster), names.label(cluster))
     stdout().print(table)
