@@ -574,3 +574,53 @@ def test_selection_curve_marks_the_pick_and_says_the_doubt(run, tmp_path):
     assert "<polyline" in figure and "no clear number of clusters" in figure and "K = 3" in figure
     # without a selection (K given), no curve
     assert 'class="kcurve' not in write_html(tmp_path / "s", recs, sums, scores, "t").read_text("utf-8")
+
+
+# --------------------------------------------------------------------------------------------------
+# a large run: 100,000 rows over the real files of imagenette-mini, repeated
+
+
+def _large_run(n_rows: int, n_clusters: int):
+    import numpy as np
+
+    from imgclust.export._records import RunTable
+
+    files = sorted(str(p) for p in _data_dir("imagenette-mini").rglob("*.JPEG"))
+    rng = np.random.default_rng(0)
+    clusters = rng.integers(0, n_clusters, n_rows)
+    table = RunTable(np.array(files, dtype=object)[np.arange(n_rows) % len(files)], clusters,
+                     rng.uniform(-0.3, 0.9, n_rows), rng.gamma(2.0, 1.0, n_rows),
+                     np.array([f"class-{c % 7}" for c in clusters], dtype=object))
+    sizes = np.bincount(clusters, minlength=n_clusters)
+    sums = [ClusterSummary(k, int(sizes[k]), 0.3, files[k % len(files)], None) for k in range(n_clusters)]
+    return table, sums, len(files)
+
+
+@pytest.mark.slow
+def test_a_100k_row_page_is_bounded_and_renders(tmp_path):
+    table, sums, n_files = _large_run(100_000, 20)
+    out = tmp_path / "r"
+    index = write_html(out, table, sums, {"n_samples": 100_000, "n_clusters": 20}, "100k rows")
+    text = index.read_text("utf-8")
+    page = Page(text)
+    assert len(page.sections) == 20 and all(len(s["tiles"]) == 24 for s in page.sections)
+    hidden = [int(n) for n in re.findall(r'data-hidden="(\d+)"', text)]
+    assert sum(hidden) == 100_000 - 20 * 24 and "100,000 images" in text
+    assert len(list((out / "thumbs").iterdir())) <= min(n_files, 20 * 24)  # only the shown images
+    assert len(text) < 1_000_000
+    if not any(shutil.which(name) for name in _CHROMIUM_NAMES):
+        return
+    result, _ = _render(index, tmp_path / "profile")
+    assert [s[2] for s in result["sections"]] == [24] * 20 and result["n"] == 480
+    assert all(nw > 0 for _, nw, *_ in result["images"])
+
+
+@pytest.mark.slow
+def test_ten_thousand_clusters_keep_the_page_bounded(tmp_path):
+    table, sums, _ = _large_run(100_000, 10_000)
+    text = write_html(tmp_path / "r", table, sums, {}, "10,000 clusters").read_text("utf-8")
+    page = Page(text)
+    assert len([s for s in page.sections if "cluster" in s["classes"]]) == 100
+    assert sum(len(s["tiles"]) for s in page.sections) <= 100 * 24
+    assert "9,900 more clusters" in text and text.count("<tr data-cluster=") == 9_900
+    assert len(text) < 3_000_000

@@ -24,7 +24,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Iterator
 
 import numpy as np
 
@@ -142,10 +142,10 @@ def export(
     X = run_space(report.cache, report.run)
     table, clusters = run_table(report, X)
     if out == "-":
-        _STREAMS[format](sys.stdout, report, table, clusters)
+        _STREAMS[format](sys.stdout, report, table, clusters, on_progress)
         sys.stdout.flush()
         return ExportResult(format, ["-"])
-    folder = Path(out) if out is not None else Path(f"{Path(report.cache).stem}-{report.run.run_id}")
+    folder = Path(out) if out is not None else default_folder(report)
     writers = {"csv": _write_csv, "json": _write_json, "jsonl": _write_jsonl, "parquet": _write_parquet,
                "folders": _write_folders, "html": _write_html, "plot": _write_plot}
     try:
@@ -155,6 +155,11 @@ def export(
     paths = writers[format](Manifest(folder), report, table, clusters, X, force=force, link=link,
                             on_progress=on_progress, per_cluster=html_per_cluster)
     return ExportResult(format, [str(p) for p in paths])
+
+
+def default_folder(report: RunReport) -> Path:
+    """Where an export without ``out`` writes: ``<cache name>-<run id>`` in the working folder."""
+    return Path(f"{Path(report.cache).stem}-{report.run.run_id}")
 
 
 def check_destination(folder: str | os.PathLike, formats, force: bool = False) -> None:
@@ -198,10 +203,18 @@ def _cell(value):
     return json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value  # csv writes None as ""
 
 
-def _stream_csv(fh: IO[str], report, table: RunTable, clusters) -> None:
+def _blocks(table: RunTable, on_progress) -> Iterator[tuple[int, int]]:
+    """The table's blocks of :data:`BLOCK_ROWS` rows, reporting each one written."""
+    for start, stop in table.blocks(BLOCK_ROWS):
+        yield start, stop
+        if on_progress is not None:
+            on_progress(stop, len(table))
+
+
+def _stream_csv(fh: IO[str], report, table: RunTable, clusters, on_progress=None) -> None:
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(IMAGE_FIELDS)
-    for start, stop in table.blocks(BLOCK_ROWS):
+    for start, stop in _blocks(table, on_progress):
         writer.writerows(table.rows(start, stop))
 
 
@@ -212,13 +225,13 @@ def _stream_cluster_csv(fh: IO[str], clusters: list[ClusterSummary]) -> None:
     writer.writerows([_cell(v) for v in d.values()] for d in dicts)
 
 
-def _stream_jsonl(fh: IO[str], report, table: RunTable, clusters) -> None:
+def _stream_jsonl(fh: IO[str], report, table: RunTable, clusters, on_progress=None) -> None:
     dumps = json.JSONEncoder(ensure_ascii=False).encode
-    for start, stop in table.blocks(BLOCK_ROWS):
+    for start, stop in _blocks(table, on_progress):
         fh.writelines(dumps(dict(zip(IMAGE_FIELDS, row))) + "\n" for row in table.rows(start, stop))
 
 
-def _stream_json(fh: IO[str], report, table: RunTable, clusters) -> None:
+def _stream_json(fh: IO[str], report, table: RunTable, clusters, on_progress=None) -> None:
     """One JSON document (``indent=2``): the run, its scores and clusters, then ``images`` written an
     image at a time -- the same text ``json.dumps(doc, indent=2)`` gives, never built in memory."""
     head = json.dumps(json_safe({**report.to_dict(), "clusters": [c.to_dict() for c in clusters], "images": []}),
@@ -231,7 +244,7 @@ def _stream_json(fh: IO[str], report, table: RunTable, clusters) -> None:
     fh.write("[")
     encode = json.JSONEncoder(ensure_ascii=False, indent=2).encode
     first = True
-    for start, stop in table.blocks(BLOCK_ROWS):
+    for start, stop in _blocks(table, on_progress):
         for row in table.rows(start, stop):
             fh.write(("\n    " if first else ",\n    ") + encode(dict(zip(IMAGE_FIELDS, row))).replace("\n", "\n    "))
             first = False
@@ -241,25 +254,25 @@ def _stream_json(fh: IO[str], report, table: RunTable, clusters) -> None:
 _STREAMS = {"csv": _stream_csv, "json": _stream_json, "jsonl": _stream_jsonl}
 
 
-def _write_csv(manifest, report, table, clusters, X, force, **_):
+def _write_csv(manifest, report, table, clusters, X, force, on_progress=None, **_):
     targets = _claim(manifest, "csv", force)
-    return [_atomic(targets[0], lambda fh: _stream_csv(fh, report, table, clusters)),
+    return [_atomic(targets[0], lambda fh: _stream_csv(fh, report, table, clusters, on_progress)),
             _atomic(targets[1], lambda fh: _stream_cluster_csv(fh, clusters))]
 
 
-def _write_json(manifest, report, table, clusters, X, force, **_):
+def _write_json(manifest, report, table, clusters, X, force, on_progress=None, **_):
     [target] = _claim(manifest, "json", force)
-    return [_atomic(target, lambda fh: _stream_json(fh, report, table, clusters))]
+    return [_atomic(target, lambda fh: _stream_json(fh, report, table, clusters, on_progress))]
 
 
-def _write_jsonl(manifest, report, table, clusters, X, force, **_):
+def _write_jsonl(manifest, report, table, clusters, X, force, on_progress=None, **_):
     targets = _claim(manifest, "jsonl", force)
     dumps = json.JSONEncoder(ensure_ascii=False).encode
-    return [_atomic(targets[0], lambda fh: _stream_jsonl(fh, report, table, clusters)),
+    return [_atomic(targets[0], lambda fh: _stream_jsonl(fh, report, table, clusters, on_progress)),
             _atomic(targets[1], lambda fh: fh.writelines(dumps(c.to_dict()) + "\n" for c in clusters))]
 
 
-def _write_parquet(manifest, report, table, clusters, X, force, **_):
+def _write_parquet(manifest, report, table, clusters, X, force, on_progress=None, **_):
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -271,7 +284,7 @@ def _write_parquet(manifest, report, table, clusters, X, force, **_):
     assert tuple(schema.names) == IMAGE_FIELDS
 
     def blocks():
-        for start, stop in table.blocks(BLOCK_ROWS):
+        for start, stop in _blocks(table, on_progress):
             sil = table.silhouettes[start:stop]
             labels = (None if table.labels is None
                       else pa.array([str(v) if v else None for v in table.labels[start:stop]], pa.string()))
@@ -359,7 +372,7 @@ def _write_plot(manifest, report, table, clusters, X, force, **_):
     from ._plot import write_plots
 
     _claim(manifest, "plot", force)
-    sample = plot_sample(len(table))
+    sample = plot_sample(len(table), PLOT_MAX_POINTS)
     title = f"{report.run.method} {report.run.run_id} ({report.run.encoder})"
     sizes = {c.cluster: c.size for c in clusters}
     return write_plots(manifest.folder, embed_2d(np.asarray(X[sample]), seed=0), table.clusters[sample],
