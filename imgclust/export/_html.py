@@ -238,8 +238,9 @@ def _size(members: np.ndarray, summary: ClusterSummary | None) -> int:
 def _pick(table: RunTable, members: np.ndarray, n: int | None, seed: int) -> list[tuple[int, str]]:
     """The rows a cluster shows, each with why: ``centre`` (nearest its centre), ``sample`` (at
     random) or ``edge`` (lowest silhouette; farthest from the centre where it is undefined)."""
-    by_distance = lambda rows: sorted(rows.tolist(), key=lambda i: (_finite_or(table.distances[i], math.inf),  # noqa: E731
-                                                                    str(table.paths[i])))
+    def by_distance(rows: np.ndarray) -> list[int]:
+        return sorted(rows.tolist(), key=lambda i: (_finite_or(table.distances[i], math.inf), str(table.paths[i])))
+
     if n is None or len(members) <= n:
         return [(i, "centre") for i in by_distance(members)]
     n_centre, n_edge = math.ceil(n / 2), n // 4
