@@ -23,7 +23,7 @@ def run_cache(tmp_path):
 def test_csv_has_one_row_per_image_and_a_cluster_summary(run_cache, tmp_path):
     result = export(run_cache.path, format="csv", out=tmp_path / "out")
     rows = list(csv.DictReader(open(result.paths[0])))
-    assert len(rows) == 32 and set(rows[0]) == {"path", "cluster", "silhouette", "distance", "label"}
+    assert len(rows) == 32 and set(rows[0]) == {"path", "cluster", "silhouette", "distance", "label", "outlier_score"}
     assert all(float(r["silhouette"]) > 0.5 for r in rows)
     clusters = list(csv.DictReader(open(result.paths[1])))
     assert sorted(int(c["size"]) for c in clusters) == [8, 8, 8, 8]
@@ -102,8 +102,8 @@ def test_row_formats_agree_with_each_other(run_cache, tmp_path, capsys):
     table = pq.read_table(out / "assignments.parquet").to_pylist()
     assert len(rows) == len(lines) == len(doc["images"]) == len(table) == 32
     assert lines == doc["images"] == table
-    assert [(r["path"], int(r["cluster"]), float(r["silhouette"]), float(r["distance"]), r["label"]) for r in rows] == [
-        tuple(line.values()) for line in lines]
+    assert [(r["path"], int(r["cluster"]), float(r["silhouette"]), float(r["distance"]), r["label"],
+             float(r["outlier_score"])) for r in rows] == [tuple(line.values()) for line in lines]
     assert [json.loads(line) for line in open(out / "clusters.jsonl")] == doc["clusters"]
     export(run_cache.path, format="jsonl", out="-")
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == lines
@@ -139,11 +139,11 @@ def test_parquet_schema_is_fixed_without_labels_or_silhouettes(tmp_path):
     from imgclust.export._records import RunTable
 
     table = RunTable(np.array(["a.jpg", "b.jpg"], dtype=object), [0, -1], [np.nan, np.nan], [0.5, 1.5])
-    assert list(table.rows()) == [("a.jpg", 0, None, 0.5, None), ("b.jpg", -1, None, 1.5, None)]
+    assert list(table.rows()) == [("a.jpg", 0, None, 0.5, None, None), ("b.jpg", -1, None, 1.5, None, None)]
     cache = blob_cache(tmp_path / "one.h5", n_per=6, centers=1)
     cluster(cache.path, n_clusters=1, reduction="none")  # one cluster: every silhouette undefined
     written = pq.read_table(export(cache.path, format="parquet", out=tmp_path / "out").paths[0])
-    assert [str(t) for t in written.schema.types] == ["string", "int64", "double", "double", "string"]
+    assert [str(t) for t in written.schema.types] == ["string", "int64", "double", "double", "string", "double"]
     assert written.column("silhouette").null_count == 6
 
 
@@ -167,3 +167,18 @@ def test_plot_draws_a_sample_above_its_limit(run_cache, tmp_path, monkeypatch):
     assert drawn == [20]
     assert list(ex.plot_sample(32, 20)) == list(ex.plot_sample(32, 20)) and len(set(ex.plot_sample(32, 20))) == 20
     assert list(ex.plot_sample(10, 20)) == list(range(10))
+
+
+def test_exports_carry_each_images_outlier_score(run_cache, tmp_path):
+    """The column is imgclust.outliers' score of each row, in every row format."""
+    import pyarrow.parquet as pq
+
+    from imgclust.outliers import find_outliers
+
+    expected = find_outliers(run_cache.path).scores
+    export(run_cache.path, format="csv", out=tmp_path / "csv")
+    export(run_cache.path, format="parquet", out=tmp_path / "pq")
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "assignments.csv")))
+    np.testing.assert_allclose([float(r["outlier_score"]) for r in rows], expected)
+    np.testing.assert_allclose(pq.read_table(tmp_path / "pq" / "assignments.parquet")["outlier_score"].to_numpy(), expected)
+    assert np.median(expected) == pytest.approx(1.0)

@@ -1,7 +1,7 @@
 """``export``: a stored run as files people use.
 
 Formats: ``csv``, ``json``, ``jsonl``, ``parquet`` (one row per image: path, cluster, silhouette,
-distance to the cluster centre, label; plus a per-cluster summary), ``folders`` (one folder per
+distance to the cluster centre, label, outlier score (:mod:`imgclust.outliers`); plus a per-cluster summary), ``folders`` (one folder per
 cluster of symlinks, hard links or copies -- originals are never moved or changed), ``html`` (an
 offline gallery showing a bounded number of images per cluster) and ``plot`` (2-D UMAP scatter and
 silhouette plot of a sample, PNG). ``embeddings`` writes the cache's rows themselves (no run needed)
@@ -84,7 +84,7 @@ def run_table(report: RunReport, X: np.ndarray) -> tuple[RunTable, list[ClusterS
     silhouettes = report.scores.silhouette_samples
     silhouettes = np.full(len(labels), np.nan) if silhouettes is None else np.asarray(silhouettes, np.float64)
     truth = report.labels_true
-    table = RunTable(report.paths, labels, silhouettes, distances, truth)
+    table = RunTable(report.paths, labels, silhouettes, distances, truth, outlier_column(report))
     order = np.argsort(inverse, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     clusters = []
@@ -96,6 +96,13 @@ def run_table(report: RunReport, X: np.ndarray) -> tuple[RunTable, list[ClusterS
         clusters.append(ClusterSummary(int(cluster), int(len(members)), mean_sil,
                                        str(report.paths[members[np.argmin(distances[members])]]), counts))
     return table, clusters
+
+
+def outlier_column(report: RunReport) -> np.ndarray:
+    """Every image's outlier score (:mod:`imgclust.outliers`, on the run encoder's raw embeddings), in row order."""
+    from ..outliers import find_outliers
+
+    return find_outliers(report.cache, report.run.encoder).scores
 
 
 def export(
@@ -280,7 +287,7 @@ def _write_parquet(manifest, report, table, clusters, X, force, on_progress=None
         raise ImgclustError("parquet export needs pyarrow", hint='pip install "imgclust[parquet]"') from None
     targets = _claim(manifest, "parquet", force)
     schema = pa.schema([("path", pa.string()), ("cluster", pa.int64()), ("silhouette", pa.float64()),
-                        ("distance", pa.float64()), ("label", pa.string())])
+                        ("distance", pa.float64()), ("label", pa.string()), ("outlier_score", pa.float64())])
     assert tuple(schema.names) == IMAGE_FIELDS
 
     def blocks():
@@ -294,6 +301,8 @@ def _write_parquet(manifest, report, table, clusters, X, force, on_progress=None
                 pa.array(sil, mask=~np.isfinite(sil)),
                 pa.array(table.distances[start:stop]),
                 labels if labels is not None else pa.nulls(stop - start, pa.string()),
+                (pa.array(table.outlier_scores[start:stop]) if table.outlier_scores is not None
+                 else pa.nulls(stop - start, pa.float64())),
             ], schema=schema)
 
     _atomic_parquet(targets[0], schema, blocks())
