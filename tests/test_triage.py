@@ -243,3 +243,29 @@ def test_outliers_subprocess_exit_code_on_a_missing_cache(tmp_path, env_python):
     proc = subprocess.run([env_python, "-m", "imgclust", "outliers", str(tmp_path / "none.h5")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "error" in proc.stderr
+
+
+def test_export_paths_filters_for_the_shell(tmp_path, env_python):
+    from imgclust.cluster import cluster
+
+    cache, p = triage_cache(tmp_path)
+    cluster(cache, method="kmeans", n_clusters=2, reduction="none")
+    from imgclust.cluster import load_run
+
+    labels = load_run(cache).labels
+    paths = [str(x) for x in Cache(cache).read_index("hand").paths]
+    everything = runner.invoke(app, ["export", str(cache), "--format", "paths"])
+    assert everything.exit_code == 0 and everything.stdout.splitlines() == paths
+    one = runner.invoke(app, ["export", str(cache), "--format", "paths", "--cluster", str(labels[0])])
+    assert one.stdout.splitlines() == [x for x, label in zip(paths, labels) if label == labels[0]]
+    marked = find_outliers(cache).marked
+    outliers = runner.invoke(app, ["export", str(cache), "--format", "paths", "--outliers"])
+    assert outliers.stdout.splitlines() == [paths[i] for i in marked]
+    proc = subprocess.run([env_python, "-m", "imgclust", "export", str(cache), "--format", "paths", "--duplicates", "-q"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0
+    with pytest.warns(UserWarning, match="no near-duplicate threshold"):
+        drops = find_duplicates(cache).drop_paths
+    assert drops and sorted(proc.stdout.splitlines()) == sorted(drops)
+    refused = runner.invoke(app, ["export", str(cache), "--format", "csv", "--outliers"])
+    assert refused.exit_code == 2 and "--format paths" in refused.output

@@ -27,7 +27,8 @@ def parse_formats(value: str) -> list[str]:
         raise UsageError(f"unknown export format '{unknown[0] if unknown else value}'",
                          hint=f"choose from {', '.join(FORMATS + ROW_FORMATS)}, or several comma-separated")
     if len(formats) > 1 and any(f in ROW_FORMATS for f in formats):
-        raise UsageError("--format embeddings writes one file and goes alone", hint="run it as its own export")
+        raise UsageError(f"--format {next(f for f in formats if f in ROW_FORMATS)} goes alone",
+                         hint="run it as its own export")
     return formats
 
 
@@ -41,6 +42,9 @@ def export_command(
     labels: Annotated[Optional[str], typer.Option("--labels", help="path,label CSV (default: labels stored by embed).")] = None,
     link: Annotated[str, typer.Option("--link", help="folders: symlink (default), hardlink or copy. Originals are never moved.")] = "symlink",
     html_per_cluster: HtmlPerClusterOption = None,
+    cluster: Annotated[Optional[list[int]], typer.Option("--cluster", "-c", help="paths: only this cluster's images (repeatable; -1 is noise).")] = None,
+    outliers: Annotated[bool, typer.Option("--outliers", help="paths: only images with an outlier score >= 1.5, most isolated first.")] = False,
+    duplicates: Annotated[bool, typer.Option("--duplicates", help="paths: only images a duplicate group would drop (keepers stay out).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files from an earlier export.")] = False,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
@@ -55,6 +59,8 @@ def export_command(
       imgclust export photos.h5 --format jsonl --out - | head
       imgclust export photos.h5 --format folders --link copy --out by-cluster/
       imgclust export photos.h5 --format html --html-per-cluster 48 --out gallery/
+      imgclust export photos.h5 --format paths --cluster 3 | xargs -d '\\n' cp -t cluster-3/
+      imgclust export photos.h5 --format paths --outliers
     """
     formats = parse_formats(format)
     if len(formats) > 1 and out == "-":
@@ -73,9 +79,10 @@ def export_command(
         for fmt in formats:
             progress = (lambda done, total, stage=f"export {fmt}": update(stage, done, total)) if update else None
             result = run_export(cache, run, fmt, out, encoder=encoder, labels=labels, link=link, force=force,
-                                report=report, html_per_cluster=per_cluster, on_progress=progress)
+                                report=report, html_per_cluster=per_cluster, on_progress=progress,
+                                clusters=cluster or (), outliers=outliers, duplicates=duplicates)
             results.append(result)
-    if out == "-":
+    if out == "-" or formats == ["paths"]:
         return
     if json_:
         emit_json(results[0].to_dict() if len(results) == 1 else {"exports": [r.to_dict() for r in results]})

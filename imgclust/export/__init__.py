@@ -24,7 +24,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from ..manifest import Manifest
 from ._records import IMAGE_FIELDS, ClusterSummary, ImageRecord, RunTable
 
 FORMATS = ("csv", "json", "jsonl", "parquet", "folders", "html", "plot")  # of a run
-ROW_FORMATS = ("embeddings",)  # of the cache's rows themselves (no run)
+ROW_FORMATS = ("embeddings", "paths")  # of the cache's rows themselves (paths: a run only to filter by cluster)
 STDOUT_FORMATS = ("csv", "json", "jsonl")
 # What each format writes in the export folder (a folder for ``folders``; the gallery's thumbnails are
 # recorded as they are made).
@@ -118,6 +118,9 @@ def export(
     report: RunReport | None = None,
     html_per_cluster: int | None = HTML_PER_CLUSTER,
     on_progress: Callable[[int, int], None] | None = None,
+    clusters: Sequence[int] = (),
+    outliers: bool = False,
+    duplicates: bool = False,
 ) -> ExportResult:
     """Write run ``run`` (latest by default) of ``cache`` in ``format`` to ``out``.
 
@@ -125,6 +128,8 @@ def export(
     overwritten without ``force``, and a file imgclust did not write is never overwritten or removed:
     the folder's manifest (:mod:`imgclust.manifest`) records what every export wrote there.
     ``html_per_cluster`` is how many images the gallery shows per cluster (None: all of them).
+    ``format="paths"`` prints the paths of the images passing the filters ``clusters``, ``outliers`` and
+    ``duplicates`` (:func:`imgclust.export._paths.select_paths`) one per line on stdout.
     """
     if format not in FORMATS + ROW_FORMATS:
         raise UsageError(f"unknown export format '{format}'", hint=f"choose from {', '.join(FORMATS + ROW_FORMATS)}")
@@ -134,6 +139,17 @@ def export(
                                          or html_per_cluster < 1):
         raise UsageError(f"--html-per-cluster must be a positive integer, got {html_per_cluster!r}",
                          hint=f"e.g. --html-per-cluster {HTML_PER_CLUSTER}")
+    if (clusters or outliers or duplicates) and format != "paths":
+        raise UsageError("--cluster, --outliers and --duplicates select paths", hint="add --format paths")
+    if format == "paths":
+        from ._paths import select_paths
+
+        if out not in (None, "-"):
+            raise UsageError("--format paths prints to stdout", hint="drop --out, or redirect: > paths.txt")
+        selected = select_paths(cache, run, encoder, clusters=clusters, outliers=outliers, duplicates=duplicates)
+        sys.stdout.writelines(f"{p}\n" for p in selected)
+        sys.stdout.flush()
+        return ExportResult(format, ["-"])
     if format == "embeddings":
         from ..vectors import export_embeddings
 
