@@ -65,7 +65,7 @@ def test_export_several_formats_at_once_with_a_bounded_gallery(cache, tmp_path):
     assert [e["format"] for e in json.loads(done.stdout)["exports"]] == ["csv", "jsonl", "html"]
     assert (tmp_path / "out" / "assignments.jsonl").read_text().count("\n") == 40
     page = (tmp_path / "out" / "gallery" / "index.html").read_text()
-    assert page.count("<img") == 12 and page.count("and 7 more") == 4
+    assert page.count("<figure class=\"tile") == 12 and page.count("and 7 more") == 4
     again = invoke("export", cache, "--format", "csv,html", "--out", tmp_path / "out")  # refused before scoring
     assert again.exit_code == 2 and "already exists" in again.stderr
     assert invoke("export", cache, "--format", "csv,json", "--out", "-").exit_code == 2

@@ -73,7 +73,7 @@ def test_cluster_folders_never_touch_the_originals(run_cache, tmp_path, link):
 def test_html_and_plot(run_cache, tmp_path):
     html = export(run_cache.path, format="html", out=tmp_path / "out").paths[0]
     page = open(html).read()
-    assert page.count('class="cluster') >= 4 and page.count("<img") == 32
+    assert page.count('class="cluster') >= 4 and page.count("<figure class=\"tile") == 32
     plots = export(run_cache.path, format="plot", out=tmp_path / "out").paths
     assert [os.path.basename(p) for p in plots] == ["umap_scatter.png", "silhouette.png"]
 
@@ -149,8 +149,9 @@ def test_parquet_schema_is_fixed_without_labels_or_silhouettes(tmp_path):
 
 def test_html_per_cluster_bounds_the_page(run_cache, tmp_path):
     page = open(export(run_cache.path, format="html", out=tmp_path / "out", html_per_cluster=3).paths[0]).read()
-    assert page.count("<img") == 12 and page.count("and 5 more") == 4
-    assert len(list((tmp_path / "out" / "gallery" / "thumbs").iterdir())) == 12
+    assert page.count("<figure class=\"tile") == 12 and page.count("and 5 more") == 4
+    # the 12 shown, and the map's thumbnails: every point of a run under MAP_THUMBS points (32 here)
+    assert len(list((tmp_path / "out" / "gallery" / "thumbs").iterdir())) == 32
     with pytest.raises(UsageError, match="--html-per-cluster"):
         export(run_cache.path, format="html", out=tmp_path / "out2", html_per_cluster=0)
 

@@ -32,6 +32,7 @@ from .._json import json_safe
 from ..errors import ImgclustError, UsageError
 from ..score import RunReport, score
 from ..manifest import Manifest
+from ._map import DUPLICATE_GROUPS, MAP_MAX_POINTS, DuplicateGroups, MapPoints
 from ._records import IMAGE_FIELDS, ClusterSummary, ImageRecord, RunTable
 
 FORMATS = ("csv", "json", "jsonl", "parquet", "folders", "html", "plot")  # of a run
@@ -385,12 +386,30 @@ def _write_html(manifest, report, table, clusters, X, force, on_progress=None, p
     from ._html import write_html
 
     _claim(manifest, "html", force)
+    sample = plot_sample(len(table), MAP_MAX_POINTS)
+    map_points = MapPoints(sample, embed_2d(np.asarray(X[sample]), seed=0), len(table))
     scores = {k: v for k, v in report.scores.to_dict().items()
               if k in ("n_samples", "n_clusters", "n_noise", "silhouette", "ami", "nmi", "ari", "accuracy", "bcubed_f", "pairwise_f")}
     scores["silhouette_space"] = report.silhouette_space
     title = f"{report.run.method} {report.run.run_id} ({report.run.encoder})"
     return [write_html(manifest.folder / "gallery", table, clusters, scores, title, on_progress=on_progress,
-                       on_write=manifest.record, selection=report.run.selection, max_per_cluster=per_cluster)]
+                       on_write=manifest.record, selection=report.run.selection, max_per_cluster=per_cluster,
+                       map_points=map_points, duplicates=duplicate_groups(report))]
+
+
+def duplicate_groups(report: RunReport) -> DuplicateGroups:
+    """The run's images' duplicate groups for the gallery (:mod:`imgclust.duplicates`, the family's default
+    threshold; the page says when it is not calibrated), the largest :data:`DUPLICATE_GROUPS` of them."""
+    import warnings
+
+    from ..duplicates import find_duplicates
+
+    with warnings.catch_warnings():  # an uncalibrated threshold: said on the page, not once per export
+        warnings.simplefilter("ignore", UserWarning)
+        found = find_duplicates(report.cache, report.run.encoder)
+    largest = sorted(found.groups, key=lambda g: (-len(g.paths), g.group))[:DUPLICATE_GROUPS]
+    return DuplicateGroups([g.paths for g in largest], [g.kind for g in largest], found.threshold,
+                           found.threshold_source, len(found.groups), len(found.drop_paths))
 
 
 def _write_plot(manifest, report, table, clusters, X, force, **_):

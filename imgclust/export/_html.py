@@ -28,6 +28,8 @@ from ..decode import DecodeError, load_rgb
 from ..errors import ImgclustError, ParameterError, UsageError
 import numpy as np
 
+from ..outliers import MARK_SCORE
+from ._map import CSS as MAP_CSS, JS as MAP_JS, DuplicateGroups, MapPoints, duplicates_section, map_section, map_thumb_rows
 from ._records import ClusterSummary, ImageRecord, RunTable
 
 PER_CLUSTER = 24  # images a cluster shows by default
@@ -79,6 +81,8 @@ def write_html(
     on_write: Callable[[list[Path]], None] | None = None,
     selection: Mapping | None = None,
     seed: int = 0,
+    map_points: MapPoints | None = None,
+    duplicates: DuplicateGroups | None = None,
 ) -> Path:
     """Write ``out_dir/index.html``, a browsable page of the clusters, with thumbnails beside it.
 
@@ -130,6 +134,12 @@ def write_html(
         and its summary (doubts included).
     seed : int, default=0
         Seed of the random sample shown per cluster (the page is the same for a given seed).
+    map_points : MapPoints or None
+        The rows to draw on the 2-D map and their positions (:mod:`imgclust.export._map`); None: no map.
+    duplicates : DuplicateGroups or None
+        Duplicate groups to show in their own section; None: no section.
+
+    Images whose ``outlier_score`` is at least :data:`imgclust.outliers.MARK_SCORE` are marked *isolated*.
 
     Returns
     -------
@@ -174,6 +184,9 @@ def write_html(
     picks = {cid: _pick(table, members, max_per_cluster, seed + position)
              for position, (cid, members, _) in enumerate(groups) if cid in shown_groups}
     unique_paths = list(dict.fromkeys(str(table.paths[i]) for cid in picks for i, _ in picks[cid]))
+    map_rows = map_thumb_rows(map_points, seed) if map_points is not None else np.zeros(0, np.int64)
+    dup_paths = [p for group in duplicates.groups for p in group] if duplicates is not None else []
+    unique_paths = list(dict.fromkeys(unique_paths + [str(table.paths[i]) for i in map_rows.tolist()] + dup_paths))
     if on_write is not None:
         on_write([thumbs_dir / _thumb_name(path, thumb_size) for path in unique_paths])
     thumbs = _make_thumbs(unique_paths, thumbs_dir, thumb_size, workers, on_progress)
@@ -190,6 +203,7 @@ def write_html(
         thumb_size=thumb_size,
         out_abs=out_abs,
         selection=selection,
+        extra=_triage_sections(table, groups, picks, rest, thumbs, map_points, map_rows, duplicates, out_abs),
     )
     index = out_dir / "index.html"
     _atomic_write(index, page.encode("utf-8"))
@@ -465,6 +479,31 @@ def _sil_class(value: float | None) -> str:
 _PICK_HEADINGS = {"centre": "nearest the centre", "sample": "a random sample", "edge": "lowest silhouettes (the edge)"}
 
 
+def _anchor(cid: int) -> str:
+    return "cluster-noise" if cid < 0 else f"cluster-{cid}"
+
+
+def _triage_sections(table, groups, picks, rest, thumbs, map_points, map_rows, duplicates, out_abs) -> str:
+    """The map and duplicates sections (:mod:`imgclust.export._map`), with the thumbnails already made."""
+    def url(path: str) -> str | None:
+        thumb = thumbs.get(path)
+        return f"{THUMBS_DIR}/{thumb.name}" if thumb is not None and thumb.name is not None else None
+
+    parts = []
+    if map_points is not None:
+        shown = {i for cid in picks for i, _ in picks[cid]} | set(map_rows.tolist())
+        urls = {i: url(str(table.paths[i])) for i in map_points.rows.tolist() if i in shown}
+        anchors = {cid: _anchor(cid) for cid, _, _ in groups if cid in picks}
+        names = {cid: summary.names for cid, _, summary in groups if summary is not None and summary.names}
+        parts.append(map_section(map_points, table.clusters, table.paths,
+                                 {i: u for i, u in urls.items() if u}, anchors, names))
+    if duplicates is not None and duplicates.n_groups:
+        urls = {p: url(p) for group in duplicates.groups for p in group}
+        parts.append(duplicates_section(duplicates, {p: u for p, u in urls.items() if u},
+                                        lambda path: _href(path, out_abs)))
+    return "".join(parts)
+
+
 def _render(
     *,
     title: str,
@@ -478,6 +517,7 @@ def _render(
     thumb_size: int,
     out_abs: Path,
     selection: Mapping | None = None,
+    extra: str = "",
 ) -> str:
     parts: list[str] = []
     w = parts.append
@@ -490,7 +530,7 @@ def _render(
         if cid not in picks:
             continue
         is_noise = cid < 0
-        anchor = "cluster-noise" if is_noise else f"cluster-{cid}"
+        anchor = _anchor(cid)
         name = "noise" if is_noise else f"Cluster {cid}"
         size = _size(members, summary)
         mean_sil = _mean_silhouette(summary)
@@ -520,6 +560,8 @@ def _render(
             )
         if n_out_here:
             meta.append(f'<span class="badge out">{n_out_here:,} outlier{"s" if n_out_here != 1 else ""}</span>')
+        if summary is not None and summary.names:
+            meta.append(f'<span class="cnames" title="CLIP names (cosine similarity)">{_e(summary.names)}</span>')
         mix_html = ""
         if mix:
             total = sum(c for _, c in mix) or 1
@@ -557,12 +599,15 @@ def _render(
     w('<meta name="viewport" content="width=device-width, initial-scale=1">')
     w('<meta name="generator" content="imgclust">')
     w(f"<title>{_e(title)}</title>")
-    w(f"<style>{_CSS.replace('__T__', str(thumb_size))}</style></head>")
+    w(f"<style>{_CSS.replace('__T__', str(thumb_size))}{MAP_CSS if extra else ''}</style></head>")
     w('<body><div class="top"><header class="page">')
     w(f"<h1>{_e(title)}</h1>")
     summary_bits = [f"{len(table):,} images", f"{n_clusters:,} clusters"]
     if n_outliers:
         summary_bits.append(f"{n_outliers:,} outliers")
+    n_isolated = int(np.sum(table.outlier_scores >= MARK_SCORE)) if table.outlier_scores is not None else 0
+    if n_isolated:
+        summary_bits.append(f"{n_isolated:,} isolated")
     if n_unreadable:
         summary_bits.append(f"{n_unreadable:,} unreadable")
     w('<p class="sub">' + " \u00b7 ".join(summary_bits) + "</p>")
@@ -573,16 +618,18 @@ def _render(
         "</header>"
     )
     w(f'<nav aria-label="clusters"><ul>{"".join(nav)}</ul></nav></div>')
-    w(f"<main>{''.join(sections)}</main>")
+    w(f"<main>{extra}{''.join(sections)}</main>")
     w(
         '<footer>Made by imgclust. Images are ordered nearest-to-centre first; a large cluster shows '
         'the images nearest its centre, a random sample and its lowest silhouettes, and counts the rest; '
         '<span class="badge rep">centre</span> is the image nearest the centre, '
         '<span class="badge out">outlier</span> marks an image closer to another cluster '
-        "(negative silhouette) among the lowest silhouettes of the run. "
+        "(negative silhouette) among the lowest silhouettes of the run; "
+        f'<span class="badge iso">isolated</span> an image whose outlier score (distance to its k-th neighbour '
+        f"over the median) is {MARK_SCORE} or more. "
         "Click a thumbnail to open the original.</footer>"
     )
-    w(f"<script>{_JS}</script></body></html>\n")
+    w(f"<script>{_JS}{MAP_JS if extra else ''}</script></body></html>\n")
     return "".join(parts)
 
 
@@ -684,13 +731,18 @@ def _tile(rec: ImageRecord, thumb: _Thumb, sil: float, outlier: bool, is_rep: bo
     tip.append(f"distance to centre: {_fmt(rec.distance)}")
     if thumb.name is None:
         tip.append(f"unreadable: {thumb.error}")
+    isolated = rec.outlier_score is not None and rec.outlier_score >= MARK_SCORE
+    if rec.outlier_score is not None:
+        tip.append(f"outlier score: {rec.outlier_score:.2f}")
     tip_e = _e("\n".join(tip))
-    classes = "tile" + (" outlier" if outlier else "") + (" rep" if is_rep else "")
+    classes = "tile" + (" outlier" if outlier else "") + (" rep" if is_rep else "") + (" isolated" if isolated else "")
     badges = ""
     if is_rep:
         badges += '<span class="badge rep">centre</span>'
     if outlier:
         badges += '<span class="badge out">outlier</span>'
+    if isolated:
+        badges += '<span class="badge iso">isolated</span>'
     if thumb.name is None:
         body = f'<span class="ph" role="img" aria-label="{_e(path)}">unreadable</span>'
         classes += " broken"
