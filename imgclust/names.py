@@ -124,7 +124,8 @@ def text_embeddings(model, tokenizer, words: list[str],
 def cached_text_embeddings(model, tokenizer, words: list[str], model_key: str,
                            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """:func:`text_embeddings`, kept in the model cache (:func:`imgclust.runtimes.model_cache_dir`) under a hash
-    of the model, the prompt and the words: encoding the built-in vocabulary's 10,951 prompts is slow on a CPU."""
+    of the model, the prompt and the words: on a busy 2-core CPU, 512 prompts through ViT-B/16's text tower took
+    120 s, so the built-in vocabulary's 10,951 about 40 minutes, once."""
     import hashlib
 
     from .runtimes import model_cache_dir

@@ -152,3 +152,21 @@ def test_score_shows_the_names_per_cluster(clip_cache):
     assert set(json.loads(result.stdout)["names"]["clusters"]) == {"0", "1"}
     table = runner.invoke(app, ["score", str(cache), "--names", "--vocabulary", str(vocabulary), "--markdown"])
     assert table.exit_code == 0 and "| cluster | size | silhouette | names |" in table.stdout
+
+
+def test_exports_carry_the_names_of_a_clip_run(clip_cache, tmp_path):
+    import csv
+
+    from imgclust.export import export
+
+    cache, vocabulary = clip_cache
+    names, _ = cluster_names(cache, vocabulary=vocabulary)
+    export(cache, format="csv", out=tmp_path / "plain")
+    assert all(not r["names"] for r in csv.DictReader(open(tmp_path / "plain" / "clusters.csv")))  # asked for only
+    export(cache, format="csv", out=tmp_path / "out", names=True, vocabulary=vocabulary)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "clusters.csv")))
+    assert [r["names"] for r in rows] == [names.label(int(r["cluster"])) for r in rows] and rows[0]["names"]
+    result = runner.invoke(app, ["export", str(cache), "--format", "html", "--out", str(tmp_path / "out"),
+                                 "--names", "--vocabulary", str(vocabulary)])
+    assert result.exit_code == 0, result.output
+    assert names.label(0) in open(tmp_path / "out" / "gallery" / "index.html", encoding="utf-8").read()

@@ -45,6 +45,8 @@ def export_command(
     cluster: Annotated[Optional[list[int]], typer.Option("--cluster", "-c", help="paths: only this cluster's images (repeatable; -1 is noise).")] = None,
     outliers: Annotated[bool, typer.Option("--outliers", help="paths: only images with an outlier score >= 1.5, most isolated first.")] = False,
     duplicates: Annotated[bool, typer.Option("--duplicates", help="paths: only images a duplicate group would drop (keepers stay out).")] = False,
+    names: Annotated[bool, typer.Option("--names", help="CLIP runs: name the clusters (csv, json, parquet, html); the built-in vocabulary's text embeddings take long on a CPU the first time.")] = False,
+    vocabulary: Annotated[Optional[str], typer.Option("--vocabulary", help="With --names: the words, one per line (default: the built-in 10,951 nouns).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files from an earlier export.")] = False,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
@@ -80,7 +82,8 @@ def export_command(
             progress = (lambda done, total, stage=f"export {fmt}": update(stage, done, total)) if update else None
             result = run_export(cache, run, fmt, out, encoder=encoder, labels=labels, link=link, force=force,
                                 report=report, html_per_cluster=per_cluster, on_progress=progress,
-                                clusters=cluster or (), outliers=outliers, duplicates=duplicates)
+                                clusters=cluster or (), outliers=outliers, duplicates=duplicates,
+                                names=names, vocabulary=vocabulary)
             results.append(result)
     if out == "-" or formats == ["paths"]:
         return

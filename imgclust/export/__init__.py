@@ -99,6 +99,25 @@ def run_table(report: RunReport, X: np.ndarray) -> tuple[RunTable, list[ClusterS
     return table, clusters
 
 
+def with_names(report: RunReport, clusters: list[ClusterSummary],
+               vocabulary: str | os.PathLike | None = None) -> list[ClusterSummary]:
+    """The clusters with their CLIP names (:mod:`imgclust.names`) when the run's encoder is a CLIP; unchanged for
+    other encoders, and with a warning when the CLIP's weights are not available."""
+    import warnings
+    from dataclasses import replace
+
+    from ..cache import Cache
+    from ..names import cluster_names
+
+    if Cache(report.cache).info(report.run.encoder).get("family") != "open_clip":
+        return clusters
+    named, why = cluster_names(report.cache, report.run.run_id, report.run.encoder, vocabulary=vocabulary)
+    if named is None:
+        warnings.warn(why, stacklevel=2)
+        return clusters
+    return [replace(c, names=named.label(c.cluster) or None) for c in clusters]
+
+
 def outlier_column(report: RunReport) -> np.ndarray:
     """Every image's outlier score (:mod:`imgclust.outliers`, on the run encoder's raw embeddings), in row order."""
     from ..outliers import find_outliers
@@ -122,6 +141,8 @@ def export(
     clusters: Sequence[int] = (),
     outliers: bool = False,
     duplicates: bool = False,
+    names: bool = False,
+    vocabulary: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Write run ``run`` (latest by default) of ``cache`` in ``format`` to ``out``.
 
@@ -130,7 +151,9 @@ def export(
     the folder's manifest (:mod:`imgclust.manifest`) records what every export wrote there.
     ``html_per_cluster`` is how many images the gallery shows per cluster (None: all of them).
     ``format="paths"`` prints the paths of the images passing the filters ``clusters``, ``outliers`` and
-    ``duplicates`` (:func:`imgclust.export._paths.select_paths`) one per line on stdout.
+    ``duplicates`` (:func:`imgclust.export._paths.select_paths`) one per line on stdout. With ``names``, a
+    CLIP run's clusters carry names (:mod:`imgclust.names`) from ``vocabulary`` (default: the built-in one; its
+    text embeddings take long on a CPU the first time, so names are asked for).
     """
     if format not in FORMATS + ROW_FORMATS:
         raise UsageError(f"unknown export format '{format}'", hint=f"choose from {', '.join(FORMATS + ROW_FORMATS)}")
@@ -165,6 +188,8 @@ def export(
 
     X = run_space(report.cache, report.run)
     table, clusters = run_table(report, X)
+    if names:
+        clusters = with_names(report, clusters, vocabulary)
     if out == "-":
         _STREAMS[format](sys.stdout, report, table, clusters, on_progress)
         sys.stdout.flush()
