@@ -52,19 +52,29 @@ def real_rows(results: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs).astype(np.float32), np.array(ys)
 
 
-def build(workdir: Path, n: int, x: np.ndarray, y: np.ndarray, noise: float, seed: int) -> tuple[Path, float]:
-    """A cache of n rows imported with ``imgclust import``; returns it and the class-kept fraction."""
+def build(workdir: Path, n: int, x: np.ndarray, y: np.ndarray, noise: float, seed: int,
+          row_paths=None) -> tuple[Path, float]:
+    """A cache of n rows imported with ``imgclust import``; returns it and the class-kept fraction.
+
+    ``row_paths(src)`` names the new rows from the real rows they were made from (``src[i]`` is row i's);
+    by default they are ``row-NNNNNNNN.jpg``, names of no file."""
     cache = workdir / f"scale-{n}.h5"
     if cache.exists():
         return cache, float("nan")
     rng = np.random.default_rng(seed)
     if n == len(x):
         src, rows = np.arange(n), x
+        np.save(workdir / f"vectors-{n}.npy", rows)
     else:
         src = rng.integers(0, len(x), n)
-        rows = x[src] + rng.normal(0.0, noise, (n, x.shape[1])).astype(np.float32)
-    np.save(workdir / f"vectors-{n}.npy", rows)
-    (workdir / f"paths-{n}.txt").write_text("".join(f"row-{i:08d}.jpg\n" for i in range(n)))
+        # written a block at a time (the same values as one draw: the generator's stream is consumed in order)
+        rows = np.lib.format.open_memmap(workdir / f"vectors-{n}.npy", "w+", np.float32, (n, x.shape[1]))
+        for start in range(0, n, 65536):
+            stop = min(n, start + 65536)
+            rows[start:stop] = x[src[start:stop]] + rng.normal(0.0, noise, (stop - start, x.shape[1])).astype(np.float32)
+        rows.flush()
+    names = row_paths(src) if row_paths is not None else (f"row-{i:08d}.jpg" for i in range(n))
+    (workdir / f"paths-{n}.txt").write_text("".join(f"{name}\n" for name in names))
     (workdir / f"labels-{n}.txt").write_text("\n".join(y[src]) + "\n")
     subprocess.run([sys.executable, "-m", "imgclust", "import", str(workdir / f"vectors-{n}.npy"),
                     "--paths", str(workdir / f"paths-{n}.txt"), "--labels", str(workdir / f"labels-{n}.txt"),

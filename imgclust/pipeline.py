@@ -21,12 +21,13 @@ from .cluster import DEFAULT_METHOD, ClusterRun, cluster, takes_device
 from .embed import EmbedSummary, embed
 from .encoders import DEFAULT_ENCODER
 from .errors import UsageError
-from .export import LINK_MODES, TARGETS, ExportResult, check_destination, export
+from .export import HTML_PER_CLUSTER, LINK_MODES, TARGETS, ExportResult, check_destination, export
 from .manifest import read_entries
 from .score import RunReport, score
 
 CACHE_NAME = "imgclust-cache.h5"
-DEFAULT_FORMATS = tuple(TARGETS)  # every export that writes into the output folder
+# Every export that writes into the output folder, but JSON lines (the same rows as json, on request).
+DEFAULT_FORMATS = tuple(f for f in TARGETS if f != "jsonl")
 
 
 @dataclass
@@ -100,13 +101,15 @@ def run_pipeline(
     progress: Callable[[str, int, int], None] | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
     k_range: tuple[int, int] | None = None,
+    html_per_cluster: int | None = HTML_PER_CLUSTER,
 ) -> PipelineResult:
     """Run the whole pipeline on ``inputs`` into the folder ``out``.
 
     ``reduction`` and ``dims`` choose the space the method clusters (see :func:`imgclust.cluster`).
     ``device`` runs the encoder, and the method when it is a trained one. ``embed_options`` are passed
     to :func:`imgclust.embed` (weights, batch_size, workers, data_root, split, max_pixels). ``progress(stage, done, total)`` reports embedding and export progress;
-    ``on_epoch(epoch, epochs, loss)`` the training of trained methods; ``k_range`` the range ``"auto"`` searches.
+    ``on_epoch(epoch, epochs, loss)`` the training of trained methods; ``k_range`` the range ``"auto"`` searches;
+    ``html_per_cluster`` how many images the gallery shows per cluster (see :func:`imgclust.export`).
     """
     moved = False
     if out is None:
@@ -124,9 +127,9 @@ def run_pipeline(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {folder}: {exc.strerror}", hint="choose a writable --out") from None
-    unknown = [fmt for fmt in formats if fmt not in DEFAULT_FORMATS]
+    unknown = [fmt for fmt in formats if fmt not in TARGETS]
     if unknown:
-        raise UsageError(f"unknown export format '{unknown[0]}' in --formats", hint=f"choose from {', '.join(DEFAULT_FORMATS)}")
+        raise UsageError(f"unknown export format '{unknown[0]}' in --formats", hint=f"choose from {', '.join(TARGETS)}")
     if link not in LINK_MODES:
         raise UsageError(f"unknown --link mode '{link}'", hint=f"choose from {', '.join(LINK_MODES)}")
     wanted = [fmt for fmt in formats if _available(fmt) is None]
@@ -147,5 +150,6 @@ def run_pipeline(
     result.skipped_formats = {fmt: _available(fmt) for fmt in formats if fmt not in wanted}
     for fmt in wanted:
         result.exports.append(export(cache, run.run_id, fmt, folder, encoder=encoder, link=link, force=force,
-                                     report=report, on_progress=stage(f"export {fmt}")))
+                                     report=report, html_per_cluster=html_per_cluster,
+                                     on_progress=stage(f"export {fmt}")))
     return result

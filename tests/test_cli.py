@@ -56,6 +56,24 @@ def test_cache_stages_end_to_end(cache, tmp_path):
     assert info["encoders"][0]["n_images"] == 40 and "run-1" in info["encoders"][0]["runs"]
 
 
+def test_export_several_formats_at_once_with_a_bounded_gallery(cache, tmp_path):
+    from imgclust.cluster import cluster
+
+    cluster(cache, n_clusters=4, reduction="none")
+    done = invoke("export", cache, "--format", "csv,jsonl,html", "--html-per-cluster", "3", "--out", tmp_path / "out", "--json")
+    assert done.exit_code == 0, done.output
+    assert [e["format"] for e in json.loads(done.stdout)["exports"]] == ["csv", "jsonl", "html"]
+    assert (tmp_path / "out" / "assignments.jsonl").read_text().count("\n") == 40
+    page = (tmp_path / "out" / "gallery" / "index.html").read_text()
+    assert page.count("<figure class=\"tile") == 12 and page.count("and 7 more") == 4
+    again = invoke("export", cache, "--format", "csv,html", "--out", tmp_path / "out")  # refused before scoring
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    assert invoke("export", cache, "--format", "csv,json", "--out", "-").exit_code == 2
+    assert invoke("export", cache, "--format", "csv,xls").exit_code == 2
+    refused = invoke("cluster", cache, "-k", "4", "--html-per-cluster", "5")
+    assert refused.exit_code == 2 and "--html-per-cluster applies when clustering folders" in refused.stderr
+
+
 def test_auto_k_range_summary_and_candidates(cache):
     # 4 blobs searched in 2:3: the pick is at the edge, and the doubt is said on stdout and in the JSON
     plain = invoke("cluster", cache, "-k", "auto", "--k-range", "2:3")

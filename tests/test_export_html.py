@@ -335,14 +335,41 @@ def test_parallel_and_serial_pages_are_identical(run, tmp_path):
     )
 
 
-def test_max_per_cluster_keeps_the_nearest(run, tmp_path):
-    d, recs, sums, scores = run
+def test_max_per_cluster_shows_the_centre_a_sample_and_the_edge_and_counts_the_rest(tmp_path):
+    d = tmp_path / "many"
+    d.mkdir()
+    recs = []
+    for i in range(90):  # cluster i // 30; distance to the centre = index in it; silhouette falls with it
+        Image.new("RGB", (24, 24), (i, 2 * i, 255 - i)).save(d / f"{i:02d}.png")
+        recs.append(ImageRecord(str(d / f"{i:02d}.png"), i // 30, 0.9 - (i % 30) / 20, float(i % 30)))
+    sums = [ClusterSummary(k, 30, 0.2, str(d / f"{30 * k:02d}.png")) for k in range(3)]
     out = tmp_path / "r"
-    page = Page(write_html(out, recs, sums, scores, "t", max_per_cluster=2).read_text("utf-8"))
-    assert [len(s["tiles"]) for s in page.sections] == [2, 2, 2]
-    assert [os.path.basename(_tile_path(t)) for t in page.section(0)["tiles"]] == ["red.jpg", "grey.jpg"]
-    assert "Showing the 2 images nearest the centre of 4" in " ".join(page.section(0)["text"].split())
-    assert len(list((out / "thumbs").iterdir())) == 5  # only the shown images (one noise file is missing)
+    page = Page(write_html(out, recs, sums, {}, "t", max_per_cluster=8).read_text("utf-8"))
+    assert [len(s["tiles"]) for s in page.sections] == [8, 8, 8]
+    names = [os.path.basename(_tile_path(t)) for t in page.section(1)["tiles"]]
+    assert names[:4] == ["30.png", "31.png", "32.png", "33.png"]  # ceil(8/2) nearest the centre, nearest first
+    assert names[-2:] == ["59.png", "58.png"]  # 8 // 4 lowest silhouettes, lowest first
+    assert all(34 <= int(n[:2]) <= 57 for n in names[4:6])  # and a random sample of the others
+    text = " ".join(page.section(1)["text"].split())
+    assert "Showing 8 of 30 images" in text and "and 22 more" in text
+    assert len(list((out / "thumbs").iterdir())) == 24  # thumbnails only for the shown images
+    again = Page(write_html(tmp_path / "again", recs, sums, {}, "t", max_per_cluster=8).read_text("utf-8"))
+    assert [_tile_path(t) for t in again.section(1)["tiles"]] == [_tile_path(t) for t in page.section(1)["tiles"]]
+    every = Page(write_html(tmp_path / "all", recs, sums, {}, "t", max_per_cluster=None).read_text("utf-8"))
+    assert [len(s["tiles"]) for s in every.sections] == [30, 30, 30] and "more" not in every.section(0)["text"]
+
+
+def test_max_clusters_lists_the_smaller_clusters_in_a_table(tmp_path):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    recs = [ImageRecord(str(tmp_path / "a.png"), k, 0.5, 0.0, f"class-{k % 3}") for k in range(12) for _ in range(k + 1)]
+    sums = [ClusterSummary(k, k + 1, 0.5, str(tmp_path / "a.png")) for k in range(12)]
+    text = write_html(tmp_path / "r", recs, sums, {}, "t", max_clusters=5).read_text("utf-8")
+    page = Page(text)
+    cluster_sections = [s for s in page.sections if "cluster" in s["classes"]]
+    assert [s["data-cluster"] for s in cluster_sections] == ["7", "8", "9", "10", "11"]  # the largest, in id order
+    rest = text[text.index('id="more-clusters"'):]
+    assert "7 more clusters" in rest and [f'data-cluster="{k}"' in rest for k in range(7)] == [True] * 7
+    assert "#more-clusters" in page.nav_links and "12 clusters" in text
 
 
 def test_cluster_without_images_and_images_without_summary(tmp_path):
@@ -361,6 +388,7 @@ def test_cluster_without_images_and_images_without_summary(tmp_path):
         ({"thumb_size": 0}, "'thumb_size' parameter of write_html must be an int in \\[16, 1024\\]. Got 0"),
         ({"thumb_size": 64.0}, "'thumb_size'"),
         ({"max_per_cluster": 0}, "'max_per_cluster'"),
+        ({"max_clusters": 0}, "'max_clusters'"),
         ({"workers": 0}, "'workers'"),
         ({"outlier_quantile": 1.5}, "'outlier_quantile'"),
     ],
@@ -421,7 +449,7 @@ def _folder_run(root: Path) -> tuple[list[ImageRecord], list[ClusterSummary]]:
 def test_real_images(tmp_path):
     root = _data_dir("imagenette-mini")
     recs, sums = _folder_run(root)
-    index = write_html(tmp_path / "r", recs, sums, {"n_clusters": len(sums)}, "imagenette-mini")
+    index = write_html(tmp_path / "r", recs, sums, {"n_clusters": len(sums)}, "imagenette-mini", max_per_cluster=None)
     page = Page(index.read_text("utf-8"))
     assert len(page.sections) == len(sums) == 10
     tiles = [t for s in page.sections for t in s["tiles"]]
@@ -524,7 +552,7 @@ def test_thumbnails_load_lazily_in_chromium(tmp_path):
         recs.append(ImageRecord(str(path), i // 40, 0.5, float(i % 40)))
     sums = [ClusterSummary(k, 40, 0.5, str(d / f"{40 * k:03d}.png")) for k in range(6)]
     out = tmp_path / "r"
-    write_html(out, recs, sums, {}, "lazy")
+    write_html(out, recs, sums, {}, "lazy", max_per_cluster=None)
     result, _ = _render(out / "index.html", tmp_path / "profile", window="1280,700")
     assert result["n"] == 240
     assert 0 < result["early"] < 240, "lazy loading should leave thumbnails far below the fold unloaded"
@@ -546,3 +574,53 @@ def test_selection_curve_marks_the_pick_and_says_the_doubt(run, tmp_path):
     assert "<polyline" in figure and "no clear number of clusters" in figure and "K = 3" in figure
     # without a selection (K given), no curve
     assert 'class="kcurve' not in write_html(tmp_path / "s", recs, sums, scores, "t").read_text("utf-8")
+
+
+# --------------------------------------------------------------------------------------------------
+# a large run: 100,000 rows over the real files of imagenette-mini, repeated
+
+
+def _large_run(n_rows: int, n_clusters: int):
+    import numpy as np
+
+    from imgclust.export._records import RunTable
+
+    files = sorted(str(p) for p in _data_dir("imagenette-mini").rglob("*.JPEG"))
+    rng = np.random.default_rng(0)
+    clusters = rng.integers(0, n_clusters, n_rows)
+    table = RunTable(np.array(files, dtype=object)[np.arange(n_rows) % len(files)], clusters,
+                     rng.uniform(-0.3, 0.9, n_rows), rng.gamma(2.0, 1.0, n_rows),
+                     np.array([f"class-{c % 7}" for c in clusters], dtype=object))
+    sizes = np.bincount(clusters, minlength=n_clusters)
+    sums = [ClusterSummary(k, int(sizes[k]), 0.3, files[k % len(files)], None) for k in range(n_clusters)]
+    return table, sums, len(files)
+
+
+@pytest.mark.slow
+def test_a_100k_row_page_is_bounded_and_renders(tmp_path):
+    table, sums, n_files = _large_run(100_000, 20)
+    out = tmp_path / "r"
+    index = write_html(out, table, sums, {"n_samples": 100_000, "n_clusters": 20}, "100k rows")
+    text = index.read_text("utf-8")
+    page = Page(text)
+    assert len(page.sections) == 20 and all(len(s["tiles"]) == 24 for s in page.sections)
+    hidden = [int(n) for n in re.findall(r'data-hidden="(\d+)"', text)]
+    assert sum(hidden) == 100_000 - 20 * 24 and "100,000 images" in text
+    assert len(list((out / "thumbs").iterdir())) <= min(n_files, 20 * 24)  # only the shown images
+    assert len(text) < 1_000_000
+    if not any(shutil.which(name) for name in _CHROMIUM_NAMES):
+        return
+    result, _ = _render(index, tmp_path / "profile")
+    assert [s[2] for s in result["sections"]] == [24] * 20 and result["n"] == 480
+    assert all(nw > 0 for _, nw, *_ in result["images"])
+
+
+@pytest.mark.slow
+def test_ten_thousand_clusters_keep_the_page_bounded(tmp_path):
+    table, sums, _ = _large_run(100_000, 10_000)
+    text = write_html(tmp_path / "r", table, sums, {}, "10,000 clusters").read_text("utf-8")
+    page = Page(text)
+    assert len([s for s in page.sections if "cluster" in s["classes"]]) == 100
+    assert sum(len(s["tiles"]) for s in page.sections) <= 100 * 24
+    assert "9,900 more clusters" in text and text.count("<tr data-cluster=") == 9_900
+    assert len(text) < 3_000_000

@@ -139,3 +139,19 @@ def test_missing_matplotlib_gives_the_install_hint(tmp_path, monkeypatch):
         write_plots(tmp_path, emb, labels, sil, "t")
     assert info.value.hint == 'pip install "imgclust[plot]"'
     assert "matplotlib" in info.value.message
+
+
+def test_a_sample_says_so_in_both_titles_and_keeps_the_real_sizes(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    titles, legends = [], []
+    real_title, real_legend = Axes.set_title, Axes.legend
+    monkeypatch.setattr(Axes, "set_title", lambda self, text, *a, **k: titles.append(text) or real_title(self, text, *a, **k))
+    monkeypatch.setattr(Axes, "legend", lambda self, *a, **k: legends.append(
+        [t.get_text() for t in real_legend(self, *a, **k).get_texts()]) or self.get_legend())
+    emb, labels, sil = _blobs(3, 300)
+    for p in write_plots(tmp_path, emb, labels, sil, "sampled", n_images=1_000_000,
+                         cluster_sizes={0: 400_000, 1: 350_000, 2: 250_000}):
+        _check_png(p)
+    assert all("a random sample of 300 of 1,000,000 images" in t for t in titles) and len(titles) == 2
+    assert legends[0] == ["0 (400,000)", "1 (350,000)", "2 (250,000)"]

@@ -38,7 +38,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
     """imgclust: cluster images with pretrained encoders."""
 
 
-from . import assign, cache, cluster, embed, encoders, export, importing, info, methods, reduce, score  # noqa: E402,F401  (each registers its command)
+from . import assign, cache, cluster, embed, encoders, export, importing, info, methods, reduce, score, triage  # noqa: E402,F401  (each registers its command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from ..clusterers import CLUSTERERS
 from ..decode import DEFAULT_MAX_PIXELS
 from ..encoders import DEFAULT_ENCODER
 from ..errors import UsageError
+from ..export import HTML_PER_CLUSTER
 from ..pipeline import DEFAULT_FORMATS, run_pipeline
 from ..spaces import space_name
 from ..select import parse_k_range
@@ -86,6 +87,7 @@ def cluster_command(
     force: Annotated[bool, typer.Option("--force", help="Folders only: replace a previous result in --out (files imgclust did not write are never touched).")] = False,
     formats: Annotated[Optional[str], typer.Option("--formats", help=f"Folders only: comma-separated exports to write [default: {','.join(DEFAULT_FORMATS)}].", show_default=False)] = None,
     link: Annotated[Optional[str], typer.Option("--link", help="Folders only: how the folders export fills cluster folders: symlink (default), hardlink or copy.")] = None,
+    html_per_cluster: Annotated[Optional[int], typer.Option("--html-per-cluster", min=1, show_default=False, help=f"Folders only: images the HTML gallery shows per cluster [default: {HTML_PER_CLUSTER}] (see imgclust export --help).")] = None,
     labels: LabelsOption = None,
     files_from: Annotated[Optional[str], typer.Option("--files-from", "-f", help="Folders only: file listing image paths; - reads stdin.")] = None,
     weights: WeightsOption = None,
@@ -121,6 +123,7 @@ def cluster_command(
     train = f"training {method}"
     if len(targets) == 1 and is_cache_file(targets[0]) and files_from is None:
         refuse_folder_options({"--out": out, "--force": force, "--formats": formats, "--link": link, "--labels": labels,
+                               "--html-per-cluster": html_per_cluster,
                                "--weights": weights, "--batch-size": batch_size, "--workers": workers,
                                "--max-pixels": max_pixels, "--data-root": data_root, "--split": split})
         with progress_bars({train: "epochs", CHOOSING_K: "fits", **REDUCE_PROGRESS}) as update:
@@ -150,7 +153,8 @@ def cluster_command(
             link=link or "symlink", random_state=seed, device=device,
             embed_options={"weights": weights, "batch_size": batch_size, "workers": workers, "data_root": data_root,
                            "split": split or "test", "max_pixels": DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None},
-            progress=update, on_epoch=epoch_reporter(update, train))
+            progress=update, on_epoch=epoch_reporter(update, train),
+            html_per_cluster=HTML_PER_CLUSTER if html_per_cluster is None else html_per_cluster)
     if json_:
         emit_json(result.to_dict())
         return

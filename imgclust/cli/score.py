@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from ..names import cluster_names
 from ..score import RunReport, score as run_score
 from . import app
-from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, stdout
+from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bar, stdout
 from .reduce import CacheArgument, CacheEncoderOption
 
 RunOption = Annotated[Optional[str], typer.Option("--run", "-r", help="Run id (default: the latest).")]
@@ -67,6 +70,8 @@ def score_command(
     accuracy_rule: Annotated[str, typer.Option("--accuracy-rule", help="one-to-one (Hungarian; extra clusters count as wrong) or majority.")] = "one-to-one",
     per_cluster: Annotated[bool, typer.Option("--per-cluster", help="Also list every cluster's size and silhouette.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for reports).")] = False,
+    names: Annotated[bool, typer.Option("--names", help="CLIP encoders: name each cluster from a vocabulary (implies --per-cluster).")] = False,
+    vocabulary: Annotated[Optional[Path], typer.Option("--vocabulary", help="With --names: one word per line (default: the built-in 10,951 nouns).")] = None,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
     """Score a run: silhouette, Davies-Bouldin, Calinski-Harabasz; with labels AMI, NMI, ARI, accuracy, F-scores.
@@ -75,19 +80,28 @@ def score_command(
     Silhouette leaves noise out; ZS's silhouette with noise as one cluster is shown beside it.
     """
     report = run_score(cache, run, encoder, labels, accuracy_rule)
+    named = None
+    if names:
+        with progress_bar("text embeddings", unit="words") as update:
+            named, why = cluster_names(cache, report.run.run_id, report.run.encoder, vocabulary=vocabulary, progress=update)
+        if named is None:
+            note(f"[yellow]no cluster names:[/yellow] {escape(why)}")
     if json_:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), **({"names": named.to_dict()} if named else {})})
         return
     rows = score_rows(report)
     clusters = []
-    if per_cluster:
+    if per_cluster or names:
         per = report.scores.silhouette_per_cluster or {}
-        clusters = [(str(c), str(size), _fmt(per.get(c))) for c, size in sorted(report.scores.cluster_sizes.items())]
+        clusters = [(str(c), str(size), _fmt(per.get(c)), *((named.label(c),) if named else ()))
+                    for c, size in sorted(report.scores.cluster_sizes.items())]
+    columns = ("cluster", "size", "silhouette", *(("names",) if named else ()))
     title = f"{report.run.run_id}: {report.run.method} on {report.run.encoder} ({report.run.space})"
     if markdown:
         lines = [f"**{title}**", "", "| score | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
         if clusters:
-            lines += ["", "| cluster | size | silhouette |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in clusters]
+            lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(row) + " |" for row in clusters]
         stdout().print("\n".join(lines), markup=False)
         return
     table = Table(title=title, title_justify="left")
@@ -98,8 +112,8 @@ def score_command(
     stdout().print(table)
     if clusters:
         per_table = Table(title="clusters", title_justify="left")
-        for column in ("cluster", "size", "silhouette"):
-            per_table.add_column(column, justify="right")
+        for column in columns:
+            per_table.add_column(column, justify="left" if column == "names" else "right")
         for row in clusters:
             per_table.add_row(*row)
         stdout().print(per_table)

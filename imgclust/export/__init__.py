@@ -1,24 +1,30 @@
 """``export``: a stored run as files people use.
 
-Formats: ``csv``, ``json``, ``parquet`` (one row per image: path, cluster, silhouette, distance to
-the cluster centre, label; plus a per-cluster summary), ``folders`` (one folder per cluster of
-symlinks, hard links or copies -- originals are never moved or changed), ``html`` (an offline
-gallery) and ``plot`` (2-D UMAP scatter and silhouette plot, PNG). ``embeddings`` writes the
-cache's rows themselves (no run needed) to a ``.parquet`` or ``.npy`` file (:mod:`imgclust.vectors`).
+Formats: ``csv``, ``json``, ``jsonl``, ``parquet`` (one row per image: path, cluster, silhouette,
+distance to the cluster centre, label, outlier score (:mod:`imgclust.outliers`); plus a per-cluster summary), ``folders`` (one folder per
+cluster of symlinks, hard links or copies -- originals are never moved or changed), ``html`` (an
+offline gallery showing a bounded number of images per cluster) and ``plot`` (2-D UMAP scatter and
+silhouette plot of a sample, PNG). ``embeddings`` writes the cache's rows themselves (no run needed)
+to a ``.parquet`` or ``.npy`` file (:mod:`imgclust.vectors`).
+
+The row formats stream: the run is held as columns (:class:`RunTable`) and written
+:data:`BLOCK_ROWS` rows at a time -- CSV and JSON lines a line per image, Parquet a row group per
+block, and the single JSON document with its ``images`` list written an image at a time -- so their
+memory does not grow with the number of images beyond the run's own arrays.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,16 +32,22 @@ from .._json import json_safe
 from ..errors import ImgclustError, UsageError
 from ..score import RunReport, score
 from ..manifest import Manifest
-from ._records import ClusterSummary, ImageRecord
+from ._map import DUPLICATE_GROUPS, MAP_MAX_POINTS, DuplicateGroups, MapPoints
+from ._records import IMAGE_FIELDS, ClusterSummary, ImageRecord, RunTable
 
-FORMATS = ("csv", "json", "parquet", "folders", "html", "plot")  # of a run
-ROW_FORMATS = ("embeddings",)  # of the cache's rows themselves (no run)
+FORMATS = ("csv", "json", "jsonl", "parquet", "folders", "html", "plot")  # of a run
+ROW_FORMATS = ("embeddings", "paths")  # of the cache's rows themselves (paths: a run only to filter by cluster)
+STDOUT_FORMATS = ("csv", "json", "jsonl")
 # What each format writes in the export folder (a folder for ``folders``; the gallery's thumbnails are
 # recorded as they are made).
 TARGETS = {"csv": ["assignments.csv", "clusters.csv"], "json": ["assignments.json"],
+           "jsonl": ["assignments.jsonl", "clusters.jsonl"],
            "parquet": ["assignments.parquet", "clusters.parquet"], "folders": ["clusters"],
            "html": ["gallery/index.html"], "plot": ["umap_scatter.png", "silhouette.png"]}
 LINK_MODES = ("symlink", "hardlink", "copy")
+BLOCK_ROWS = 65536  # rows a streaming writer holds as Python objects at once (and Parquet's row group)
+HTML_PER_CLUSTER = 24  # images the gallery shows per cluster by default (see imgclust.export._html)
+PLOT_MAX_POINTS = 50_000  # the scatter and silhouette plots draw a random sample of at most this many images
 
 
 @dataclass
@@ -47,28 +59,70 @@ class ExportResult:
         return {"format": self.format, "paths": self.paths}
 
 
-def build_records(report: RunReport, X: np.ndarray) -> tuple[list[ImageRecord], list[ClusterSummary]]:
-    """Per-image and per-cluster records of a scored run; ``X`` is the space the run clustered."""
-    labels = report.run.labels
+def run_table(report: RunReport, X: np.ndarray) -> tuple[RunTable, list[ClusterSummary]]:
+    """The columns of a scored run and its per-cluster summaries; ``X`` is the space the run clustered.
+
+    Cluster centres and distances are computed a block of rows at a time (a sparse one-hot product per
+    block), so no copy of a cluster's rows is made.
+    """
+    from scipy import sparse
+
+    labels = np.asarray(report.run.labels, np.int64)
+    ids, inverse = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(ids), X.shape[1]))
+    step = max(1024, 2**22 // max(1, X.shape[1]))  # float64 blocks of at most 32 MiB
+    for start in range(0, len(labels), step):
+        block = np.asarray(X[start:start + step], np.float64)
+        onehot = sparse.csr_matrix((np.ones(len(block)), (inverse[start:start + step], np.arange(len(block)))),
+                                   shape=(len(ids), len(block)))
+        sums += onehot @ block
+    sizes = np.bincount(inverse, minlength=len(ids))
+    centres = sums / np.maximum(sizes, 1)[:, None]
+    distances = np.empty(len(labels))
+    for start in range(0, len(labels), step):
+        block = np.asarray(X[start:start + step], np.float64)
+        distances[start:start + step] = np.linalg.norm(block - centres[inverse[start:start + step]], axis=1)
     silhouettes = report.scores.silhouette_samples
+    silhouettes = np.full(len(labels), np.nan) if silhouettes is None else np.asarray(silhouettes, np.float64)
     truth = report.labels_true
-    distances = np.zeros(len(labels))
+    table = RunTable(report.paths, labels, silhouettes, distances, truth, outlier_column(report))
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
     clusters = []
-    for cluster in sorted(set(labels.tolist())):
-        members = np.flatnonzero(labels == cluster)
-        centre = X[members].mean(0)
-        distances[members] = np.linalg.norm(X[members] - centre, axis=1)
-        sil = silhouettes[members] if silhouettes is not None else None
-        mean_sil = float(np.nanmean(sil)) if sil is not None and np.isfinite(sil).any() else None
+    for position, cluster in enumerate(ids.tolist()):
+        members = order[bounds[position]:bounds[position + 1]]
+        sil = silhouettes[members]
+        mean_sil = float(np.nanmean(sil)) if np.isfinite(sil).any() else None
         counts = dict(Counter(str(t) for t in truth[members] if t)) if truth is not None else None
         clusters.append(ClusterSummary(int(cluster), int(len(members)), mean_sil,
                                        str(report.paths[members[np.argmin(distances[members])]]), counts))
-    images = []
-    for i, (path, cluster) in enumerate(zip(report.paths, labels)):
-        sil = None if silhouettes is None or not np.isfinite(silhouettes[i]) else float(silhouettes[i])
-        label = str(truth[i]) if truth is not None and truth[i] else None
-        images.append(ImageRecord(str(path), int(cluster), sil, float(distances[i]), label))
-    return images, clusters
+    return table, clusters
+
+
+def with_names(report: RunReport, clusters: list[ClusterSummary],
+               vocabulary: str | os.PathLike | None = None) -> list[ClusterSummary]:
+    """The clusters with their CLIP names (:mod:`imgclust.names`) when the run's encoder is a CLIP; unchanged for
+    other encoders, and with a warning when the CLIP's weights are not available."""
+    import warnings
+    from dataclasses import replace
+
+    from ..cache import Cache
+    from ..names import cluster_names
+
+    if Cache(report.cache).info(report.run.encoder).get("family") != "open_clip":
+        return clusters
+    named, why = cluster_names(report.cache, report.run.run_id, report.run.encoder, vocabulary=vocabulary)
+    if named is None:
+        warnings.warn(why, stacklevel=2)
+        return clusters
+    return [replace(c, names=named.label(c.cluster) or None) for c in clusters]
+
+
+def outlier_column(report: RunReport) -> np.ndarray:
+    """Every image's outlier score (:mod:`imgclust.outliers`, on the run encoder's raw embeddings), in row order."""
+    from ..outliers import find_outliers
+
+    return find_outliers(report.cache, report.run.encoder).scores
 
 
 def export(
@@ -82,43 +136,79 @@ def export(
     link: str = "symlink",
     force: bool = False,
     report: RunReport | None = None,
+    html_per_cluster: int | None = HTML_PER_CLUSTER,
     on_progress: Callable[[int, int], None] | None = None,
+    clusters: Sequence[int] = (),
+    outliers: bool = False,
+    duplicates: bool = False,
+    names: bool = False,
+    vocabulary: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Write run ``run`` (latest by default) of ``cache`` in ``format`` to ``out``.
 
-    ``out`` is a folder (created), or ``-`` for csv/json on stdout. Existing files are not overwritten
-    without ``force``, and a file imgclust did not write is never overwritten or removed: the folder's
-    manifest (:mod:`imgclust.manifest`) records what every export wrote there.
+    ``out`` is a folder (created), or ``-`` for csv, json or jsonl on stdout. Existing files are not
+    overwritten without ``force``, and a file imgclust did not write is never overwritten or removed:
+    the folder's manifest (:mod:`imgclust.manifest`) records what every export wrote there.
+    ``html_per_cluster`` is how many images the gallery shows per cluster (None: all of them).
+    ``format="paths"`` prints the paths of the images passing the filters ``clusters``, ``outliers`` and
+    ``duplicates`` (:func:`imgclust.export._paths.select_paths`) one per line on stdout. With ``names``, a
+    CLIP run's clusters carry names (:mod:`imgclust.names`) from ``vocabulary`` (default: the built-in one; its
+    text embeddings take long on a CPU the first time, so names are asked for).
     """
     if format not in FORMATS + ROW_FORMATS:
         raise UsageError(f"unknown export format '{format}'", hint=f"choose from {', '.join(FORMATS + ROW_FORMATS)}")
     if link not in LINK_MODES:
         raise UsageError(f"unknown --link mode '{link}'", hint=f"choose from {', '.join(LINK_MODES)}")
+    if html_per_cluster is not None and (isinstance(html_per_cluster, bool) or not isinstance(html_per_cluster, int)
+                                         or html_per_cluster < 1):
+        raise UsageError(f"--html-per-cluster must be a positive integer, got {html_per_cluster!r}",
+                         hint=f"e.g. --html-per-cluster {HTML_PER_CLUSTER}")
+    if (clusters or outliers or duplicates) and format != "paths":
+        raise UsageError("--cluster, --outliers and --duplicates select paths", hint="add --format paths")
+    if format == "paths":
+        from ._paths import select_paths
+
+        if out not in (None, "-"):
+            raise UsageError("--format paths prints to stdout", hint="drop --out, or redirect: > paths.txt")
+        selected = select_paths(cache, run, encoder, clusters=clusters, outliers=outliers, duplicates=duplicates)
+        sys.stdout.writelines(f"{p}\n" for p in selected)
+        sys.stdout.flush()
+        return ExportResult(format, ["-"])
     if format == "embeddings":
         from ..vectors import export_embeddings
 
         if out is None or out == "-":
             raise UsageError("--format embeddings writes a file", hint="give --out rows.parquet or --out rows.npy")
         return ExportResult(format, export_embeddings(cache, out, encoder, force=force, progress=on_progress))
-    if out == "-" and format not in ("csv", "json"):
-        raise UsageError(f"--out - (stdout) works for csv and json, not {format}", hint="give a folder with --out")
+    if out == "-" and format not in STDOUT_FORMATS:
+        raise UsageError(f"--out - (stdout) works for {', '.join(STDOUT_FORMATS)}, not {format}",
+                         hint="give a folder with --out")
     report = report or score(cache, run, encoder, labels)
     from ..cluster import run_space
 
     X = run_space(report.cache, report.run)
-    images, clusters = build_records(report, X)
+    table, clusters = run_table(report, X)
+    if names:
+        clusters = with_names(report, clusters, vocabulary)
     if out == "-":
-        sys.stdout.write(_csv_text(images) if format == "csv" else json.dumps(_json_doc(report, images, clusters), indent=2) + "\n")
+        _STREAMS[format](sys.stdout, report, table, clusters, on_progress)
+        sys.stdout.flush()
         return ExportResult(format, ["-"])
-    folder = Path(out) if out is not None else Path(f"{Path(report.cache).stem}-{report.run.run_id}")
-    writers = {"csv": _write_csv, "json": _write_json, "parquet": _write_parquet, "folders": _write_folders,
-               "html": _write_html, "plot": _write_plot}
+    folder = Path(out) if out is not None else default_folder(report)
+    writers = {"csv": _write_csv, "json": _write_json, "jsonl": _write_jsonl, "parquet": _write_parquet,
+               "folders": _write_folders, "html": _write_html, "plot": _write_plot}
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {folder}: {exc.strerror}", hint="choose a writable --out") from None
-    paths = writers[format](Manifest(folder), report, images, clusters, X, force=force, link=link, on_progress=on_progress)
+    paths = writers[format](Manifest(folder), report, table, clusters, X, force=force, link=link,
+                            on_progress=on_progress, per_cluster=html_per_cluster)
     return ExportResult(format, [str(p) for p in paths])
+
+
+def default_folder(report: RunReport) -> Path:
+    """Where an export without ``out`` writes: ``<cache name>-<run id>`` in the working folder."""
+    return Path(f"{Path(report.cache).stem}-{report.run.run_id}")
 
 
 def check_destination(folder: str | os.PathLike, formats, force: bool = False) -> None:
@@ -136,103 +226,238 @@ def _claim(manifest: Manifest, format: str, force: bool) -> list[Path]:
     return targets
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _atomic(path: Path, write: Callable[[IO[str]], None]) -> Path:
+    """Stream ``write(file)`` into a temporary file beside ``path``, then put it in place: a killed
+    export leaves the previous file (or none), never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            write(fh)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return path
 
 
-def _csv_text(rows) -> str:
-    buffer = io.StringIO()
-    dicts = [r.to_dict() for r in rows]
-    writer = csv.DictWriter(buffer, fieldnames=list(dicts[0]) if dicts else ["path"], lineterminator="\n")
-    writer.writeheader()
-    for d in dicts:
-        writer.writerow({k: (json.dumps(v) if isinstance(v, dict) else ("" if v is None else v)) for k, v in d.items()})
-    return buffer.getvalue()
+# --------------------------------------------------------------------------------------------------
+# the row formats: one streaming writer each, used for files and for stdout alike
 
 
-def _json_doc(report: RunReport, images, clusters) -> dict:
-    return json_safe({**report.to_dict(), "clusters": [c.to_dict() for c in clusters], "images": [i.to_dict() for i in images]})
+def _cell(value):
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value  # csv writes None as ""
 
 
-def _write_csv(manifest, report, images, clusters, X, force, **_):
+def _blocks(table: RunTable, on_progress) -> Iterator[tuple[int, int]]:
+    """The table's blocks of :data:`BLOCK_ROWS` rows, reporting each one written."""
+    for start, stop in table.blocks(BLOCK_ROWS):
+        yield start, stop
+        if on_progress is not None:
+            on_progress(stop, len(table))
+
+
+def _stream_csv(fh: IO[str], report, table: RunTable, clusters, on_progress=None) -> None:
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(IMAGE_FIELDS)
+    for start, stop in _blocks(table, on_progress):
+        writer.writerows(table.rows(start, stop))
+
+
+def _stream_cluster_csv(fh: IO[str], clusters: list[ClusterSummary]) -> None:
+    dicts = [c.to_dict() for c in clusters]
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(list(dicts[0]) if dicts else ["cluster"])
+    writer.writerows([_cell(v) for v in d.values()] for d in dicts)
+
+
+def _stream_jsonl(fh: IO[str], report, table: RunTable, clusters, on_progress=None) -> None:
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    for start, stop in _blocks(table, on_progress):
+        fh.writelines(dumps(dict(zip(IMAGE_FIELDS, row))) + "\n" for row in table.rows(start, stop))
+
+
+def _stream_json(fh: IO[str], report, table: RunTable, clusters, on_progress=None) -> None:
+    """One JSON document (``indent=2``): the run, its scores and clusters, then ``images`` written an
+    image at a time -- the same text ``json.dumps(doc, indent=2)`` gives, never built in memory."""
+    head = json.dumps(json_safe({**report.to_dict(), "clusters": [c.to_dict() for c in clusters], "images": []}),
+                      indent=2, ensure_ascii=False)
+    assert head.endswith('"images": []\n}')
+    fh.write(head[:-len("[]\n}")])
+    if len(table) == 0:
+        fh.write("[]\n}\n")
+        return
+    fh.write("[")
+    encode = json.JSONEncoder(ensure_ascii=False, indent=2).encode
+    first = True
+    for start, stop in _blocks(table, on_progress):
+        for row in table.rows(start, stop):
+            fh.write(("\n    " if first else ",\n    ") + encode(dict(zip(IMAGE_FIELDS, row))).replace("\n", "\n    "))
+            first = False
+    fh.write("\n  ]\n}\n")
+
+
+_STREAMS = {"csv": _stream_csv, "json": _stream_json, "jsonl": _stream_jsonl}
+
+
+def _write_csv(manifest, report, table, clusters, X, force, on_progress=None, **_):
     targets = _claim(manifest, "csv", force)
-    return [_atomic_text(targets[0], _csv_text(images)), _atomic_text(targets[1], _csv_text(clusters))]
+    return [_atomic(targets[0], lambda fh: _stream_csv(fh, report, table, clusters, on_progress)),
+            _atomic(targets[1], lambda fh: _stream_cluster_csv(fh, clusters))]
 
 
-def _write_json(manifest, report, images, clusters, X, force, **_):
+def _write_json(manifest, report, table, clusters, X, force, on_progress=None, **_):
     [target] = _claim(manifest, "json", force)
-    return [_atomic_text(target, json.dumps(_json_doc(report, images, clusters), indent=2, ensure_ascii=False) + "\n")]
+    return [_atomic(target, lambda fh: _stream_json(fh, report, table, clusters, on_progress))]
 
 
-def _write_parquet(manifest, report, images, clusters, X, force, **_):
+def _write_jsonl(manifest, report, table, clusters, X, force, on_progress=None, **_):
+    targets = _claim(manifest, "jsonl", force)
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    return [_atomic(targets[0], lambda fh: _stream_jsonl(fh, report, table, clusters, on_progress)),
+            _atomic(targets[1], lambda fh: fh.writelines(dumps(c.to_dict()) + "\n" for c in clusters))]
+
+
+def _write_parquet(manifest, report, table, clusters, X, force, on_progress=None, **_):
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ImgclustError("parquet export needs pyarrow", hint='pip install "imgclust[parquet]"') from None
     targets = _claim(manifest, "parquet", force)
-    rows = [i.to_dict() for i in images]
-    pq.write_table(pa.Table.from_pylist(rows), targets[0])
+    schema = pa.schema([("path", pa.string()), ("cluster", pa.int64()), ("silhouette", pa.float64()),
+                        ("distance", pa.float64()), ("label", pa.string()), ("outlier_score", pa.float64())])
+    assert tuple(schema.names) == IMAGE_FIELDS
+
+    def blocks():
+        for start, stop in _blocks(table, on_progress):
+            sil = table.silhouettes[start:stop]
+            labels = (None if table.labels is None
+                      else pa.array([str(v) if v else None for v in table.labels[start:stop]], pa.string()))
+            yield pa.record_batch([
+                pa.array([str(p) for p in table.paths[start:stop]], pa.string()),
+                pa.array(table.clusters[start:stop]),
+                pa.array(sil, mask=~np.isfinite(sil)),
+                pa.array(table.distances[start:stop]),
+                labels if labels is not None else pa.nulls(stop - start, pa.string()),
+                (pa.array(table.outlier_scores[start:stop]) if table.outlier_scores is not None
+                 else pa.nulls(stop - start, pa.float64())),
+            ], schema=schema)
+
+    _atomic_parquet(targets[0], schema, blocks())
     summary = [{**c.to_dict(), "label_counts": json.dumps(c.label_counts) if c.label_counts else None} for c in clusters]
-    pq.write_table(pa.Table.from_pylist(summary), targets[1])
+    table_of_clusters = pa.Table.from_pylist(summary)
+    _atomic_parquet(targets[1], table_of_clusters.schema, table_of_clusters.to_batches())
     return targets
 
 
-def _write_folders(manifest, report, images, clusters, X, force, link, **_):
+def _atomic_parquet(path: Path, schema, batches) -> Path:
+    """Parquet written a row group per batch into a temporary file, then put in place."""
+    import pyarrow.parquet as pq
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# folders, gallery, plots
+
+
+def _write_folders(manifest, report, table, clusters, X, force, link, **_):
     [root] = _claim(manifest, "folders", force)  # refuses a folder holding anything imgclust did not put there
     width = max(1, len(str(max((c.cluster for c in clusters), default=0))))
     targets, taken = [], set()
-    for index, record in enumerate(images):
-        name = "noise" if record.cluster < 0 else f"cluster-{record.cluster:0{width}d}"
-        target = root / name / os.path.basename(record.path)
+    for index, (path, cluster) in enumerate(zip(table.paths, table.clusters.tolist())):
+        name = "noise" if cluster < 0 else f"cluster-{cluster:0{width}d}"
+        target = root / name / os.path.basename(path)
         if target in taken:  # two images with one name: keep both
-            target = root / name / f"{index:06d}-{os.path.basename(record.path)}"
+            target = root / name / f"{index:06d}-{os.path.basename(path)}"
         taken.add(target)
         targets.append(target)
     manifest.record(targets)  # before any is made: a killed export leaves nothing unaccounted for
-    for record, target in zip(images, targets):
+    for path, target in zip(table.paths, targets):
+        path = str(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             if link == "symlink":
-                os.symlink(os.path.abspath(record.path), target)
+                os.symlink(os.path.abspath(path), target)
             elif link == "hardlink":
-                os.link(record.path, target)
+                os.link(path, target)
             else:
-                shutil.copy2(record.path, target)
+                shutil.copy2(path, target)
         except OSError as exc:
-            raise ImgclustError(f"cannot {link} {record.path} into {target.parent}: {exc.strerror}",
+            raise ImgclustError(f"cannot {link} {path} into {target.parent}: {exc.strerror}",
                                 hint="hard links need the same filesystem; try --link symlink or --link copy") from None
     return [root]
 
 
-def _write_html(manifest, report, images, clusters, X, force, on_progress=None, **_):
+def _write_html(manifest, report, table, clusters, X, force, on_progress=None, per_cluster=HTML_PER_CLUSTER, **_):
     from ._html import write_html
 
     _claim(manifest, "html", force)
+    sample = plot_sample(len(table), MAP_MAX_POINTS)
+    map_points = MapPoints(sample, embed_2d(np.asarray(X[sample]), seed=0), len(table))
     scores = {k: v for k, v in report.scores.to_dict().items()
               if k in ("n_samples", "n_clusters", "n_noise", "silhouette", "ami", "nmi", "ari", "accuracy", "bcubed_f", "pairwise_f")}
     scores["silhouette_space"] = report.silhouette_space
     title = f"{report.run.method} {report.run.run_id} ({report.run.encoder})"
-    return [write_html(manifest.folder / "gallery", images, clusters, scores, title, on_progress=on_progress,
-                       on_write=manifest.record, selection=report.run.selection)]
+    return [write_html(manifest.folder / "gallery", table, clusters, scores, title, on_progress=on_progress,
+                       on_write=manifest.record, selection=report.run.selection, max_per_cluster=per_cluster,
+                       map_points=map_points, duplicates=duplicate_groups(report))]
 
 
-def _write_plot(manifest, report, images, clusters, X, force, **_):
+def duplicate_groups(report: RunReport) -> DuplicateGroups:
+    """The run's images' duplicate groups for the gallery (:mod:`imgclust.duplicates`, the family's default
+    threshold; the page says when it is not calibrated), the largest :data:`DUPLICATE_GROUPS` of them."""
+    import warnings
+
+    from ..duplicates import find_duplicates
+
+    with warnings.catch_warnings():  # an uncalibrated threshold: said on the page, not once per export
+        warnings.simplefilter("ignore", UserWarning)
+        found = find_duplicates(report.cache, report.run.encoder)
+    largest = sorted(found.groups, key=lambda g: (-len(g.paths), g.group))[:DUPLICATE_GROUPS]
+    return DuplicateGroups([g.paths for g in largest], [g.kind for g in largest], found.threshold,
+                           found.threshold_source, len(found.groups), len(found.drop_paths))
+
+
+def _write_plot(manifest, report, table, clusters, X, force, **_):
     from ._plot import write_plots
 
     _claim(manifest, "plot", force)
-    silhouettes = report.scores.silhouette_samples
-    if silhouettes is None:
-        silhouettes = np.full(len(images), np.nan)
+    sample = plot_sample(len(table), PLOT_MAX_POINTS)
     title = f"{report.run.method} {report.run.run_id} ({report.run.encoder})"
-    return write_plots(manifest.folder, embed_2d(X, seed=0), report.run.labels, silhouettes, title)
+    sizes = {c.cluster: c.size for c in clusters}
+    return write_plots(manifest.folder, embed_2d(np.asarray(X[sample]), seed=0), table.clusters[sample],
+                       table.silhouettes[sample], title, n_images=len(table), cluster_sizes=sizes)
+
+
+def plot_sample(n: int, max_points: int = PLOT_MAX_POINTS, seed: int = 0) -> np.ndarray:
+    """The rows the plots draw: all of them up to ``max_points``, else a uniform random sample of
+    ``max_points`` (sorted; the same for a given ``n`` and ``seed``)."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
 
 
 def embed_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A 2-D UMAP of the run's space for the scatter plot (PCA for tiny inputs)."""
+    """A 2-D UMAP of (a sample of) the run's space for the scatter plot (PCA for tiny inputs)."""
     if X.shape[1] <= 2:
         return np.pad(X, ((0, 0), (0, 2 - X.shape[1])))
     if len(X) < 10:

@@ -1,10 +1,13 @@
 """A self-contained, offline HTML report of one clustering run.
 
 ``write_html`` writes ``index.html`` (inline CSS and a few lines of inline JS, nothing fetched from
-the network) and one small JPEG thumbnail per shown image in ``thumbs/`` beside it. The page is
-built to open quickly for tens of thousands of images: every thumbnail sits in a fixed-size box,
-is lazy-loaded and decoded asynchronously, and off-screen cluster sections are skipped by the
-browser's layout (``content-visibility``).
+the network) and one small JPEG thumbnail per *shown* image in ``thumbs/`` beside it. The page stays
+the same size whatever the size of the run: each cluster shows at most ``max_per_cluster`` images
+(default 24) -- half of them the images nearest its centre, a quarter its lowest silhouettes (its
+edge) and the rest a random sample -- and says how many more it holds; at most ``max_clusters``
+clusters (default 100, the largest) get a section of images, the others a row in a table of sizes
+and scores. Thumbnails sit in fixed-size boxes, are lazy-loaded and decoded asynchronously, and
+off-screen sections are skipped by the browser's layout (``content-visibility``).
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ from urllib.parse import quote
 
 from ..decode import DecodeError, load_rgb
 from ..errors import ImgclustError, ParameterError, UsageError
-from ._records import ClusterSummary, ImageRecord
+import numpy as np
 
+from ..outliers import MARK_SCORE
+from ._map import CSS as MAP_CSS, JS as MAP_JS, DuplicateGroups, MapPoints, duplicates_section, map_section, map_thumb_rows
+from ._records import ClusterSummary, ImageRecord, RunTable
+
+PER_CLUSTER = 24  # images a cluster shows by default
+MAX_CLUSTERS = 100  # clusters that get a section of images by default (the rest: a table)
 THUMBS_DIR = "thumbs"
 JPEG_QUALITY = 80
 TINY_SIDE = 64  # longest side in pixels under which a thumbnail is scaled up pixelated (digits, CIFAR)
@@ -58,18 +67,22 @@ class _Thumb:
 
 def write_html(
     out_dir: Path | str,
-    images: Sequence[ImageRecord],
+    images: RunTable | Sequence[ImageRecord],
     clusters: Sequence[ClusterSummary],
     scores: Mapping[str, object],
     title: str,
     *,
     thumb_size: int = 128,
-    max_per_cluster: int | None = None,
+    max_per_cluster: int | None = PER_CLUSTER,
+    max_clusters: int | None = MAX_CLUSTERS,
     outlier_quantile: float = 0.05,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_write: Callable[[list[Path]], None] | None = None,
     selection: Mapping | None = None,
+    seed: int = 0,
+    map_points: MapPoints | None = None,
+    duplicates: DuplicateGroups | None = None,
 ) -> Path:
     """Write ``out_dir/index.html``, a browsable page of the clusters, with thumbnails beside it.
 
@@ -79,8 +92,9 @@ def write_html(
         Folder to write into; created if missing. Thumbnails go to ``out_dir/thumbs/`` and are
         reused by later calls (named by a hash of the image path and ``thumb_size``; rewritten when
         the image is newer than its thumbnail).
-    images : sequence of ImageRecord
-        Every image of the run. Within a cluster they are shown nearest-to-centre first.
+    images : RunTable or sequence of ImageRecord
+        Every image of the run, as columns (:class:`~imgclust.export._records.RunTable`, what
+        ``export`` passes: nothing is made per image but for the shown ones) or as records.
     clusters : sequence of ClusterSummary
         One per cluster; the noise cluster (-1) may have one or not.
     scores : mapping
@@ -90,8 +104,17 @@ def write_html(
         Page title and heading.
     thumb_size : int, default=128
         Longest side of a thumbnail in pixels, in [16, 1024]. Images are never upscaled.
-    max_per_cluster : int or None, default=None
-        Show at most this many images per cluster (the ones nearest its centre); ``None`` shows all.
+    max_per_cluster : int or None, default=24
+        Images shown per cluster. A cluster that holds more shows ``ceil(n/2)`` nearest its centre,
+        ``floor(n/4)`` with the lowest silhouettes among the rest (its edge; the farthest from the
+        centre where silhouettes are undefined) and a random sample of the rest, and says how many
+        it does not show. A cluster of at most ``n`` shows all, nearest-to-centre first. ``None``
+        shows every image (for small runs only: the page grows with the run).
+    max_clusters : int or None, default=100
+        Clusters that get a section of images: the largest ones (noise counts as one), shown in id
+        order. The others are listed in a table of size, mean silhouette and majority label at the
+        end, so a run of 10,000 clusters still makes a page of at most ``max_clusters *
+        max_per_cluster`` thumbnails. ``None``: every cluster gets a section.
     outlier_quantile : float, default=0.05
         Share of the run's images, in [0, 1], that may be marked as outliers: an image is marked
         when its silhouette is negative (it sits closer to another cluster) *and* among the lowest
@@ -109,6 +132,14 @@ def write_html(
         The run's label-free choice of K (``ClusterRun.selection``, from ``--n-clusters auto``):
         the page then shows its criterion's curve over K with the pick and the runners-up marked,
         and its summary (doubts included).
+    seed : int, default=0
+        Seed of the random sample shown per cluster (the page is the same for a given seed).
+    map_points : MapPoints or None
+        The rows to draw on the 2-D map and their positions (:mod:`imgclust.export._map`); None: no map.
+    duplicates : DuplicateGroups or None
+        Duplicate groups to show in their own section; None: no section.
+
+    Images whose ``outlier_score`` is at least :data:`imgclust.outliers.MARK_SCORE` are marked *isolated*.
 
     Returns
     -------
@@ -121,6 +152,8 @@ def write_html(
     thumb_size = _check_int("thumb_size", thumb_size, 16, 1024)
     if max_per_cluster is not None:
         max_per_cluster = _check_int("max_per_cluster", max_per_cluster, 1, None, nullable=True)
+    if max_clusters is not None:
+        max_clusters = _check_int("max_clusters", max_clusters, 1, None, nullable=True)
     if workers is None:
         workers = max(1, min(8, os.cpu_count() or 1))
     else:
@@ -144,11 +177,16 @@ def write_html(
         raise _write_error(thumbs_dir, exc) from exc
     out_abs = Path(os.path.abspath(out_dir))
 
-    groups = _group(images, clusters)
-    threshold = _outlier_threshold(images, outlier_quantile)
-
-    shown = [rec for _, members, _ in groups for rec in members[:max_per_cluster]]
-    unique_paths = list(dict.fromkeys(rec.path for rec in shown))
+    table = images if isinstance(images, RunTable) else RunTable.from_records(images)
+    groups = _group(table, clusters)
+    threshold = _outlier_threshold(table, outlier_quantile)
+    shown_groups, rest = _sections(groups, max_clusters)
+    picks = {cid: _pick(table, members, max_per_cluster, seed + position)
+             for position, (cid, members, _) in enumerate(groups) if cid in shown_groups}
+    unique_paths = list(dict.fromkeys(str(table.paths[i]) for cid in picks for i, _ in picks[cid]))
+    map_rows = map_thumb_rows(map_points, seed) if map_points is not None else np.zeros(0, np.int64)
+    dup_paths = [p for group in duplicates.groups for p in group] if duplicates is not None else []
+    unique_paths = list(dict.fromkeys(unique_paths + [str(table.paths[i]) for i in map_rows.tolist()] + dup_paths))
     if on_write is not None:
         on_write([thumbs_dir / _thumb_name(path, thumb_size) for path in unique_paths])
     thumbs = _make_thumbs(unique_paths, thumbs_dir, thumb_size, workers, on_progress)
@@ -156,14 +194,16 @@ def write_html(
     page = _render(
         title=title,
         scores=scores,
+        table=table,
         groups=groups,
+        picks=picks,
+        rest=rest,
         thumbs=thumbs,
         threshold=threshold,
         thumb_size=thumb_size,
-        max_per_cluster=max_per_cluster,
         out_abs=out_abs,
-        n_images=len(images),
         selection=selection,
+        extra=_triage_sections(table, groups, picks, rest, thumbs, map_points, map_rows, duplicates, out_abs),
     )
     index = out_dir / "index.html"
     _atomic_write(index, page.encode("utf-8"))
@@ -184,21 +224,56 @@ def _check_int(name: str, value, low: int, high: int | None, nullable: bool = Fa
     )
 
 
-def _group(
-    images: Sequence[ImageRecord], clusters: Sequence[ClusterSummary]
-) -> list[tuple[int, list[ImageRecord], ClusterSummary | None]]:
-    """(cluster id, members nearest-first, summary) per cluster: ids ascending, noise last."""
-    members: dict[int, list[ImageRecord]] = {}
-    for rec in images:
-        members.setdefault(int(rec.cluster), []).append(rec)
+def _group(table: RunTable, clusters: Sequence[ClusterSummary]) -> list[tuple[int, np.ndarray, ClusterSummary | None]]:
+    """(cluster id, its rows, summary) per cluster: ids ascending, noise last."""
+    ids, inverse, counts = np.unique(table.clusters, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    members = {int(c): order[bounds[i]:bounds[i + 1]] for i, c in enumerate(ids.tolist())}
     summaries = {int(c.cluster): c for c in clusters}
-    ids = sorted(set(members) | set(summaries), key=lambda c: (c < 0, c))
-    out = []
-    for cid in ids:
-        recs = members.get(cid, [])
-        recs.sort(key=lambda r: (_finite_or(r.distance, math.inf), r.path))
-        out.append((cid, recs, summaries.get(cid)))
-    return out
+    empty = np.zeros(0, np.int64)
+    return [(cid, members.get(cid, empty), summaries.get(cid))
+            for cid in sorted(set(members) | set(summaries), key=lambda c: (c < 0, c))]
+
+
+def _sections(groups, max_clusters: int | None) -> tuple[set[int], list]:
+    """The clusters that get a section of images (the largest ``max_clusters``) and the groups of the rest."""
+    if max_clusters is None or len(groups) <= max_clusters:
+        return {cid for cid, _, _ in groups}, []
+    by_size = sorted(groups, key=lambda g: (-_size(g[1], g[2]), g[0] < 0, g[0]))
+    shown = {cid for cid, _, _ in by_size[:max_clusters]}
+    return shown, [g for g in groups if g[0] not in shown]
+
+
+def _size(members: np.ndarray, summary: ClusterSummary | None) -> int:
+    return summary.size if summary is not None else len(members)
+
+
+def _pick(table: RunTable, members: np.ndarray, n: int | None, seed: int) -> list[tuple[int, str]]:
+    """The rows a cluster shows, each with why: ``centre`` (nearest its centre), ``sample`` (at
+    random) or ``edge`` (lowest silhouette; farthest from the centre where it is undefined)."""
+    def by_distance(rows: np.ndarray) -> list[int]:
+        return sorted(rows.tolist(), key=lambda i: (_finite_or(table.distances[i], math.inf), str(table.paths[i])))
+
+    if n is None or len(members) <= n:
+        return [(i, "centre") for i in by_distance(members)]
+    n_centre, n_edge = math.ceil(n / 2), n // 4
+    distance = np.where(np.isfinite(table.distances[members]), table.distances[members], np.inf)
+    nearest = np.argpartition(distance, n_centre - 1)[:n_centre]
+    rest = np.delete(members, nearest)
+    centre = by_distance(members[nearest])
+    edge = []
+    if n_edge:
+        sil = table.silhouettes[rest]
+        key = np.where(np.isfinite(sil), sil, np.inf) if np.isfinite(sil).any() else -np.nan_to_num(
+            table.distances[rest], nan=-np.inf)
+        lowest = np.argpartition(key, n_edge - 1)[:n_edge]
+        lowest = lowest[np.argsort(key[lowest], kind="stable")]
+        edge = rest[lowest].tolist()
+        rest = np.delete(rest, lowest)
+    sample = np.random.default_rng(seed).choice(rest, size=n - n_centre - len(edge), replace=False)
+    return ([(i, "centre") for i in centre] + [(i, "sample") for i in by_distance(sample)]
+            + [(i, "edge") for i in edge])
 
 
 def _finite_or(value, default: float) -> float:
@@ -209,15 +284,19 @@ def _finite_or(value, default: float) -> float:
     return value if math.isfinite(value) else default
 
 
-def _outlier_threshold(images: Sequence[ImageRecord], quantile: float) -> float:
+def _outlier_threshold(table: RunTable, quantile: float) -> float:
     """Silhouettes strictly below the returned value (never above 0) are outliers."""
-    values = sorted(
-        s for s in (_finite_or(r.silhouette, math.nan) for r in images if r.cluster >= 0) if not math.isnan(s)
-    )
+    values = table.silhouettes[(table.clusters >= 0) & np.isfinite(table.silhouettes)]
     k = math.ceil(len(values) * quantile - 1e-9)  # how many images the bottom quantile holds
     if k == 0:
         return -math.inf
-    return min(0.0, math.nextafter(values[k - 1], math.inf))
+    return min(0.0, math.nextafter(float(np.partition(values, k - 1)[k - 1]), math.inf))
+
+
+def _outliers(table: RunTable, members: np.ndarray, threshold: float) -> np.ndarray:
+    """Which of ``members`` are marked as outliers (noise never is)."""
+    sil = table.silhouettes[members]
+    return (table.clusters[members] >= 0) & np.isfinite(sil) & (sil < threshold)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,11 +454,13 @@ def _href(path: str, out_abs: Path) -> str:
     return quote(Path(rel).as_posix(), safe="/._-~")
 
 
-def _label_mix(summary: ClusterSummary | None, members: list[ImageRecord]) -> list[tuple[str, int]]:
+def _label_mix(summary: ClusterSummary | None, table: RunTable, members: np.ndarray) -> list[tuple[str, int]]:
     if summary is not None and summary.label_counts:
         counts = Counter({str(k): int(v) for k, v in summary.label_counts.items()})
+    elif table.labels is not None:
+        counts = Counter(str(v) for v in table.labels[members] if v)
     else:
-        counts = Counter(r.label for r in members if r.label is not None)
+        counts = Counter()
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
@@ -395,48 +476,76 @@ def _sil_class(value: float | None) -> str:
     return "neg"
 
 
+_PICK_HEADINGS = {"centre": "nearest the centre", "sample": "a random sample", "edge": "lowest silhouettes (the edge)"}
+
+
+def _anchor(cid: int) -> str:
+    return "cluster-noise" if cid < 0 else f"cluster-{cid}"
+
+
+def _triage_sections(table, groups, picks, rest, thumbs, map_points, map_rows, duplicates, out_abs) -> str:
+    """The map and duplicates sections (:mod:`imgclust.export._map`), with the thumbnails already made."""
+    def url(path: str) -> str | None:
+        thumb = thumbs.get(path)
+        return f"{THUMBS_DIR}/{thumb.name}" if thumb is not None and thumb.name is not None else None
+
+    parts = []
+    if map_points is not None:
+        shown = {i for cid in picks for i, _ in picks[cid]} | set(map_rows.tolist())
+        urls = {i: url(str(table.paths[i])) for i in map_points.rows.tolist() if i in shown}
+        anchors = {cid: _anchor(cid) for cid, _, _ in groups if cid in picks}
+        names = {cid: summary.names for cid, _, summary in groups if summary is not None and summary.names}
+        parts.append(map_section(map_points, table.clusters, table.paths,
+                                 {i: u for i, u in urls.items() if u}, anchors, names))
+    if duplicates is not None and duplicates.n_groups:
+        urls = {p: url(p) for group in duplicates.groups for p in group}
+        parts.append(duplicates_section(duplicates, {p: u for p, u in urls.items() if u},
+                                        lambda path: _href(path, out_abs)))
+    return "".join(parts)
+
+
 def _render(
     *,
     title: str,
     scores: Mapping[str, object],
+    table: RunTable,
     groups,
+    picks: dict[int, list[tuple[int, str]]],
+    rest: list,
     thumbs: dict[str, _Thumb],
     threshold: float,
     thumb_size: int,
-    max_per_cluster: int | None,
     out_abs: Path,
-    n_images: int,
     selection: Mapping | None = None,
+    extra: str = "",
 ) -> str:
     parts: list[str] = []
     w = parts.append
-    n_outliers = 0
+    n_outliers = int(_outliers(table, np.arange(len(table)), threshold).sum())
     n_unreadable = sum(1 for t in thumbs.values() if t.name is None)
 
-    # Sections first (they count the outliers the header shows).
     sections: list[str] = []
     nav: list[str] = []
     for cid, members, summary in groups:
+        if cid not in picks:
+            continue
         is_noise = cid < 0
-        anchor = "cluster-noise" if is_noise else f"cluster-{cid}"
+        anchor = _anchor(cid)
         name = "noise" if is_noise else f"Cluster {cid}"
-        size = summary.size if summary is not None else len(members)
-        mean_sil = None if summary is None else summary.mean_silhouette
-        mean_sil = None if mean_sil is None else _finite_or(mean_sil, math.nan)
-        if mean_sil is not None and math.isnan(mean_sil):
-            mean_sil = None
+        size = _size(members, summary)
+        mean_sil = _mean_silhouette(summary)
         representative = summary.representative if summary is not None else None
-        mix = _label_mix(summary, members)
-        shown = members[:max_per_cluster]
+        mix = _label_mix(summary, table, members)
+        shown = picks[cid]
+        marked = _outliers(table, np.array([i for i, _ in shown], np.int64), threshold)
+        n_out_here = int(_outliers(table, members, threshold).sum())
 
-        tiles: list[str] = []
-        n_out_here = 0
-        for rec in shown:
+        strips: dict[str, list[str]] = {}
+        for (i, why), outlier in zip(shown, marked.tolist()):
+            rec = table.record(i)
             sil = _finite_or(rec.silhouette, math.nan)
-            outlier = not is_noise and not math.isnan(sil) and sil < threshold
-            n_out_here += outlier
-            tiles.append(_tile(rec, thumbs[rec.path], sil, outlier, rec.path == representative, out_abs))
-        n_outliers += n_out_here
+            strips.setdefault(why, []).append(
+                _tile(rec, thumbs[rec.path], sil, outlier, rec.path == representative, out_abs, why))
 
         mean_txt = _fmt(mean_sil)
         nav.append(
@@ -450,7 +559,9 @@ def _render(
                 f'<span class="sil sil-{_sil_class(mean_sil)}">mean silhouette <b>{mean_txt}</b></span>'
             )
         if n_out_here:
-            meta.append(f'<span class="badge out">{n_out_here} outlier{"s" if n_out_here != 1 else ""}</span>')
+            meta.append(f'<span class="badge out">{n_out_here:,} outlier{"s" if n_out_here != 1 else ""}</span>')
+        if summary is not None and summary.names:
+            meta.append(f'<span class="cnames" title="CLIP names (cosine similarity)">{_e(summary.names)}</span>')
         mix_html = ""
         if mix:
             total = sum(c for _, c in mix) or 1
@@ -462,31 +573,41 @@ def _render(
             more = f'<li class="more">+{len(mix) - 8} more</li>' if len(mix) > 8 else ""
             mix_html = f'<ul class="mix" title="ground-truth labels in this cluster">{chips}{more}</ul>'
         note = ""
-        if len(shown) < len(members):
-            note = (
-                f'<p class="note">Showing the {len(shown):,} images nearest the centre '
-                f"of {len(members):,}.</p>"
-            )
-        elif not members:
+        hidden = len(members) - len(shown)
+        if hidden > 0:
+            counts = [f"{len(strips[why]):,} {_PICK_HEADINGS[why]}" for why in _PICK_HEADINGS if why in strips]
+            note = (f'<p class="note">Showing {len(shown):,} of {len(members):,} images: {", ".join(counts)}'
+                    f' \u2014 <b class="hidden" data-hidden="{hidden}">and {hidden:,} more</b>.</p>')
+        elif not len(members):
             note = '<p class="note">No images.</p>'
+        if hidden > 0:
+            grids = "".join(f'<h3 class="pick">{_e(_PICK_HEADINGS[why])}</h3><div class="grid">{"".join(tiles)}</div>'
+                            for why, tiles in strips.items())
+        else:
+            grids = f'<div class="grid">{"".join(strips.get("centre", []))}</div>'
         sections.append(
             f'<section id="{anchor}" class="cluster{" noise" if is_noise else ""}" data-cluster="{cid}">'
             f'<header><h2><a href="#{anchor}">{_e(name)}</a></h2>'
-            f'<div class="meta">{"".join(meta)}</div>{mix_html}</header>{note}'
-            f'<div class="grid">{"".join(tiles)}</div></section>'
+            f'<div class="meta">{"".join(meta)}</div>{mix_html}</header>{note}{grids}</section>'
         )
+    if rest:
+        nav.append(f'<li><a href="#more-clusters"><span class="nm">{len(rest):,} more</span></a></li>')
+        sections.append(_rest_table(rest, table))
 
-    n_clusters = sum(1 for cid, _, _ in groups if cid >= 0)
+    n_clusters = sum(1 for cid, _, _ in groups if cid >= 0)  # every cluster, with a section or in the table
     w("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
     w('<meta name="viewport" content="width=device-width, initial-scale=1">')
     w('<meta name="generator" content="imgclust">')
     w(f"<title>{_e(title)}</title>")
-    w(f"<style>{_CSS.replace('__T__', str(thumb_size))}</style></head>")
+    w(f"<style>{_CSS.replace('__T__', str(thumb_size))}{MAP_CSS if extra else ''}</style></head>")
     w('<body><div class="top"><header class="page">')
     w(f"<h1>{_e(title)}</h1>")
-    summary_bits = [f"{n_images:,} images", f"{n_clusters:,} clusters"]
+    summary_bits = [f"{len(table):,} images", f"{n_clusters:,} clusters"]
     if n_outliers:
-        summary_bits.append(f"{n_outliers:,} outliers marked")
+        summary_bits.append(f"{n_outliers:,} outliers")
+    n_isolated = int(np.sum(table.outlier_scores >= MARK_SCORE)) if table.outlier_scores is not None else 0
+    if n_isolated:
+        summary_bits.append(f"{n_isolated:,} isolated")
     if n_unreadable:
         summary_bits.append(f"{n_unreadable:,} unreadable")
     w('<p class="sub">' + " \u00b7 ".join(summary_bits) + "</p>")
@@ -497,16 +618,39 @@ def _render(
         "</header>"
     )
     w(f'<nav aria-label="clusters"><ul>{"".join(nav)}</ul></nav></div>')
-    w(f"<main>{''.join(sections)}</main>")
+    w(f"<main>{extra}{''.join(sections)}</main>")
     w(
-        '<footer>Made by imgclust. Images are ordered nearest-to-centre first; '
+        '<footer>Made by imgclust. Images are ordered nearest-to-centre first; a large cluster shows '
+        'the images nearest its centre, a random sample and its lowest silhouettes, and counts the rest; '
         '<span class="badge rep">centre</span> is the image nearest the centre, '
         '<span class="badge out">outlier</span> marks an image closer to another cluster '
-        "(negative silhouette) among the lowest silhouettes of the run. "
+        "(negative silhouette) among the lowest silhouettes of the run; "
+        f'<span class="badge iso">isolated</span> an image whose outlier score (distance to its k-th neighbour '
+        f"over the median) is {MARK_SCORE} or more. "
         "Click a thumbnail to open the original.</footer>"
     )
-    w(f"<script>{_JS}</script></body></html>\n")
+    w(f"<script>{_JS}{MAP_JS if extra else ''}</script></body></html>\n")
     return "".join(parts)
+
+
+def _mean_silhouette(summary: ClusterSummary | None) -> float | None:
+    value = None if summary is None or summary.mean_silhouette is None else _finite_or(summary.mean_silhouette, math.nan)
+    return None if value is None or math.isnan(value) else value
+
+
+def _rest_table(rest: list, table: RunTable) -> str:
+    """The clusters without a section of images: one row each (id, size, mean silhouette, top label)."""
+    rows = []
+    for cid, members, summary in rest:
+        mean_sil = _mean_silhouette(summary)
+        mix = _label_mix(summary, table, members)
+        top = f"{_e(mix[0][0])} ({mix[0][1]:,})" if mix else "\u2014"
+        rows.append(f'<tr data-cluster="{cid}"><td>{"noise" if cid < 0 else cid}</td><td>{_size(members, summary):,}</td>'
+                    f'<td class="sil-{_sil_class(mean_sil)}">{_fmt(mean_sil)}</td><td>{top}</td></tr>')
+    return (f'<section id="more-clusters" class="rest"><h2>{len(rest):,} more clusters</h2>'
+            '<p class="note">Smaller clusters, without images (raise the number of clusters shown to see them):</p>'
+            '<table><thead><tr><th>cluster</th><th>images</th><th>mean silhouette</th><th>most common label</th></tr>'
+            f'</thead><tbody>{"".join(rows)}</tbody></table></section>')
 
 
 def _scores_table(scores: Mapping[str, object]) -> str:
@@ -577,7 +721,7 @@ def _selection_curve(selection: Mapping | None, width: int = 560, height: int = 
     )
 
 
-def _tile(rec: ImageRecord, thumb: _Thumb, sil: float, outlier: bool, is_rep: bool, out_abs: Path) -> str:
+def _tile(rec: ImageRecord, thumb: _Thumb, sil: float, outlier: bool, is_rep: bool, out_abs: Path, why: str) -> str:
     path = rec.path
     tip = [path]
     if rec.label is not None:
@@ -587,13 +731,18 @@ def _tile(rec: ImageRecord, thumb: _Thumb, sil: float, outlier: bool, is_rep: bo
     tip.append(f"distance to centre: {_fmt(rec.distance)}")
     if thumb.name is None:
         tip.append(f"unreadable: {thumb.error}")
+    isolated = rec.outlier_score is not None and rec.outlier_score >= MARK_SCORE
+    if rec.outlier_score is not None:
+        tip.append(f"outlier score: {rec.outlier_score:.2f}")
     tip_e = _e("\n".join(tip))
-    classes = "tile" + (" outlier" if outlier else "") + (" rep" if is_rep else "")
+    classes = "tile" + (" outlier" if outlier else "") + (" rep" if is_rep else "") + (" isolated" if isolated else "")
     badges = ""
     if is_rep:
         badges += '<span class="badge rep">centre</span>'
     if outlier:
         badges += '<span class="badge out">outlier</span>'
+    if isolated:
+        badges += '<span class="badge iso">isolated</span>'
     if thumb.name is None:
         body = f'<span class="ph" role="img" aria-label="{_e(path)}">unreadable</span>'
         classes += " broken"
@@ -607,7 +756,7 @@ def _tile(rec: ImageRecord, thumb: _Thumb, sil: float, outlier: bool, is_rep: bo
     caption = _e(os.path.basename(path) or path)
     sil_txt = "" if math.isnan(sil) else f'<span class="s sil-{_sil_class(sil)}">{sil:.2f}</span>'
     return (
-        f'<figure class="{classes}"><a class="box" href="{_e(_href(path, out_abs))}" title="{tip_e}">'
+        f'<figure class="{classes}" data-pick="{why}"><a class="box" href="{_e(_href(path, out_abs))}" title="{tip_e}">'
         f"{body}{badges}</a><figcaption><span class=\"fn\">{caption}</span>{sil_txt}</figcaption></figure>"
     )
 
@@ -685,6 +834,12 @@ figcaption .s{font-variant-numeric:tabular-nums;color:var(--sc)}
 body.only-outliers .tile:not(.outlier){display:none}
 body.only-outliers section.cluster:not(:has(.outlier)){display:none}
 footer{color:var(--mute);font-size:.8rem;padding:0 1.5rem 2rem}
+h3.pick{font-size:.8rem;font-weight:600;color:var(--mute);margin:.6rem 0 .3rem;text-transform:uppercase;letter-spacing:.03em}
+section.rest{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:.8rem 1rem 1rem;
+content-visibility:auto;contain-intrinsic-size:auto 800px}
+section.rest table{border-collapse:collapse;font-size:.82rem;font-variant-numeric:tabular-nums}
+section.rest td,section.rest th{padding:.1rem .8rem .1rem 0;text-align:left;border-bottom:1px solid var(--line)}
+section.rest td.sil-hi,section.rest td.sil-mid,section.rest td.sil-lo,section.rest td.sil-neg{color:var(--sc)}
 footer .badge{vertical-align:1px}
 """
 

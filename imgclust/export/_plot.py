@@ -31,6 +31,9 @@ def write_plots(
     labels: np.ndarray,
     silhouettes: np.ndarray,
     title: str,
+    *,
+    n_images: int | None = None,
+    cluster_sizes: dict[int, int] | None = None,
 ) -> list[Path]:
     """Write ``umap_scatter.png`` and ``silhouette.png`` into ``out_dir``; return their paths.
 
@@ -48,6 +51,11 @@ def write_plots(
         silhouette plot; the dashed line is the mean over the images drawn.
     title : str
         Prefix of both figure titles.
+    n_images : int or None, default=None
+        The number of images in the run when the arrays hold a sample of it: both titles then say
+        "a random sample of <drawn> of <n_images> images". None: the arrays are the whole run.
+    cluster_sizes : dict or None, default=None
+        The run's cluster sizes for the scatter's legend (by default, counted in ``labels``).
 
     Returns
     -------
@@ -83,13 +91,14 @@ def write_plots(
 
     scatter = Figure(figsize=(9.5 if len(ids) <= _LEGEND_MAX else 8.5, 7.5), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(scatter)
-    _draw_scatter(scatter, emb, lab, ids, color_of, title)
+    sample = _sample_note(len(lab), n_images)
+    _draw_scatter(scatter, emb, lab, ids, color_of, title, sample, cluster_sizes)
 
     n_bars = int(np.isfinite(sil[lab >= 0]).sum())
     height = 6.5 if len(ids) <= 30 else min(16.0, 6.5 + 0.08 * (len(ids) - 30))
     silfig = Figure(figsize=(8, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(silfig)
-    _draw_silhouette(silfig, lab, sil, ids, color_of, title, n_bars)
+    _draw_silhouette(silfig, lab, sil, ids, color_of, title, n_bars, sample)
 
     paths = [out_dir / SCATTER_NAME, out_dir / SILHOUETTE_NAME]
     for fig, path in zip((scatter, silfig), paths):
@@ -170,11 +179,18 @@ def _cluster_colors(k: int) -> list[tuple[float, float, float, float]]:
     return [cmap(0.05 + 0.9 * ((i * 0.6180339887) % 1.0)) for i in range(k)]
 
 
+def _sample_note(drawn: int, n_images: int | None) -> str:
+    """How much of the run a plot draws, for its title ("" when it draws all of it)."""
+    if n_images is None or n_images <= drawn:
+        return ""
+    return f"a random sample of {drawn:,} of {n_images:,} images"
+
+
 def _marker_size(n: int) -> float:
     return float(np.clip(3000.0 / max(n, 1), 0.6, 24.0))
 
 
-def _draw_scatter(fig, emb, lab, ids, color_of, title) -> None:
+def _draw_scatter(fig, emb, lab, ids, color_of, title, sample="", cluster_sizes=None) -> None:
     from matplotlib import patheffects
 
     ax = fig.add_subplot()
@@ -191,8 +207,9 @@ def _draw_scatter(fig, emb, lab, ids, color_of, title) -> None:
         m = finite & (lab == cid)
         if not m.any():
             continue
+        count = cluster_sizes[int(cid)] if cluster_sizes and int(cid) in cluster_sizes else int((lab == cid).sum())
         ax.scatter(emb[m, 0], emb[m, 1], s=size, c=[color_of[int(cid)]], linewidths=0, alpha=0.85,
-                   label=f"{cid} ({int((lab == cid).sum()):,})", rasterized=True, zorder=2)
+                   label=f"{cid} ({count:,})", rasterized=True, zorder=2)
 
     if 0 < len(ids) <= _LEGEND_MAX:
         legend = ax.legend(
@@ -217,7 +234,7 @@ def _draw_scatter(fig, emb, lab, ids, color_of, title) -> None:
                       markerscale=max(1.0, 6.0 / np.sqrt(size)))
 
     k = len(ids)
-    subtitle = f"{len(lab):,} images, {k:,} cluster{'s' if k != 1 else ''}"
+    subtitle = f"{sample or f'{len(lab):,} images'}, {k:,} cluster{'s' if k != 1 else ''}"
     if n_noise:
         subtitle += f", {n_noise:,} noise"
     if n < len(lab):
@@ -232,7 +249,7 @@ def _draw_scatter(fig, emb, lab, ids, color_of, title) -> None:
         ax.text(0.5, 0.5, "nothing to draw", transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
-def _draw_silhouette(fig, lab, sil, ids, color_of, title, n_bars) -> None:
+def _draw_silhouette(fig, lab, sil, ids, color_of, title, n_bars, sample="") -> None:
     ax = fig.add_subplot()
     keep = (lab >= 0) & np.isfinite(sil)
     n_noise = int((lab < 0).sum())
@@ -283,6 +300,8 @@ def _draw_silhouette(fig, lab, sil, ids, color_of, title, n_bars) -> None:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     subtitle = f"silhouette per image, {int(keep.sum()):,} images in {len(ids):,} clusters"
+    if sample:
+        subtitle += f" ({sample})"
     if subtitle_bits:
         subtitle += f" ({subtitle_bits[0]})"
     ax.set_title(f"{title}\n{subtitle}", fontsize="medium")

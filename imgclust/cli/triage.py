@@ -1,0 +1,143 @@
+"""``imgclust duplicates``, ``outliers`` and ``names``: dataset triage on the cached embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..names import cluster_names
+from ..duplicates import DEFAULT_K as DUPLICATE_K, find_duplicates, write_duplicates
+from ..outliers import DEFAULT_K as OUTLIER_K, MARK_SCORE, find_outliers
+from . import app
+from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bar, progress_bars, stdout
+from .reduce import CacheArgument, CacheEncoderOption
+from .score import RunOption
+
+ListOption = "One path per line (for xargs); - prints it on stdout instead of the summary."
+
+
+@app.command("duplicates")
+def duplicates_command(
+    cache: CacheArgument,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine similarity in (0, 1] for near duplicates (default: calibrated per encoder family).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for duplicates.csv (one row per member) and duplicates.json.")] = None,
+    keep_list: Annotated[Optional[str], typer.Option("--keep-list", help=f"Write the keeper of each group. {ListOption}")] = None,
+    drop_list: Annotated[Optional[str], typer.Option("--drop-list", help=f"Write every other member of a group. {ListOption}")] = None,
+    neighbours: Annotated[int, typer.Option("--neighbours", "-k", help="Neighbours per image in the similarity graph.")] = DUPLICATE_K,
+    encoder: CacheEncoderOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace files from an earlier run.")] = False,
+    json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
+) -> None:
+    """Find exact duplicates (same file bytes) and near duplicates (cosine similarity >= threshold), grouped so
+    that every pair in a group is within the threshold, with a keeper per group (most pixels, then largest file).
+
+    \b
+    Examples:
+      imgclust duplicates photos.h5
+      imgclust duplicates photos.h5 --threshold 0.95 --out triage/
+      imgclust duplicates photos.h5 --drop-list - | xargs -d '\\n' rm --
+    """
+    if keep_list == "-" and drop_list == "-":
+        raise typer.BadParameter("only one of --keep-list and --drop-list can be - (stdout)")
+    with progress_bars({"neighbour graph": "images", "image sizes": "files"}) as update:
+        report = find_duplicates(cache, encoder, threshold, k=neighbours, progress=update)
+    written = write_duplicates(report, out, keep_list=keep_list, drop_list=drop_list, force=force)
+    to_stdout = "-" in (keep_list, drop_list)
+    if json_ and not to_stdout:
+        emit_json({**report.to_dict(), "written": written})
+        return
+    counts = report.counts()
+    summary = (f"{report.n_images} images, {report.encoder} (threshold {report.threshold:g}, {report.threshold_source}): "
+               f"{counts['groups']} duplicate groups ({counts['exact_groups']} exact, {counts['near_groups']} near), "
+               f"{counts['images_in_groups']} images in them, {counts['to_drop']} to drop")
+    if to_stdout:
+        note(summary)
+        return
+    out_console = stdout()
+    out_console.print(summary)
+    if report.n_unhashed:
+        note(f"[dim]{report.n_unhashed} rows have no content hash (embedded by an older imgclust): "
+             "they are found only as near duplicates[/dim]")
+    for group in report.groups[: None if verbose else 20]:
+        out_console.print(f"group {group.group} ({group.kind}): keep {group.keeper}")
+        for path, similarity in zip(group.drops, group.similarity[1:]):
+            out_console.print(f"  drop {path} (similarity {similarity:.3f})")
+    if len(report.groups) > 20 and not verbose:
+        note(f"[dim]{len(report.groups) - 20} more groups: --verbose lists them all, --out writes them[/dim]")
+    for path in written:
+        note(f"wrote {escape(path)}")
+
+
+@app.command("outliers")
+def outliers_command(
+    cache: CacheArgument,
+    top: Annotated[int, typer.Option("--top", "-n", min=0, help="How many of the most isolated images to list.")] = 20,
+    neighbours: Annotated[int, typer.Option("--neighbours", "-k", help="The score is the distance to this neighbour.")] = OUTLIER_K,
+    encoder: CacheEncoderOption = None,
+    json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
+) -> None:
+    """List the most isolated images: score = cosine distance to the k-th nearest other image over its median
+    (1 is typical; images at 1.5 or more are marked as outliers in reports).
+
+    \b
+    Examples:
+      imgclust outliers photos.h5 --top 50
+      imgclust outliers photos.h5 --top 100 --json
+    """
+    with progress_bar("neighbour graph") as update:
+        report = find_outliers(cache, encoder, k=neighbours, progress=update)
+    if json_:
+        emit_json(report.to_dict(top))
+        return
+    table = Table(title=f"{report.encoder}: the {min(top, len(report.scores))} most isolated of "
+                        f"{len(report.scores)} images (distance to the {report.k}th neighbour / its median "
+                        f"{report.median_distance:.4f}; {len(report.marked)} at >= {MARK_SCORE})",
+                  title_justify="left")
+    for column, justify in (("rank", "right"), ("score", "right"), ("path", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for rank, row in enumerate(report.top(top), start=1):
+        table.add_row(str(rank), f"{report.scores[row]:.3f}", str(report.paths[row]))
+    stdout().print(table)
+
+
+VocabularyOption = Annotated[Optional[Path], typer.Option("--vocabulary", help="Words to name clusters with, one per line (default: the built-in 10,951 nouns).")]
+
+
+@app.command("names")
+def names_command(
+    cache: CacheArgument,
+    run: RunOption = None,
+    vocabulary: VocabularyOption = None,
+    top: Annotated[int, typer.Option("--top", "-n", min=1, help="Names per cluster.")] = 3,
+    encoder: CacheEncoderOption = None,
+    json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
+) -> None:
+    """Name each cluster of a run with a CLIP encoder: the words whose prompt "a photo of a {word}" is nearest the
+    cluster's mean image embedding, with the cosine similarity. Other encoders: skipped with a note.
+
+    \b
+    Examples:
+      imgclust names photos.h5
+      imgclust names photos.h5 --vocabulary my-words.txt --top 5 --json
+    """
+    with progress_bar("text embeddings", unit="words") as update:
+        names, why = cluster_names(cache, run, encoder, vocabulary=vocabulary, top=top, progress=update)
+    if names is None:
+        note(f"[yellow]no cluster names:[/yellow] {escape(why)}")
+        if json_:
+            emit_json({"names": None, "skipped": why})
+        return
+    if json_:
+        emit_json(names.to_dict())
+        return
+    table = Table(title=f"cluster names ({names.encoder}, {names.vocabulary} vocabulary of {names.vocabulary_size})",
+                  title_justify="left")
+    table.add_column("cluster", justify="right")
+    table.add_column("names (cosine similarity)")
+    for cluster in sorted(names.names):
+        table.add_row(str(cluster), names.label(cluster))
+    stdout().print(table)
