@@ -21,7 +21,7 @@ Writes ``benchmarks/results/export_scale.json``::
 
     python benchmarks/export_scale.py --n 1000000 --workdir /tmp/export-scale
 
-Needs ``pip install playwright`` and a Chromium (Debian: ``apt-get install chromium``); the page
+Needs ``pip install "imgclust[bench]"`` (Playwright) and a Chromium (Debian: ``apt-get install chromium``); the page
 timings are skipped, and said so, without them.
 """
 
@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -179,7 +178,7 @@ def main() -> None:
             report["open"] = open_times(out / "gallery" / "index.html", args.opens)
             report["html_10000_clusters"].update(open_times(many, args.opens))
         except ImportError:
-            report["open"] = "not measured: playwright is not installed (pip install playwright)"
+            report["open"] = "not measured: playwright is not installed (pip install \"imgclust[bench]\")"
     print(f"open: {report['open']}", flush=True)
     print(f"10,000 clusters: {report['html_10000_clusters']}", flush=True)
     report["load_after"] = os.getloadavg()

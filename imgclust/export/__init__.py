@@ -32,7 +32,7 @@ from .._json import json_safe
 from ..errors import ImgclustError, UsageError
 from ..score import RunReport, score
 from ..manifest import Manifest
-from ._records import IMAGE_FIELDS, ClusterSummary, ImageRecord, RunTable
+from ._records import IMAGE_FIELDS, ClusterSummary, RunTable
 
 FORMATS = ("csv", "json", "jsonl", "parquet", "folders", "html", "plot")  # of a run
 ROW_FORMATS = ("embeddings",)  # of the cache's rows themselves (no run)
