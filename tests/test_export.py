@@ -135,7 +135,6 @@ def test_block_size_changes_nothing_but_parquet_row_groups(run_cache, tmp_path, 
 
 def test_parquet_schema_is_fixed_without_labels_or_silhouettes(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
-    from imgclust.export import run_table  # noqa: F401  (the columns every writer reads)
     from imgclust.export._records import RunTable
 
     table = RunTable(np.array(["a.jpg", "b.jpg"], dtype=object), [0, -1], [np.nan, np.nan], [0.5, 1.5])

@@ -33,7 +33,7 @@ from ..errors import ImgclustError, UsageError
 from ..score import RunReport, score
 from ..manifest import Manifest
 from ._map import DUPLICATE_GROUPS, MAP_MAX_POINTS, DuplicateGroups, MapPoints
-from ._records import IMAGE_FIELDS, ClusterSummary, ImageRecord, RunTable
+from ._records import IMAGE_FIELDS, ClusterSummary, RunTable
 
 FORMATS = ("csv", "json", "jsonl", "parquet", "folders", "html", "plot")  # of a run
 ROW_FORMATS = ("embeddings", "paths")  # of the cache's rows themselves (paths: a run only to filter by cluster)

@@ -477,6 +477,7 @@ def _sil_class(value: float | None) -> str:
 
 
 _PICK_HEADINGS = {"centre": "nearest the centre", "sample": "a random sample", "edge": "lowest silhouettes (the edge)"}
+_PICK_COUNTS = {"centre": "nearest the centre", "sample": "at random", "edge": "with the lowest silhouettes"}
 
 
 def _anchor(cid: int) -> str:
@@ -575,7 +576,7 @@ def _render(
         note = ""
         hidden = len(members) - len(shown)
         if hidden > 0:
-            counts = [f"{len(strips[why]):,} {_PICK_HEADINGS[why]}" for why in _PICK_HEADINGS if why in strips]
+            counts = [f"{len(strips[why]):,} {_PICK_COUNTS[why]}" for why in _PICK_COUNTS if why in strips]
             note = (f'<p class="note">Showing {len(shown):,} of {len(members):,} images: {", ".join(counts)}'
                     f' \u2014 <b class="hidden" data-hidden="{hidden}">and {hidden:,} more</b>.</p>')
         elif not len(members):
