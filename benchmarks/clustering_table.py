@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -45,7 +44,6 @@ import imgclust
 from imgclust.cache import Cache
 from imgclust.cluster import cluster, parse_params
 from imgclust.clusterers import CLUSTERERS
-from imgclust.discover import discover
 from imgclust.metrics import score_clustering
 from imgclust.score import score, space_name
 
@@ -97,18 +95,11 @@ def one(cache: Path, method: str, k, seed: int = 0, reduction: str | None = None
 
 def split_cache(cache: Path, name: str, encoder: str, seed: int) -> tuple[Path, np.ndarray]:
     """A copy of ``cache`` holding a seeded half of each class; returns (its path, mask of the other half)."""
-    from assign_holdout import hold_back  # benchmarks/ is the script's folder, so on sys.path
+    from assign_holdout import hold_back, subset_cache  # benchmarks/ is the script's folder, so on sys.path
 
     index = Cache(cache).read_index(encoder)
     held = hold_back(index.paths, index.labels, 0.5, seed)
-    train = cache.with_name(f"{cache.stem}-split{seed}.h5")
-    shutil.copyfile(cache, train)
-    kept = {str(p) for p in index.paths[~held]}
-    summary = imgclust.embed(encoder=encoder, cache=train, exact=True, labels="folder", device="cpu",
-                             files=[f for f in discover([DATA / name], labels="folder") if f.path in kept])
-    if summary.embedded or list(Cache(train).read_index(encoder).paths) != list(index.paths[~held]):
-        raise SystemExit(f"the split cache should hold half of {cache}'s rows, embedding none; got {summary}")
-    return train, held
+    return subset_cache(cache, cache.with_name(f"{cache.stem}-split{seed}.h5"), name, encoder, index.paths[~held]), held
 
 
 def one_split(cache: Path, train: Path, held: np.ndarray, method: str, k: int, seed: int, params: dict | None) -> dict:
@@ -145,6 +136,8 @@ def main() -> None:
                              "the other half through the fitted head (TEMI, ICCE, UNIC; trained heads only)")
     parser.add_argument("--es-style", action="store_true",
                         help="each method as ZS (default space) and as ES (--reduction l2, ES's dbscan settings)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="--deep: skip the agglomerative reference row (it fits UMAP 50 on its first use)")
     parser.add_argument("--out", default=None, help="results name (default clustering_<deep|shallow>)")
     args = parser.parse_args()
     args.deep = args.deep or args.protocol == "split"
@@ -181,7 +174,7 @@ def main() -> None:
             for seed in args.seeds:
                 rows.append({"set": name, **one(cache, method, k_true if takes_k(method) else None, seed, params=params)})
                 print(rows[-1], flush=True)
-        if args.deep:  # the shallow default with the same K, as the reference
+        if args.deep and not args.no_reference:  # the shallow default with the same K, as the reference
             rows.append({"set": name, **one(cache, "agglomerative", k_true), "method": "agglomerative (reference)"})
             print(rows[-1], flush=True)
     out = args.out or f"clustering_{'deep' if args.deep else 'shallow'}{'_split' if args.protocol == 'split' else ''}"
