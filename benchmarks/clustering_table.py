@@ -221,7 +221,7 @@ def markdown(rows: list[dict], deep: bool) -> str:
             acc = np.array([r["accuracy"] for r in ok]) * 100
             lines.append(f"| {name} | {method} | {ami.mean():.1f} ± {ami.std():.1f} | {acc.mean():.1f} ± {acc.std():.1f} | "
                          f"{np.mean([r['seconds'] for r in ok]):.1f} | {len(ok)} |")
-            if method == "icce":
+            if method == "icce" and "heads_ami_mean" in ok[0]:  # the whole-set protocol scores the heads too
                 for key, what in (("heads_ami_mean", "mean of its heads"), ("best_loss_head_ami", "head of lowest loss"),
                                   ("consensus_ami", "consensus (ensemble)")):
                     v = np.array([r[key] for r in ok]) * 100
