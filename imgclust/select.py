@@ -492,12 +492,7 @@ def choose_from_curve(
        *nearly as good* -- silhouette at least ``min_ratio`` times the best;
     3. when the best silhouette sits at the coarse end: the best K past the first valley of the
        curve, if its silhouette is at least ``coarse_ratio`` times the best (every hierarchy has a
-       top split, and K = 2 is rarely what is wanted; on CIFAR-10 it is animals | vehicles);
-    4. below the finest of those, each further prominent peak that is nearly as good as the
-       *level directly above it* (``min_ratio`` times that level's silhouette, not the best's): a
-       hierarchy goes on inside the branches of a sharp coarse split (two data sets side by side:
-       Imagenette's ten tight clusters beside CIFAR-10's loose ones score 0.78 at K = 3, and every
-       finer level is measured against the level it refines, not against that split).
+       top split, and K = 2 is rarely what is wanted; on CIFAR-10 it is animals | vehicles).
 
     The chosen K is the largest candidate. The thresholds were calibrated on ward sweeps of
     effnet-lite0 UMAP embeddings (imagenette, CIFAR-10 and subsets) and make_blobs sets.
@@ -546,11 +541,6 @@ def choose_from_curve(
                 past = valley + 1 + int(np.argmax(sils[valley + 1 :]))
                 if sils[past] >= coarse_ratio * best_sil:
                     why.setdefault(past, "best past the coarse end")
-        level = max(why)
-        for i, p in sorted(zip(map(int, idx), prom)):
-            if i > level and p >= min_prominence and sils[i] >= min_ratio * sils[level]:
-                why[i] = "prominent peak nearly as good as the level above it"
-                level = i
     prominence = dict(zip(map(int, idx), map(float, prom)))
     peaks = [
         {
