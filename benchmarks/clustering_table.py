@@ -12,6 +12,8 @@ against agglomerative with the true K.
     python benchmarks/clustering_table.py --deep --methods cc --views 2 --sets imagenette-val
     python benchmarks/clustering_table.py --deep --methods unic --param self_positive=true --out unic_self
     python benchmarks/clustering_table.py --es-style --methods agglomerative kmeans hdbscan dbscan --out clustering_es_vs_zs
+    OMP_NUM_THREADS=1 python benchmarks/clustering_table.py --protocol split --methods temi icce scan unic
+    python benchmarks/clustering_table.py --deep --methods temi --no-reference --out temi_ramp   # no agglomerative row
 
 ``--protocol split`` (trained heads; the protocol of TEMI, ICCE and UNIC): each method is fitted on a seeded
 half of every class (a copy of the cache made to hold exactly those rows, nothing re-embedded) and scored on
