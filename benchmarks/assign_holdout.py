@@ -46,6 +46,26 @@ def hold_back(paths: np.ndarray, labels: np.ndarray, fraction: float, seed: int)
     return held
 
 
+def subset_cache(full: Path, subset: Path, name: str, encoder: str, keep: np.ndarray) -> Path:
+    """A copy of the cache ``full`` (its file and its bulk-file folder) made to hold exactly the rows ``keep``
+    (paths, in the cache's order) of data set ``name``: ``embed --exact`` drops the others, embedding none."""
+    for path in (subset, subset.with_name(subset.name + ".d")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    shutil.copyfile(full, subset)
+    bulk = full.with_name(full.name + ".d")
+    if bulk.is_dir():
+        shutil.copytree(bulk, subset.with_name(subset.name + ".d"), ignore=shutil.ignore_patterns("*.lock", ".tmp-*"))
+    kept = {str(p) for p in keep}
+    summary = imgclust.embed(encoder=encoder, cache=subset, exact=True, labels="folder", device="cpu",
+                             files=[f for f in discover([DATA / name], labels="folder") if f.path in kept])
+    if summary.embedded or list(Cache(subset).read_index(encoder).paths) != list(keep):
+        raise SystemExit(f"the copy {subset} should hold {len(keep)} of {full}'s rows, embedding none; got {summary}")
+    return subset
+
+
 def matching(from_labels: np.ndarray, to_labels: np.ndarray) -> dict[int, int]:
     """The one-to-one map of ``from_labels``' ids onto ``to_labels``' ids that agrees on the most rows."""
     a_ids, a = np.unique(from_labels, return_inverse=True)
@@ -69,14 +89,8 @@ def main() -> None:
     imgclust.embed([DATA / args.set], encoder=args.encoder, cache=full, labels="folder", device="cpu")
     index = Cache(full).read_index(args.encoder)
     held = hold_back(index.paths, index.labels, args.fraction, args.seed)
-    train = HERE / "results" / f"{args.set}-{args.encoder}-holdout.h5"
-    shutil.copyfile(full, train)
-    kept = {str(p) for p in index.paths[~held]}
-    summary = imgclust.embed(encoder=args.encoder, cache=train, exact=True, labels="folder", device="cpu",
-                             files=[f for f in discover([DATA / args.set], labels="folder") if f.path in kept])
-    if summary.embedded or list(Cache(train).read_index(args.encoder).paths) != list(index.paths[~held]):
-        raise SystemExit("the training cache should hold the full cache's rows minus the held-back ones, "
-                         f"embedding none; got {summary}")
+    train = subset_cache(full, HERE / "results" / f"{args.set}-{args.encoder}-holdout.h5", args.set, args.encoder,
+                         index.paths[~held])
     held_paths = [str(p) for p in index.paths[held]]
     k = len(np.unique(index.labels))
     print(f"[{args.set}] {len(index.paths)} images, {len(held_paths)} held back, K={k}", flush=True)
