@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cache import Cache
+from ._atomic import replaced_atomically
 from .errors import ParameterError, ResourceError
 
 #: Cosine similarity at or above which two images are near duplicates, per encoder family: the lowest
@@ -360,10 +361,5 @@ def write_duplicates(report: DuplicateReport, out: str | os.PathLike | None = No
 
 def _replace_text(path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it over ``path`` (never half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import UsageError
+from ._atomic import replaced_atomically
 
 MANIFEST_NAME = ".imgclust-manifest.json"
 _FORMAT = 1
@@ -103,12 +103,5 @@ class Manifest:
         """Add ``paths`` (files about to be written) and save the manifest atomically."""
         self.entries.update(self._key(Path(p)) for p in paths)
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-manifest-", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"format": _FORMAT, "tool": "imgclust", "written": sorted(self.entries)}, fh, indent=0)
-            os.replace(tmp, self.folder / MANIFEST_NAME)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with replaced_atomically(self.folder / MANIFEST_NAME) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"format": _FORMAT, "tool": "imgclust", "written": sorted(self.entries)}, fh, indent=0)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ParameterError, UsageError, WeightsUnavailableError
+from ._atomic import replaced_atomically
 
 PROMPT = "a photo of a {}"
 TOP = 3
@@ -142,10 +143,8 @@ def cached_text_embeddings(model, tokenizer, words: list[str], model_key: str,
             pass
     texts = text_embeddings(model, tokenizer, words, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, texts)
-    os.replace(tmp, path)
     return texts
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from .._json import json_safe
 from ..errors import ImgclustError, UsageError
+from .._atomic import replaced_atomically
 from ..score import RunReport, score
 from ..manifest import Manifest
 from ._map import DUPLICATE_GROUPS, MAP_MAX_POINTS, DuplicateGroups, MapPoints
@@ -229,18 +229,8 @@ def _claim(manifest: Manifest, format: str, force: bool) -> list[Path]:
 def _atomic(path: Path, write: Callable[[IO[str]], None]) -> Path:
     """Stream ``write(file)`` into a temporary file beside ``path``, then put it in place: a killed
     export leaves the previous file (or none), never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        write(fh)
     return path
 
 
@@ -324,7 +314,7 @@ def _write_jsonl(manifest, report, table, clusters, X, force, on_progress=None, 
 def _write_parquet(manifest, report, table, clusters, X, force, on_progress=None, **_):
     try:
         import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # noqa: F401  (installed with its parquet module)
     except ImportError:
         raise ImgclustError("parquet export needs pyarrow", hint='pip install "imgclust[parquet]"') from None
     targets = _claim(manifest, "parquet", force)
@@ -358,20 +348,9 @@ def _atomic_parquet(path: Path, schema, batches) -> Path:
     """Parquet written a row group per batch into a temporary file, then put in place."""
     import pyarrow.parquet as pq
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for batch in batches:
-                writer.write_batch(batch)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with replaced_atomically(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
     return path
 
 

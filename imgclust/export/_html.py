@@ -16,7 +16,6 @@ import hashlib
 import html
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from urllib.parse import quote
 
 from ..decode import DecodeError, load_rgb
 from ..errors import ImgclustError, ParameterError, UsageError
+from .._atomic import replaced_atomically
 import numpy as np
 
 from ..outliers import MARK_SCORE
@@ -359,15 +359,8 @@ def _thumb(path: str, thumbs_dir: Path, thumb_size: int) -> _Thumb:
         return _Thumb(None, thumb_size, thumb_size, _short_error(exc))
 
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=thumbs_dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                small.save(fh, "JPEG", quality=JPEG_QUALITY)
-            os.replace(tmp, target)
-        except BaseException:
-            with _suppress_oserror():
-                os.unlink(tmp)
-            raise
+        with replaced_atomically(target) as tmp:
+            small.save(tmp, "JPEG", quality=JPEG_QUALITY)
     except OSError as exc:
         raise _write_error(target, exc) from exc
     return _Thumb(name, *small.size)
@@ -387,14 +380,6 @@ def _short_error(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-class _suppress_oserror:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        return kind is not None and issubclass(kind, OSError)
-
-
 def _write_error(path: Path, exc: OSError) -> ImgclustError:
     return ImgclustError(
         f"cannot write {path}: {exc.strerror or exc}",
@@ -404,16 +389,8 @@ def _write_error(path: Path, exc: OSError) -> ImgclustError:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with _suppress_oserror():
-                os.unlink(tmp)
-            raise
+        with replaced_atomically(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(data)
     except OSError as exc:
         raise _write_error(path, exc) from exc
 

@@ -7,13 +7,12 @@ plots never changes the matplotlib backend or global state of the calling progra
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ImgclustError, ParameterError, UsageError
+from .._atomic import replaced_atomically
 
 SCATTER_NAME = "umap_scatter.png"
 SILHOUETTE_NAME = "silhouette.png"
@@ -309,18 +308,8 @@ def _draw_silhouette(fig, lab, sil, ids, color_of, title, n_bars, sample="") -> 
 
 def _save(fig, path: Path) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format="png", dpi=_DPI, facecolor="white")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with replaced_atomically(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=_DPI, facecolor="white")
     except OSError as exc:
         raise _write_error(path, exc) from exc
 
