@@ -23,6 +23,7 @@ metric and row set), so UMAP, the density and graph methods, the trained heads a
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -31,7 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ParameterError, UsageError
+from .errors import ImgclustError, ParameterError, UsageError
+
+_log = logging.getLogger("imgclust.knn")
 
 METRICS = ("euclidean", "cosine", "manhattan", "chebyshev")
 APPROXIMATE_METRICS = ("euclidean", "cosine")
@@ -375,11 +378,16 @@ class StoredGraphs:
                         attrs.get("nlist"), int(attrs.get("recall_queries", 0)))
 
     def save(self, graph: KnnGraph) -> None:
+        """Store ``graph``; a cache that cannot take it (read-only, packed, rows changed meanwhile) keeps
+        the graph out and the caller goes on with it in memory: it is a shortcut, not a result."""
         small = graph.indices.shape[0] < 2**31
         indices = graph.indices.astype(np.int32) if small else graph.indices
-        self.cache.store_result(self.encoder, "knn", self.name(graph.metric),
-                                {"indices": indices, "distances": graph.distances.astype(np.float32)},
-                                {**graph.describe(), "space": self.space}, self.fingerprint)
+        try:
+            self.cache.store_result(self.encoder, "knn", self.name(graph.metric),
+                                    {"indices": indices, "distances": graph.distances.astype(np.float32)},
+                                    {**graph.describe(), "space": self.space}, self.fingerprint)
+        except ImgclustError as exc:
+            _log.info("kNN graph not stored in %s: %s", self.cache.path, exc)
 
 
 class Neighbours:

@@ -87,7 +87,7 @@ def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: in
     progress : ``progress(done, total)`` while the neighbour graph is searched.
     """
     from .clusterers._base import available_memory_bytes
-    from .knn import knn_graph
+    from .knn import Neighbours, StoredGraphs
 
     if k < 1:
         raise ParameterError(f"k must be >= 1, got {k}", hint=f"{DEFAULT_K} is the default")
@@ -96,7 +96,9 @@ def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: in
     rows = store.rows(name)
     budget = memory_budget or available_memory_bytes() // 2
     X = rows.read_embeddings(max_bytes=budget // 2)  # and the graph's normalised copy
-    graph = knn_graph(X, k, "cosine", on_progress=progress)
+    # the raw space's shared cosine graph: computed once, stored in the cache, reused by later runs
+    shared = Neighbours(X, store=StoredGraphs(store, name, "raw", rows.fingerprint), on_progress=progress)
+    graph = shared.graph(k, "cosine")
     if graph.k == 0:
         raise ResourceError(f"'{name}' has {len(X)} image(s): an outlier score needs at least two",
                             hint="embed more images")

@@ -227,6 +227,18 @@ def test_find_outliers_ranks_the_isolated_image_first(tmp_path):
     assert all(report.scores[i] >= MARK_SCORE for i in report.marked)
 
 
+def test_outliers_share_the_raw_spaces_stored_graph(tmp_path, monkeypatch):
+    import imgclust.knn as knn
+
+    cache, _ = triage_cache(tmp_path)
+    first = find_outliers(cache, k=2)
+    store = Cache(cache)
+    encoder = store.encoders()[0]
+    assert any(name.startswith("raw:cosine@") for name in store.current(encoder, "knn", store.rows(encoder).fingerprint))
+    monkeypatch.setattr(knn, "knn_graph", lambda *a, **kw: pytest.fail("the stored graph should have been read"))
+    np.testing.assert_allclose(find_outliers(cache, k=2).scores, first.scores)
+
+
 def test_outliers_cli_lists_the_top_and_json(tmp_path):
     cache, _ = triage_cache(tmp_path)
     result = runner.invoke(app, ["outliers", str(cache), "--top", "3", "-k", "2", "--json"])
