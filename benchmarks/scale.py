@@ -78,11 +78,17 @@ def build(workdir: Path, n: int, x: np.ndarray, y: np.ndarray, noise: float, see
     return cache, kept
 
 
-def timed(args: list[str]) -> tuple[dict, float, float]:
-    """Run ``python -m imgclust ARGS`` under /usr/bin/time: (its JSON, seconds, peak RSS in GiB)."""
+def timed(args: list[str], timeout: float | None = None) -> tuple[dict, float, float]:
+    """Run ``python -m imgclust ARGS`` under /usr/bin/time: (its JSON, seconds, peak RSS in GiB).
+
+    Raises SystemExit with the error when it fails, or when it runs past ``timeout`` seconds (then killed).
+    """
     started = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "imgclust", *args],
-                          capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "imgclust", *args],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"imgclust {' '.join(args)} ran past {timeout:.0f} s and was stopped") from None
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"imgclust {' '.join(args)} failed:\n{proc.stderr[-2000:]}")

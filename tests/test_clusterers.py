@@ -18,7 +18,8 @@ from imgclust.clusterers._agglomerative import (
 )
 from imgclust.clusterers._centroid import default_dpmeans_penalty, dp_means, spherical_kmeans
 from imgclust.clusterers._density import default_dbscan_eps
-from imgclust.clusterers._graph import cdp_components, knn_lists, rank_order_distances
+from imgclust.clusterers._graph import cdp_components, rank_order_distances
+from imgclust.knn import knn_graph
 from imgclust.errors import NotFoundError, ParameterError, ResourceError, UsageError
 
 SHALLOW = [
@@ -341,9 +342,9 @@ def test_rank_order_distances_by_hand():
     np.testing.assert_array_equal(rank_order_distances(nbrs, chunk=2), expected)
 
 
-def test_knn_lists_put_each_sample_first_even_with_duplicates():
+def test_neighbour_lists_put_each_sample_first_even_with_duplicates():
     X = np.array([[0.0], [0.0], [0.0], [5.0]])
-    nbrs, dist = knn_lists(X, 3)
+    nbrs, dist = knn_graph(X, 2).with_self()  # ARO's lists
     np.testing.assert_array_equal(nbrs[:, 0], np.arange(4))
     assert (dist[:, 0] == 0).all()
     assert all(len(set(row)) == 3 for row in nbrs)
@@ -385,7 +386,10 @@ def test_spherical_kmeans_ignores_row_length(blobs):
 def test_default_dbscan_eps_by_hand():
     X = np.array([[0.0], [1.0], [3.0], [6.0]])
     # distance to the 2nd neighbour (self first): 1, 1, 2, 3 -> median 1.5
-    assert default_dbscan_eps(X, min_samples=2, quantile=0.5) == pytest.approx(1.5)
+    assert default_dbscan_eps(knn_graph(X, 1), min_samples=2, quantile=0.5) == pytest.approx(1.5)
+    # cosine distances 1 - cos become the chord length sqrt(2 (1 - cos)) of the unit rows
+    U = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert default_dbscan_eps(knn_graph(U, 1, "cosine"), min_samples=2, quantile=0.5) == pytest.approx(np.sqrt(2), rel=1e-6)
 
 
 def test_hdbscan_max_cluster_fraction(blobs):
