@@ -2,7 +2,8 @@
 
 Builds the cache as :mod:`benchmarks.scale` does (``imgclust import`` of real effnet-lite0 embeddings of
 imagenette-val and cifar10-test plus small Gaussian noise, 20 classes; its :func:`scale.build`), reduces
-it once with ``imgclust reduce`` (timed: the methods on the reduced space reuse the stored UMAP-50),
+it once with ``imgclust reduce --method R --dims 50`` (timed; ``--reduction``, UMAP by default: the methods
+on the reduced space reuse the stored reduction),
 then runs, as separate processes, ``imgclust cluster CACHE --method M [--n-clusters K] --json`` for each
 method (``--n-clusters`` when the method takes K) under ``/usr/bin/time``, and scores the labels against
 the imported classes (AMI; noise -1 counts as one more cluster, as ``imgclust score`` does). A method that
@@ -33,11 +34,13 @@ from imgclust.cluster import load_run  # noqa: E402
 from imgclust.clusterers import CLUSTERERS  # noqa: E402
 
 
-def run_method(cache: Path, method: str, n_clusters: str, truth: np.ndarray, timeout: float) -> dict:
+def run_method(cache: Path, method: str, n_clusters: str, truth: np.ndarray, timeout: float, reduction: str) -> dict:
     from sklearn.metrics import adjusted_mutual_info_score
 
-    takes_k = CLUSTERERS.get(method).n_clusters_mode != "unused"
-    args = ["cluster", str(cache), "--method", method, "--json", "-q", *(["--n-clusters", n_clusters] if takes_k else [])]
+    cls = CLUSTERERS.get(method)
+    takes_k = cls.n_clusters_mode != "unused"
+    args = ["cluster", str(cache), "--method", method, "--json", "-q", *(["--n-clusters", n_clusters] if takes_k else []),
+            *(["--reduction", reduction, "--dims", "50"] if cls.input_space == "reduced" else [])]
     row = {"method": method, "command": "imgclust " + " ".join(args), "load_before": os.getloadavg()[0]}
     try:
         run, seconds, gib = timed(args, timeout)
@@ -64,6 +67,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900, help="stop a method after this many seconds")
+    parser.add_argument("--reduction", default="umap",
+                        help="the reduced space's method (50 dims) for the methods that cluster it (umap, pca)")
     parser.add_argument("--out", default="methods_scale", help="name of the JSON written under --results")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -73,13 +78,14 @@ def main() -> None:
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "n": args.n,
               "noise": args.noise, "class_kept": kept, "rows": []}
     try:
-        _, seconds, gib = timed(["reduce", str(cache), "--json", "-q"], args.timeout)
-        report["reduce"] = {"seconds": round(seconds, 1), "peak_gib": round(gib, 2)}
+        _, seconds, gib = timed(["reduce", str(cache), "--method", args.reduction, "--dims", "50", "--json", "-q"],
+                                args.timeout)
+        report["reduce"] = {"method": args.reduction, "seconds": round(seconds, 1), "peak_gib": round(gib, 2)}
     except SystemExit as exc:
         report["reduce"] = {"error": str(exc).strip().splitlines()[-1][:300]}
     print(json.dumps({"reduce": report["reduce"]}), flush=True)
     for method in args.methods:
-        row = run_method(cache, method, args.n_clusters, truth, args.timeout)
+        row = run_method(cache, method, args.n_clusters, truth, args.timeout, args.reduction)
         print(json.dumps(row), flush=True)
         report["rows"].append(row)
     out = args.results / f"{args.out}.json"

@@ -464,6 +464,8 @@ class _TrainedHead(Clusterer):
     # auto trains one head per K: a coarse grid on a small sample keeps that to minutes on a CPU
     auto_k_fits = 8
     auto_k_samples = 2000
+    at_scale = ("neighbours mined from the shared kNN graph of the raw embeddings (cosine on the centred rows; "
+                "approximate with measured recall above the exact size): no N×N similarity; an epoch is O(N)")
 
     _predict_batch = 8192
     _state_prefix = "head."
@@ -972,6 +974,8 @@ class UnicClusterer(_MLPMethod):
 
     def _auto_epochs(self, n: int) -> int:
         return 100
+
+    at_scale = f"refused above {UNIC_MAX_ROWS:,} samples: the negatives' threshold scans all N² pairs"
 
     def preflight(self, n_samples: int) -> None:
         super().preflight(n_samples)
