@@ -451,3 +451,24 @@ def test_memory_available_reads_the_cgroup_limit_v1_and_v2(tmp_path):
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
     assert cgroup_headroom_bytes(str(tmp_path / "v1"), str(proc)) is None
     assert cgroup_headroom_bytes(str(tmp_path / "v1"), str(tmp_path / "missing")) is None
+
+
+def test_hdbscan_min_samples_1_and_unic_refuse_at_preflight_above_their_size():
+    with pytest.raises(ResourceError, match="min_samples=1") as info:
+        create_clusterer("hdbscan", min_samples=1).preflight(100_000)
+    assert "min_samples >= 2" in info.value.hint
+    create_clusterer("hdbscan").preflight(100_000)  # the Borůvka tree: no refusal
+    with pytest.raises(ResourceError, match="unic") as info:
+        create_clusterer("unic", n_clusters=20).preflight(100_000)
+    assert "scan" in info.value.hint
+
+
+def test_hdbscan_boruvka_matches_scikit_learn():
+    from sklearn.cluster import HDBSCAN as SKHDBSCAN
+
+    X, _ = make_blobs(n_samples=1500, n_features=6, centers=8, cluster_std=2.0, random_state=1)
+    for params in ({"min_cluster_size": 10, "min_samples": 3}, {"min_cluster_size": 5}):
+        ours = create_clusterer("hdbscan", max_cluster_fraction=1.0, **params).fit_predict(X)
+        ref = SKHDBSCAN(copy=True, **params).fit_predict(X)
+        assert adjusted_rand_score(ref, ours) == pytest.approx(1.0)
+        assert (ours == -1).sum() == (ref == -1).sum()
