@@ -19,8 +19,8 @@ from imgclust.clusterers._agglomerative import (
 from imgclust.clusterers._centroid import default_dpmeans_penalty, dp_means, spherical_kmeans
 from imgclust.clusterers._density import default_dbscan_eps
 from imgclust.clusterers._graph import cdp_components, rank_order_distances
-from imgclust.knn import knn_graph
 from imgclust.errors import NotFoundError, ParameterError, ResourceError, UsageError
+from imgclust.knn import knn_graph
 
 SHALLOW = [
     "agglomerative", "kmeans", "minibatch-kmeans", "spherical-kmeans", "gmm", "dpmeans",
