@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -88,11 +90,22 @@ def build(workdir: Path, n: int, x: np.ndarray, y: np.ndarray, noise: float, see
     return cache, kept
 
 
-def timed(args: list[str]) -> tuple[dict, float, float]:
-    """Run ``python -m imgclust ARGS`` under /usr/bin/time: (its JSON, seconds, peak RSS in GiB)."""
+def timed(args: list[str], timeout: float | None = None) -> tuple[dict, float, float]:
+    """Run ``python -m imgclust ARGS`` under /usr/bin/time: (its JSON, seconds, peak RSS in GiB).
+
+    Raises SystemExit with the error when it fails, or when it runs past ``timeout`` seconds (then killed).
+    """
     started = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "imgclust", *args],
-                          capture_output=True, text=True)
+    # its own session, so that a timeout stops imgclust too, not only /usr/bin/time
+    child = subprocess.Popen(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "imgclust", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise SystemExit(f"imgclust {' '.join(args)} ran past {timeout:.0f} s and was stopped") from None
+    proc = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"imgclust {' '.join(args)} failed:\n{proc.stderr[-2000:]}")

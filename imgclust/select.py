@@ -329,21 +329,22 @@ def cut_tree_labels(Z: np.ndarray, ks: Any) -> dict[int, np.ndarray]:
 
 
 def merge_tree(X: np.ndarray, linkage: str = "ward", metric: str = "euclidean",
-               connectivity_neighbors: int | None = None) -> np.ndarray:
+               connectivity_neighbors: int | None = None, neighbours: Neighbours | None = None) -> np.ndarray:
     """The agglomerative merge tree exactly as the ``agglomerative`` clusterer builds it.
 
     scikit-learn's ``ward_tree`` / ``linkage_tree`` (which call scipy without connectivity), with
-    the clusterer's kNN connectivity graph when it has one. Returned as a linkage matrix
-    (children, height, size per merge, in merge order) for :func:`cut_tree_labels`.
+    the clusterer's kNN connectivity graph when it has one (from ``neighbours``, the shared graphs of
+    ``X``'s rows, else computed here). Returned as a linkage matrix (children, height, size per merge,
+    in merge order) for :func:`cut_tree_labels`.
     """
     from sklearn.cluster._agglomerative import linkage_tree, ward_tree
 
     connectivity = None
     if connectivity_neighbors is not None:
-        from sklearn.neighbors import kneighbors_graph
+        from .clusterers._neighbours import connectivity_matrix
 
-        k = min(connectivity_neighbors, X.shape[0] - 1)
-        connectivity = kneighbors_graph(X, n_neighbors=k, metric=metric, include_self=False)
+        graphs = neighbours if neighbours is not None else Neighbours(X)
+        connectivity = connectivity_matrix(graphs.graph(connectivity_neighbors, metric))
     import warnings
 
     with warnings.catch_warnings():
@@ -373,7 +374,7 @@ def _sweep(X: np.ndarray, method: str, params: dict, ks: np.ndarray, random_stat
     cls = CLUSTERERS.get(method)
     if cls.nested_k:
         probe = create_clusterer(method, n_clusters=int(ks[0]), random_state=random_state, **params)
-        Z = merge_tree(X, probe.linkage, probe.metric, probe.connectivity_neighbors)
+        Z = merge_tree(X, probe.linkage, probe.metric, probe.connectivity_neighbors, neighbours)
         return _Sweep(cut_tree_labels(Z, ks), Z[:, 2], {})
     labels, estimators = {}, {}
     shared = neighbours if neighbours is not None else Neighbours(X, random_state=random_state)  # one graph for every K

@@ -18,8 +18,9 @@ from imgclust.clusterers._agglomerative import (
 )
 from imgclust.clusterers._centroid import default_dpmeans_penalty, dp_means, spherical_kmeans
 from imgclust.clusterers._density import default_dbscan_eps
-from imgclust.clusterers._graph import cdp_components, knn_lists, rank_order_distances
+from imgclust.clusterers._graph import cdp_components, rank_order_distances
 from imgclust.errors import NotFoundError, ParameterError, ResourceError, UsageError
+from imgclust.knn import knn_graph
 
 SHALLOW = [
     "agglomerative", "kmeans", "minibatch-kmeans", "spherical-kmeans", "gmm", "dpmeans",
@@ -341,9 +342,9 @@ def test_rank_order_distances_by_hand():
     np.testing.assert_array_equal(rank_order_distances(nbrs, chunk=2), expected)
 
 
-def test_knn_lists_put_each_sample_first_even_with_duplicates():
+def test_neighbour_lists_put_each_sample_first_even_with_duplicates():
     X = np.array([[0.0], [0.0], [0.0], [5.0]])
-    nbrs, dist = knn_lists(X, 3)
+    nbrs, dist = knn_graph(X, 2).with_self()  # ARO's lists
     np.testing.assert_array_equal(nbrs[:, 0], np.arange(4))
     assert (dist[:, 0] == 0).all()
     assert all(len(set(row)) == 3 for row in nbrs)
@@ -385,7 +386,10 @@ def test_spherical_kmeans_ignores_row_length(blobs):
 def test_default_dbscan_eps_by_hand():
     X = np.array([[0.0], [1.0], [3.0], [6.0]])
     # distance to the 2nd neighbour (self first): 1, 1, 2, 3 -> median 1.5
-    assert default_dbscan_eps(X, min_samples=2, quantile=0.5) == pytest.approx(1.5)
+    assert default_dbscan_eps(knn_graph(X, 1), min_samples=2, quantile=0.5) == pytest.approx(1.5)
+    # cosine distances 1 - cos become the chord length sqrt(2 (1 - cos)) of the unit rows
+    U = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert default_dbscan_eps(knn_graph(U, 1, "cosine"), min_samples=2, quantile=0.5) == pytest.approx(np.sqrt(2), rel=1e-6)
 
 
 def test_hdbscan_max_cluster_fraction(blobs):
@@ -447,3 +451,24 @@ def test_memory_available_reads_the_cgroup_limit_v1_and_v2(tmp_path):
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
     assert cgroup_headroom_bytes(str(tmp_path / "v1"), str(proc)) is None
     assert cgroup_headroom_bytes(str(tmp_path / "v1"), str(tmp_path / "missing")) is None
+
+
+def test_hdbscan_min_samples_1_and_unic_refuse_at_preflight_above_their_size():
+    with pytest.raises(ResourceError, match="min_samples=1") as info:
+        create_clusterer("hdbscan", min_samples=1).preflight(100_000)
+    assert "min_samples >= 2" in info.value.hint
+    create_clusterer("hdbscan").preflight(100_000)  # the Borůvka tree: no refusal
+    with pytest.raises(ResourceError, match="unic") as info:
+        create_clusterer("unic", n_clusters=20).preflight(100_000)
+    assert "scan" in info.value.hint
+
+
+def test_hdbscan_boruvka_matches_scikit_learn():
+    from sklearn.cluster import HDBSCAN as SKHDBSCAN
+
+    X, _ = make_blobs(n_samples=1500, n_features=6, centers=8, cluster_std=2.0, random_state=1)
+    for params in ({"min_cluster_size": 10, "min_samples": 3}, {"min_cluster_size": 5}):
+        ours = create_clusterer("hdbscan", max_cluster_fraction=1.0, **params).fit_predict(X)
+        ref = SKHDBSCAN(copy=True, **params).fit_predict(X)
+        assert adjusted_rand_score(ref, ours) == pytest.approx(1.0)
+        assert (ours == -1).sum() == (ref == -1).sum()

@@ -141,15 +141,12 @@ def test_unic_loss():
 # -- neighbours ----------------------------------------------------------------------------------
 
 
-def test_topk_excludes_self_and_sorts():
-    Z = Hd.neighbour_space(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32), center=False)
-    idx, sim = Hd.topk_neighbours(Z, 2)
-    assert idx[:, 0].tolist() == [1, 0, 3, 2]
-    assert (idx != np.arange(4)[:, None]).all()
-    assert (np.diff(sim, axis=1) <= 0).all()
+def test_kth_similarity_matches_the_shared_cosine_graph():
+    from imgclust.knn import knn_graph
+
     Z = Hd.neighbour_space(np.random.default_rng(0).normal(size=(50, 6)))
-    _, sim = Hd.topk_neighbours(Z, 7)
-    assert np.allclose(Hd.kth_similarity(Z, 7, chunk=16), sim[:, -1])
+    graph = knn_graph(Z, 7, "cosine")
+    np.testing.assert_allclose(Hd.kth_similarity(Z, 7, chunk=16), 1.0 - graph.distances[:, -1], atol=1e-5)
 
 
 def test_adaptive_neighbours_threshold_with_floor_and_cap():
@@ -158,14 +155,17 @@ def test_adaptive_neighbours_threshold_with_floor_and_cap():
     rng = np.random.default_rng(0)
     group = np.array([1.0, 0, 0]) + 0.01 * rng.normal(size=(6, 3))
     out = np.array([[0, 1.0, 0], [0, 0, 1.0]])
-    Z = Hd.neighbour_space(np.vstack([group, out]).astype(np.float32), center=False)
-    indptr, indices = Hd.adaptive_neighbours(Z, k=2, threshold=0.9, max_neighbours=7)
+    from imgclust.knn import knn_graph
+
+    graph = knn_graph(np.vstack([group, out]).astype(np.float32), 7, "cosine")
+    idx, sim = graph.indices, 1.0 - graph.distances
+    indptr, indices = Hd.adaptive_neighbours(idx, sim, k=2, threshold=0.9)
     counts = np.diff(indptr)
     assert counts.tolist() == [5, 5, 5, 5, 5, 5, 2, 2]
     assert set(indices[indptr[0] : indptr[1]]) == {1, 2, 3, 4, 5}
-    indptr, _ = Hd.adaptive_neighbours(Z, k=2, threshold=0.9, max_neighbours=3)
+    indptr, _ = Hd.adaptive_neighbours(idx[:, :3], sim[:, :3], k=2, threshold=0.9)  # max_neighbours=3
     assert np.diff(indptr).tolist() == [3] * 6 + [2, 2]
-    sampler = Hd.NeighbourSampler(*Hd.adaptive_neighbours(Z, k=2, threshold=0.9, max_neighbours=7))
+    sampler = Hd.NeighbourSampler(*Hd.adaptive_neighbours(idx, sim, k=2, threshold=0.9))
     draws = sampler.sample(np.zeros(500, dtype=np.int64), np.random.default_rng(0))
     assert set(draws) == {1, 2, 3, 4, 5}
 
@@ -187,12 +187,10 @@ def test_euclidean_space_ranks_by_raw_euclidean_distance():
     rng = np.random.default_rng(0)
     X = (rng.normal(size=(60, 5)) * rng.uniform(0.1, 10, (60, 1))).astype(np.float32)  # very unequal norms
     Q, K = Hd.euclidean_space(X)
-    idx, _ = Hd.topk_neighbours(Q, 4, keys=K, chunk=16)
-    _, ref = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(X)
-    np.testing.assert_array_equal(idx, ref[:, 1:])
-    # cosine on the normalised rows ranks differently here
-    cos, _ = Hd.topk_neighbours(Hd.neighbour_space(X, center=False), 4)
-    assert not np.array_equal(cos, ref[:, 1:])
+    ref, _ = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(X)
+    # q_i . k_j = |x_i|^2 - |x_i - x_j|^2: the 4th-highest is set by the 4th-nearest other row
+    np.testing.assert_allclose(Hd.kth_similarity(Q, 4, keys=K, chunk=16), (X * X).sum(axis=1) - ref[:, 4] ** 2,
+                               rtol=1e-4, atol=1e-2)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

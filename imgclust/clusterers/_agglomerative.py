@@ -26,6 +26,7 @@ from ..errors import ParameterError
 from . import register_clusterer
 from . import _base
 from ._base import Clusterer, Param
+from ._neighbours import connectivity_matrix
 from ._tree import EXACT_ROWS, MICRO_CLUSTERS, micro_tree
 
 LINKAGES = ("ward", "average", "complete", "single")
@@ -255,9 +256,10 @@ class Agglomerative(Clusterer):
         from sklearn.cluster import AgglomerativeClustering
 
         n = X.shape[0]
+        normalised = self.n_clusters is None and self.normalisation == "zscore-average"
         if self.n_clusters is None:
             threshold = self.resolved_threshold()  # fail before any work
-            if self.normalisation == "zscore-average":
+            if normalised:
                 X = normalise_for_threshold(X, self.metric)
         if n == 1:
             return np.zeros(1, dtype=np.int64)
@@ -267,11 +269,10 @@ class Agglomerative(Clusterer):
                 return self._fit_micro(X, None if self.n_clusters is not None else threshold)
             self.fit_path_ = "exact"
         else:
-            from sklearn.neighbors import kneighbors_graph
-
             self.fit_path_ = f"exact, merges restricted to {self.connectivity_neighbors} nearest neighbours"
-            k = min(self.connectivity_neighbors, n - 1)
-            connectivity = kneighbors_graph(X, n_neighbors=k, metric=self.metric, include_self=False)
+            # the normalisation centres and scales: only cosine neighbours change, to those of the centred rows
+            centred = normalised and self.metric == "cosine"
+            connectivity = connectivity_matrix(self.neighbour_graph(self.connectivity_neighbors, self.metric, centred))
         if self.n_clusters is not None:
             model = AgglomerativeClustering(
                 n_clusters=self.n_clusters, linkage=self.linkage, metric=self.metric, connectivity=connectivity

@@ -310,8 +310,16 @@ class Clusterer:
     def fit_predict(self, X: Any, views: np.ndarray | None = None, neighbours: "Neighbours | None" = None) -> np.ndarray:
         return self.fit(X, views, neighbours).labels_
 
-    def neighbour_graph(self, k: int, metric: str = "euclidean") -> KnnGraph:
-        """The ``k`` nearest other rows of each row of the data being fitted (the shared graph; during fit)."""
+    def neighbour_graph(self, k: int, metric: str = "euclidean", centred: bool = False) -> KnnGraph:
+        """The ``k`` nearest other rows of each row of the data being fitted (the shared graph; during fit).
+
+        ``centred``: neighbours among the rows minus their mean (cosine on centred rows: CDP, the trained
+        heads), also computed once per space (:func:`imgclust.clusterers._neighbours.centred_neighbours`).
+        """
+        if centred:
+            from ._neighbours import centred_neighbours
+
+            return centred_neighbours(self._graphs).graph(k, metric)
         return self._graphs.graph(k, metric)
 
     def _fit(self, X: np.ndarray, views: np.ndarray | None) -> np.ndarray:

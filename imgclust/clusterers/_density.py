@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ResourceError
+from ..knn import KnnGraph
 from . import register_clusterer
 from ._base import Clusterer, Param
+
+#: Largest input of scikit-learn's HDBSCAN tree (O(N²) time), used only for min_samples=1.
+EXACT_HDBSCAN_ROWS = 20_000
 
 
 @register_clusterer
 class HDBSCAN(Clusterer):
-    """HDBSCAN (scikit-learn): clusters are regions denser than their surroundings (ZS).
+    """HDBSCAN: clusters are regions denser than their surroundings (ZS).
+
+    The tree is built by fast_hdbscan's Borůvka minimum spanning tree over a kd-tree (McInnes & Healy,
+    "Accelerated Hierarchical Density Clustering", 2017; https://github.com/TutteInstitute/fast_hdbscan),
+    about O(N log N) on low-dimensional inputs such as UMAP-50, in ``reproducible`` mode (same labels for
+    the same input), with scikit-learn's meaning of ``min_samples`` (the sample counts as its own first
+    neighbour). ``min_samples=1`` (no density smoothing) uses scikit-learn's HDBSCAN, O(N²) time, refused
+    above :data:`EXACT_HDBSCAN_ROWS` samples at preflight.
 
     Builds a hierarchy of density levels and keeps the most persistent clusters; samples in
     sparse regions become noise (-1). Needs no K. Where classes touch (effnet-lite0 on CIFAR-10)
@@ -40,6 +52,8 @@ class HDBSCAN(Clusterer):
 
     name = "hdbscan"
     summary = "Density-based, finds K itself; sparse samples become noise (-1)"
+    at_scale = ("fast_hdbscan's Borůvka tree (about N log N on UMAP-50); min_samples=1 uses scikit-learn's "
+                "O(N^2)-time tree and is refused above 20,000 samples")
     paper = "ZS (Lowe et al.) §HDBSCAN; Campello et al. 2013"
     n_clusters_mode = "unused"
     params = (
@@ -52,37 +66,59 @@ class HDBSCAN(Clusterer):
               choices=("eom", "leaf")),
     )
 
-    def _fit(self, X: np.ndarray, views: np.ndarray | None) -> np.ndarray:
-        from sklearn.cluster import HDBSCAN as SKHDBSCAN
+    def preflight(self, n_samples: int) -> None:
+        super().preflight(n_samples)
+        if self._min_samples(n_samples) < 2 and n_samples > EXACT_HDBSCAN_ROWS:
+            raise ResourceError(
+                f"hdbscan with min_samples=1 runs scikit-learn's O(N^2)-time tree, too slow for {n_samples} samples "
+                f"(at most {EXACT_HDBSCAN_ROWS})", hint="use hdbscan with min_samples >= 2 (the Boruvka tree)")
 
+    def _min_samples(self, n: int) -> int:
+        """scikit-learn's min_samples (the sample counts as its own first neighbour), clipped to n."""
+        return min(self.min_cluster_size if self.min_samples is None else self.min_samples, n)
+
+    def _fit(self, X: np.ndarray, views: np.ndarray | None) -> np.ndarray:
         n = X.shape[0]
         if n < 2:
             return np.full(n, -1, dtype=np.int64)
         max_size = None if self.max_cluster_fraction >= 1.0 else max(round(self.max_cluster_fraction * n), 1)
-        model = SKHDBSCAN(
-            min_cluster_size=min(self.min_cluster_size, n),
-            min_samples=None if self.min_samples is None else min(self.min_samples, n),
-            max_cluster_size=max_size,
-            cluster_selection_method=self.cluster_selection_method,
-            copy=True,
-        )
+        min_samples = self._min_samples(n)
+        if min_samples >= 2:
+            import fast_hdbscan
+
+            self.fit_path_ = "Boruvka tree (fast_hdbscan)"
+            # fast_hdbscan's core distance is to the min_samples-th *other* sample: one less gives scikit-learn's
+            model = fast_hdbscan.HDBSCAN(
+                min_cluster_size=min(self.min_cluster_size, n), min_samples=min_samples - 1,
+                max_cluster_size=np.inf if max_size is None else max_size,
+                cluster_selection_method=self.cluster_selection_method, reproducible=True,
+            )
+            return model.fit_predict(np.ascontiguousarray(X, dtype=np.float64))
+        from sklearn.cluster import HDBSCAN as SKHDBSCAN
+
+        self.fit_path_ = "scikit-learn tree (min_samples=1)"
+        model = SKHDBSCAN(min_cluster_size=min(self.min_cluster_size, n), min_samples=1, max_cluster_size=max_size,
+                          cluster_selection_method=self.cluster_selection_method, copy=True)
         return model.fit_predict(X)
 
 
 DBSCAN_METRICS = ("euclidean", "cosine", "manhattan", "chebyshev")
 
 
-def default_dbscan_eps(X: np.ndarray, min_samples: int, quantile: float, metric: str = "euclidean") -> float:
-    """The ``quantile`` of the distances from each sample to its ``min_samples``-th neighbour.
+def default_dbscan_eps(graph: KnnGraph, min_samples: int, quantile: float) -> float:
+    """The ``quantile`` of the distances from each sample to its ``min_samples``-th neighbour in ``graph``.
 
     The sample itself counts as its first neighbour, as in DBSCAN's core-point rule, so with this
     eps a fraction ``quantile`` of the samples are core points (the rest are border points or noise).
+    A cosine graph's distances ``1 - cos`` become the euclidean distance of l2-normalised rows, ``sqrt(2 (1 - cos))``.
     """
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(min_samples, X.shape[0])
-    dist, _ = NearestNeighbors(n_neighbors=k, metric=metric).fit(X).kneighbors(X)
-    return float(np.quantile(dist[:, k - 1], quantile))
+    rank = min(min_samples, graph.indices.shape[0]) - 1  # others before the min_samples-th neighbour
+    if rank == 0:
+        return 0.0
+    dist = graph.distances[:, rank - 1].astype(np.float64)
+    if graph.metric == "cosine":
+        dist = np.sqrt(2.0 * dist)
+    return float(np.quantile(dist, quantile))
 
 
 @register_clusterer
@@ -139,7 +175,8 @@ class DBSCAN(Clusterer):
             if eps is not None:
                 eps = float(np.sqrt(2.0 * eps))  # the euclidean radius of cosine distance eps on the sphere
         if eps is None:
-            eps = default_dbscan_eps(X, self.min_samples, self.eps_quantile, metric)
+            eps = default_dbscan_eps(self.neighbour_graph(max(self.min_samples - 1, 1), self.metric),
+                                     self.min_samples, self.eps_quantile)
         if eps <= 0:  # duplicated samples: any positive radius joins them
             eps = np.finfo(np.float64).tiny
         return SKDBSCAN(eps=eps, min_samples=self.min_samples, metric=metric).fit_predict(X)

@@ -15,6 +15,10 @@ import numpy as np
 from ..errors import ImgclustError
 from . import register_clusterer
 from ._base import Clusterer, Param
+from ._neighbours import symmetric_affinity
+
+#: Above this many samples spectral's eigenvectors come from AMG-preconditioned LOBPCG (pyamg).
+AMG_ROWS = 10_000
 
 
 @register_clusterer
@@ -23,6 +27,9 @@ class Spectral(Clusterer):
 
     Embeds the samples with the leading eigenvectors of the kNN graph's Laplacian and clusters
     that embedding, so clusters may have any shape as long as they are connected in the graph.
+    The affinity is the shared kNN graph, sparse and symmetrised (O(N · k) memory, no N × N matrix);
+    above :data:`AMG_ROWS` samples the eigenvectors come from LOBPCG preconditioned by algebraic
+    multigrid (pyamg; scikit-learn's ``eigen_solver="amg"``), below from ARPACK.
 
     Parameters
     ----------
@@ -36,6 +43,8 @@ class Spectral(Clusterer):
 
     name = "spectral"
     summary = "Spectral clustering on a kNN graph; needs K"
+    at_scale = ("the sparse kNN affinity from the shared graph; above 10,000 samples an AMG-preconditioned LOBPCG "
+                "eigen-solver (pyamg) instead of ARPACK")
     paper = "ES (Scott et al.); Ng, Jordan & Weiss 2001"
     n_clusters_mode = "required"
     params = (
@@ -46,23 +55,27 @@ class Spectral(Clusterer):
 
     def _fit(self, X: np.ndarray, views: np.ndarray | None) -> np.ndarray:
         from sklearn.cluster import SpectralClustering
-        from sklearn.neighbors import kneighbors_graph
 
         n = X.shape[0]
         if self.n_clusters == 1:
             return np.zeros(n, dtype=np.int64)
         if self.n_clusters >= n:
             return np.arange(n, dtype=np.int64)
-        # scikit-learn's "nearest_neighbors" affinity, built here so that small inputs can use a
-        # dense matrix (the sparse eigen-solver cannot ask for as many vectors as there are samples).
-        graph = kneighbors_graph(X, n_neighbors=min(self.n_neighbors, n - 1), include_self=True)
-        affinity = 0.5 * (graph + graph.T)
+        # scikit-learn's "nearest_neighbors" affinity (each sample its own first neighbour) from the shared
+        # graph, sparse; small inputs use a dense matrix (the sparse eigen-solver cannot ask for as many
+        # vectors as there are samples).
+        affinity = symmetric_affinity(self.neighbour_graph(min(self.n_neighbors, n - 1) - 1))
         if n <= 200:
             affinity = affinity.toarray()
+        # above AMG_ROWS, ARPACK's shift-invert factorises the Laplacian (minutes at 100k): LOBPCG
+        # preconditioned by algebraic multigrid (pyamg) solves the same sparse problem in O(N · k) memory
+        large = n > AMG_ROWS
+        self.fit_path_ = f"sparse kNN affinity, {'AMG-preconditioned LOBPCG' if large else 'ARPACK'} eigen-solver"
         model = SpectralClustering(
             n_clusters=self.n_clusters,
             affinity="precomputed",
             assign_labels=self.assign_labels,
+            eigen_solver="amg" if large else None,
             random_state=self.random_state,
         )
         with warnings.catch_warnings():
@@ -137,28 +150,6 @@ class AffinityPropagation(Clusterer):
                 hint="raise damping (e.g. 0.95) or max_iter, or use agglomerative",
             )
         return labels
-
-
-def knn_lists(X: np.ndarray, k: int, metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
-    """Each sample's k nearest neighbours (itself first) and their distances; O(N * k) memory.
-
-    With duplicated samples the search may list a twin before the sample itself; the sample is
-    then moved to the front, so that rank 0 is always the sample.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    n = X.shape[0]
-    k = min(k, n)
-    dist, idx = NearestNeighbors(n_neighbors=k, metric=metric).fit(X).kneighbors(X)
-    rows = np.arange(n)
-    bad = np.flatnonzero(idx[:, 0] != rows)
-    for i in bad:
-        where = np.flatnonzero(idx[i] == i)
-        pos = int(where[0]) if len(where) else k - 1
-        idx[i, 1 : pos + 1] = idx[i, :pos].copy()
-        dist[i, 1 : pos + 1] = dist[i, :pos].copy()
-        idx[i, 0], dist[i, 0] = i, 0.0
-    return idx, dist
 
 
 def _components(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -258,7 +249,7 @@ class ApproxRankOrder(Clusterer):
         n = X.shape[0]
         if n == 1:
             return np.zeros(1, dtype=np.int64)
-        nbrs, _ = knn_lists(X, self.n_neighbors)
+        nbrs, _ = self.neighbour_graph(self.n_neighbors - 1).with_self()  # the list counts the sample itself
         D = rank_order_distances(nbrs)
         rows, ranks = np.nonzero(D <= self.threshold)
         return _components(n, rows, nbrs[rows, ranks])
@@ -346,10 +337,9 @@ class CDP(Clusterer):
         n = X.shape[0]
         if n == 1:
             return np.zeros(1, dtype=np.int64)
-        Xc = X - X.mean(axis=0)
-        nbrs, dist = knn_lists(Xc, self.n_neighbors + 1, metric="cosine")
-        rows = np.repeat(np.arange(n), nbrs.shape[1] - 1)
-        cols = nbrs[:, 1:].ravel()
-        sims = 1.0 - dist[:, 1:].ravel()
+        graph = self.neighbour_graph(self.n_neighbors, "cosine", centred=True)
+        rows = np.repeat(np.arange(n), graph.k)
+        cols = graph.indices.ravel()
+        sims = 1.0 - graph.distances.ravel().astype(np.float64)
         max_size = n if self.max_cluster_fraction >= 1.0 else max(round(self.max_cluster_fraction * n), 1)
         return cdp_components(n, rows, cols, sims, self.threshold, max_size, self.step)

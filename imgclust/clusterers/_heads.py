@@ -7,7 +7,8 @@ persist it, :meth:`Clusterer.predict` puts new embeddings into the learned clust
 Shared choices (ours, documented in the README):
 
 * Neighbours are mined by cosine similarity on *mean-centred*, ℓ2-normalised embeddings, self excluded
-  (``center=True``). Non-negative CNN features (EfficientNet, ResNet) have raw cosine >= 0.3 for a fifth
+  (``center=True``), from the shared kNN graph of the raw embeddings (``Clusterer.neighbour_graph``:
+  computed once per space, exact for small N, approximate with measured recall above; no N×N matrix). Non-negative CNN features (EfficientNet, ResNet) have raw cosine >= 0.3 for a fifth
   of all pairs, which makes ICCE's absolute threshold meaningless; after centring, ICCE's rule keeps
   ~150 neighbours per Imagenette image at 98.8% class purity (raw: ~840 at 42%).
 * Training is deterministic for a ``random_state``: weights are initialised under ``torch.manual_seed``
@@ -31,7 +32,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import ParameterError, UsageError
+from ..errors import ParameterError, ResourceError, UsageError
+from ..knn import KnnGraph
 from . import register_clusterer
 from ._base import Clusterer, Param
 from ._ensembles import METHODS as ENSEMBLE_METHODS
@@ -39,6 +41,9 @@ from ._ensembles import agreement as ensemble_agreement
 from ._ensembles import consensus as ensemble_consensus
 
 EPS = 1e-12
+#: Largest input of unic: its negatives' threshold (each row's tau2-th similarity, tau2 ~ 2N/K) scans all
+#: N² pairs; 20,000 rows of 1,280 dims is about a minute on two cores.
+UNIC_MAX_ROWS = 20_000
 
 __all__ = [
     "IcceClusterer",
@@ -52,7 +57,6 @@ __all__ = [
     "second_order_clean",
     "sinkhorn_knopp",
     "temi_loss",
-    "topk_neighbours",
     "unic_loss",
 ]
 
@@ -228,27 +232,6 @@ def _similarity_chunks(Z: np.ndarray, device, chunk: int = 1024, keys: np.ndarra
         yield start, S
 
 
-def topk_neighbours(Z: np.ndarray, k: int, device=None, chunk: int = 1024,
-                    keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k most similar rows of each row of Z (rows ℓ2-normalised), self excluded, most similar first.
-
-    With ``keys`` the similarity of rows i and j is Z[i] . keys[j] (see :func:`euclidean_space`).
-    Returns (indices (N, k) int64, similarities (N, k) float32). Memory O(chunk * N).
-    """
-    import torch
-
-    device = device or torch.device("cpu")
-    n = Z.shape[0]
-    k = int(min(k, n - 1))
-    idx = np.empty((n, k), dtype=np.int64)
-    sim = np.empty((n, k), dtype=np.float32)
-    for start, S in _similarity_chunks(Z, device, chunk, keys):
-        v, i = torch.topk(S, k, dim=1)
-        idx[start : start + S.shape[0]] = i.cpu().numpy()
-        sim[start : start + S.shape[0]] = v.cpu().numpy()
-    return idx, sim
-
-
 def kth_similarity(Z: np.ndarray, kth: int, device=None, chunk: int = 256, keys: np.ndarray | None = None) -> np.ndarray:
     """Each row's kth-highest similarity (cosine, or Z . keys) to the other rows (memory O(chunk * N), not O(N * kth))."""
     import torch
@@ -261,13 +244,12 @@ def kth_similarity(Z: np.ndarray, kth: int, device=None, chunk: int = 256, keys:
     return out
 
 
-def adaptive_neighbours(Z: np.ndarray, k: int, threshold: float, max_neighbours: int, device=None):
-    """ICCE's adaptive neighbours: every row with cosine >= threshold, but at least the top k.
+def adaptive_neighbours(idx: np.ndarray, sim: np.ndarray, k: int, threshold: float):
+    """ICCE's adaptive neighbours: every listed row with cosine >= threshold, but at least the top k.
 
-    At most ``max_neighbours`` (the most similar) are kept. Returns a CSR pair (indptr, indices).
+    ``idx`` and ``sim`` are each row's most similar rows, most similar first (the shared kNN graph at
+    ``max_neighbours``: that many are kept at most). Returns a CSR pair (indptr, indices).
     """
-    max_neighbours = int(max(k, max_neighbours))
-    idx, sim = topk_neighbours(Z, max_neighbours, device)
     count = np.maximum((sim >= threshold).sum(axis=1), min(k, idx.shape[1]))
     indptr = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
     keep = np.arange(idx.shape[1])[None, :] < count[:, None]
@@ -482,6 +464,8 @@ class _TrainedHead(Clusterer):
     # auto trains one head per K: a coarse grid on a small sample keeps that to minutes on a CPU
     auto_k_fits = 8
     auto_k_samples = 2000
+    at_scale = ("neighbours mined from the shared kNN graph of the raw embeddings (cosine on the centred rows; "
+                "approximate with measured recall above the exact size): no N×N similarity; an epoch is O(N)")
 
     _predict_batch = 8192
     _state_prefix = "head."
@@ -513,6 +497,11 @@ class _TrainedHead(Clusterer):
 
     def _n_epochs(self, n: int) -> int:
         return int(self.epochs) if self.epochs is not None else int(self._auto_epochs(n))
+
+    def _mined(self, k: int, metric: str = "cosine") -> KnnGraph:
+        """Each row's ``k`` nearest rows where the head mines neighbours: the shared kNN graph of the raw
+        embeddings (cosine on the mean-centred rows with ``center``; euclidean on the rows themselves)."""
+        return self.neighbour_graph(k, metric, centred=metric == "cosine" and self.center)
 
     def _clip_k(self, k: int, n: int, what: str = "k") -> int:
         if k > n - 1:
@@ -580,14 +569,12 @@ class _TemiBase(_TrainedHead):
         # about 2,000 optimiser steps, at least 10 and at most 200 epochs
         return int(np.clip(math.ceil(2000 / self._steps_per_epoch(n)), 10, 200))
 
-    def _neighbours(self, X: np.ndarray, device) -> NeighbourSampler:
-        Z = neighbour_space(X, self.center)
+    def _neighbours(self, X: np.ndarray) -> NeighbourSampler:
         k = self._clip_k(self.k, X.shape[0])
         if self._icce:
-            indptr, indices = adaptive_neighbours(Z, k, self.threshold, self._max_neighbours(X.shape[0]), device)
-            return NeighbourSampler(indptr, indices)
-        idx, _ = topk_neighbours(Z, k, device)
-        return NeighbourSampler.from_dense(idx)
+            graph = self._mined(self._max_neighbours(X.shape[0]))
+            return NeighbourSampler(*adaptive_neighbours(graph.indices, 1.0 - graph.distances, k, self.threshold))
+        return NeighbourSampler.from_dense(self._mined(k).indices)
 
     def _train_heads(self, Xt, sampler: NeighbourSampler, device, rng: np.random.Generator):
         """Train all heads; return (teacher, per-head mean loss over the last epoch)."""
@@ -690,7 +677,7 @@ class TemiClusterer(_TemiBase):
         torch = _nn().torch
         mean, std = _standardise_stats(X)
         with seeded_torch(self.random_state, device):
-            sampler = self._neighbours(X, device)
+            sampler = self._neighbours(X)
             Xt = torch.as_tensor((X - mean) / std, dtype=torch.float32, device=device)
             teacher, losses = self._train_heads(Xt, sampler, device, rng)
             self.head_labels_ = self._head_labels(teacher, Xt)
@@ -773,7 +760,7 @@ class IcceClusterer(_TemiBase):
         rng = np.random.default_rng(self.random_state)
         torch = _nn().torch
         with seeded_torch(self.random_state, device):
-            sampler = self._neighbours(X, device)
+            sampler = self._neighbours(X)
             Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
             teacher, losses = self._train_heads(Xt, sampler, device, rng)
             self.head_labels_ = self._head_labels(teacher, Xt)
@@ -917,8 +904,7 @@ class ScanClusterer(_MLPMethod):
         torch = _nn().torch
         n = X.shape[0]
         with seeded_torch(self.random_state, device):
-            idx, _ = topk_neighbours(neighbour_space(X, self.center), self._clip_k(self.k, n), device)
-            sampler = NeighbourSampler.from_dense(idx)
+            sampler = NeighbourSampler.from_dense(self._mined(self._clip_k(self.k, n)).indices)
             model = self._make_model(X.shape[1]).to(device)
             per_step = []  # each step's per-head losses; the best head is chosen on the last epoch's
 
@@ -989,6 +975,15 @@ class UnicClusterer(_MLPMethod):
     def _auto_epochs(self, n: int) -> int:
         return 100
 
+    at_scale = f"refused above {UNIC_MAX_ROWS:,} samples: the negatives' threshold scans all N² pairs"
+
+    def preflight(self, n_samples: int) -> None:
+        super().preflight(n_samples)
+        if n_samples > UNIC_MAX_ROWS:
+            raise ResourceError(
+                f"unic ranks every sample against all others for its negatives (O(N^2) time), too slow for "
+                f"{n_samples} samples (at most {UNIC_MAX_ROWS})", hint="use scan or temi (neighbours from the kNN graph)")
+
     def _resolved(self, n: int) -> tuple[int, int, int]:
         tau1 = self._clip_k(self.tau1, n, "tau1")
         eta = int(self.eta) if self.eta is not None else int(round(0.7 * tau1 * tau1))
@@ -1008,7 +1003,7 @@ class UnicClusterer(_MLPMethod):
         Z, keys = euclidean_space(X) if self.metric == "euclidean" else (neighbour_space(X, self.center), None)
         with seeded_torch(self.random_state, device):
             others = tau1 - 1 if self.self_positive else tau1
-            pos, _ = topk_neighbours(Z, max(others, 1), device, keys=keys)
+            pos = self._mined(max(others, 1), self.metric).indices
             if self.self_positive:  # Eq. 3: the sample itself is one of its tau1 positives
                 pos = np.hstack([np.arange(n)[:, None], pos[:, :others]])
             noisy = second_order_clean(pos, eta)
