@@ -8,7 +8,6 @@ import re
 import subprocess
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from imgclust.export import export
