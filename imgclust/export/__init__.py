@@ -443,6 +443,14 @@ def embed_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
         from sklearn.decomposition import PCA
 
         return PCA(n_components=2).fit_transform(X)
-    from ..reduce import fit_umap
+    from ..knn import knn_graph
+    from ..reduce import PRECOMPUTED_KNN_ROWS, fit_umap
 
-    return fit_umap(X, n_components=2, n_neighbors=min(30, len(X) - 1), min_dist=0.1, random_state=seed)[1]
+    n_neighbors = min(30, len(X) - 1)
+    extra = {}
+    if len(X) >= PRECOMPUTED_KNN_ROWS:  # FAISS on every core, as for the reduction, not UMAP's NN-descent
+        extra["precomputed_knn"] = knn_graph(X, n_neighbors - 1, random_state=seed).with_self()
+    # PCA initialisation: UMAP's spectral one lays out every connected component of the neighbour graph on its
+    # own, which took minutes (ARPACK per component) on a 100,000-point sample of a large noisy set
+    return fit_umap(X, n_components=2, n_neighbors=n_neighbors, min_dist=0.1, random_state=seed, init="pca",
+                    **extra)[1]
