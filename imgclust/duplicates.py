@@ -227,7 +227,7 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
     progress : ``progress(stage, done, total)`` for the graph and the headers read.
     """
     from .clusterers._base import available_memory_bytes
-    from .knn import knn_graph
+    from .knn import Neighbours, StoredGraphs, knn_graph
 
     if threshold is not None and not (0.0 < threshold <= 1.0):
         raise ParameterError(f"threshold must be in (0, 1], got {threshold}",
@@ -260,7 +260,10 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     X = X / np.where(norms > 0, norms, 1.0)
     on_graph = (lambda done, total: progress("neighbour graph", done, total)) if progress else None
-    graph = knn_graph(X, k, "cosine", on_progress=on_graph)
+    if len(representatives) == n:  # no two files share content: the raw space's shared graph (stored, reused)
+        graph = Neighbours(X, store=StoredGraphs(store, name, "raw", rows.fingerprint), on_progress=on_graph).graph(k, "cosine")
+    else:
+        graph = knn_graph(X, k, "cosine", on_progress=on_graph)
     groups = near_groups(X, graph.indices, 1.0 - graph.distances, threshold)
 
     # expand each group of distinct contents to every row with that content, then add the pure-exact classes

@@ -238,6 +238,17 @@ def test_outliers_share_the_raw_spaces_stored_graph(tmp_path, monkeypatch):
     np.testing.assert_allclose(find_outliers(cache, k=2).scores, first.scores)
 
 
+def test_duplicates_without_shared_contents_use_the_raw_spaces_stored_graph(tmp_path, monkeypatch):
+    import imgclust.knn as knn
+
+    from .stage_fixtures import blob_cache
+
+    cache = blob_cache(tmp_path / "c.h5", n_per=20, centers=3, dim=8)
+    find_duplicates(cache.path, threshold=0.99)
+    monkeypatch.setattr(knn, "knn_graph", lambda *a, **kw: pytest.fail("the stored graph should have been read"))
+    assert len(find_outliers(cache.path, k=3).scores) == 60  # the graph duplicates stored serves the outliers
+
+
 def test_outliers_cli_lists_the_top_and_json(tmp_path):
     cache, _ = triage_cache(tmp_path)
     result = runner.invoke(app, ["outliers", str(cache), "--top", "3", "-k", "2", "--json"])
