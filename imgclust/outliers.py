@@ -94,13 +94,18 @@ def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: in
     store = Cache(cache)
     name = store.resolve_encoder(encoder)
     rows = store.rows(name)
-    budget = memory_budget or available_memory_bytes() // 2
-    X = rows.read_embeddings(max_bytes=budget // 2)  # and the graph's normalised copy
-    # the raw space's shared cosine graph: computed once, stored in the cache, reused by later runs
-    shared = Neighbours(X, store=StoredGraphs(store, name, "raw", rows.fingerprint), on_progress=progress)
-    graph = shared.graph(k, "cosine")
+    # the raw space's shared cosine graph: computed once, stored in the cache, reused by later runs (which
+    # then never read the embeddings themselves)
+    graphs = StoredGraphs(store, name, "raw", rows.fingerprint)
+    graph = graphs.load("cosine", k)
+    if graph is not None:
+        graph = graph.top(k)
+    else:
+        budget = memory_budget or available_memory_bytes() // 2
+        X = rows.read_embeddings(max_bytes=budget // 2)  # and the graph's normalised copy
+        graph = Neighbours(X, store=graphs, on_progress=progress).graph(k, "cosine")
     if graph.k == 0:
-        raise ResourceError(f"'{name}' has {len(X)} image(s): an outlier score needs at least two",
+        raise ResourceError(f"'{name}' has {len(rows)} image(s): an outlier score needs at least two",
                             hint="embed more images")
     kth = graph.distances[:, -1]
     scores, median = outlier_scores(kth)
