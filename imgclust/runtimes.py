@@ -75,11 +75,21 @@ def _import_whole(module: str):
 
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         return importlib.import_module(module)
+    # The mask keeps the signal from this thread; a Ctrl-C that another thread of the process receives (a
+    # library's worker pool) still runs the Python handler here, so that handler only records it meanwhile.
+    held = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return importlib.import_module(module)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C held back is raised here
+        # unmasking delivers a Ctrl-C the mask held back, to the recording handler still in place
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, handler)
+        if held and handler is signal.default_int_handler:
+            raise KeyboardInterrupt
+        if held and callable(handler):
+            handler(signal.SIGINT, None)
 
 
 def _importable(module: str) -> bool:
