@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale import ENCODER, ROOT, build, real_rows, timed  # noqa: E402
+from scale import ENCODER, ROOT, build, real_rows, timed, write_report  # noqa: E402
 
 from imgclust.cache import Cache  # noqa: E402
 from imgclust.cluster import load_run  # noqa: E402
@@ -88,9 +88,7 @@ def main() -> None:
         row = run_method(cache, method, args.n_clusters, truth, args.timeout, args.reduction)
         print(json.dumps(row), flush=True)
         report["rows"].append(row)
-    out = args.results / f"{args.out}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.results, args.out, report)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,13 @@ def build(workdir: Path, n: int, x: np.ndarray, y: np.ndarray, noise: float, see
     return cache, kept
 
 
+def write_report(results: Path, name: str, report: dict) -> None:
+    """Write ``report`` as ``results/<name>.json`` and say where."""
+    out = results / f"{name}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def timed(args: list[str], timeout: float | None = None) -> tuple[dict, float, float]:
     """Run ``python -m imgclust ARGS`` under /usr/bin/time: (its JSON, seconds, peak RSS in GiB).
 
@@ -155,9 +162,7 @@ def main() -> None:
                                  "ami_micro": round(float(adjusted_mutual_info_score(truth, scalable)), 4)}
         print(json.dumps(row), flush=True)
         report["rows"].append(row)
-    out = args.results / f"{args.out}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.results, args.out, report)
 
 
 if __name__ == "__main__":
