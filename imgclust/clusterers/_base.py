@@ -302,7 +302,10 @@ class Clusterer:
                 f"{self.name} trains on augmented-view embeddings, and none are stored",
                 hint="embed with --views N first (e.g. imgclust embed PATH --views 2)",
             )
-        labels = np.asarray(self._fit(X, views), dtype=np.int64)
+        try:
+            labels = np.asarray(self._fit(X, views), dtype=np.int64)
+        finally:
+            self._graphs = None  # the rows and their graphs are the caller's (or garbage): a fitted model keeps neither
         self.labels_ = labels
         self.n_clusters_ = int(len(np.unique(labels[labels >= 0])))
         return self

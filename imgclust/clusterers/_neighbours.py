@@ -37,24 +37,23 @@ def centred_neighbours(neighbours: Neighbours) -> Neighbours:
     return twin
 
 
-def connectivity_matrix(graph: KnnGraph):
-    """The directed kNN graph as a binary CSR matrix (self excluded), as ``kneighbors_graph(mode="connectivity")``."""
+def _binary(indices: np.ndarray):
+    """A binary CSR matrix with a 1 at (row, each listed neighbour); -1 entries (missing) left out."""
     from scipy.sparse import csr_matrix
 
-    n, k = graph.indices.shape
-    found = graph.indices >= 0
+    n = indices.shape[0]
+    found = indices >= 0
     indptr = np.concatenate([[0], np.cumsum(found.sum(axis=1))])
-    return csr_matrix((np.ones(int(found.sum())), graph.indices[found], indptr), shape=(n, n))
+    return csr_matrix((np.ones(int(found.sum())), indices[found], indptr), shape=(n, n))
+
+
+def connectivity_matrix(graph: KnnGraph):
+    """The directed kNN graph as a binary CSR matrix (self excluded), as ``kneighbors_graph(mode="connectivity")``."""
+    return _binary(graph.indices)
 
 
 def symmetric_affinity(graph: KnnGraph):
     """``(A + Aᵀ) / 2`` of the kNN connectivity A with each row its own neighbour (scikit-learn's
     ``affinity="nearest_neighbors"``), as a sparse CSR matrix: O(N · k) memory."""
-    from scipy.sparse import csr_matrix
-
-    idx, _ = graph.with_self()
-    n, k = idx.shape
-    found = idx >= 0
-    indptr = np.concatenate([[0], np.cumsum(found.sum(axis=1))])
-    A = csr_matrix((np.ones(int(found.sum())), idx[found], indptr), shape=(n, n))
+    A = _binary(graph.with_self()[0])
     return (0.5 * (A + A.T)).tocsr()
