@@ -125,10 +125,13 @@ def _check(metric: str, k: int) -> None:
 
 
 def _prepared(X: np.ndarray, metric: str) -> np.ndarray:
+    """``X`` as contiguous float32, unit rows for cosine: rows already of unit norm are not copied (a
+    caller holding a million rows normalises them in place instead of paying for a second copy)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     if metric == "cosine":
         norms = np.linalg.norm(X, axis=1, keepdims=True)
-        X = X / np.where(norms > 0, norms, 1.0)
+        if not np.allclose(norms[norms > 0], 1.0, atol=1e-5):
+            X = X / np.where(norms > 0, norms, 1.0)
     return X
 
 
@@ -367,10 +370,18 @@ class StoredGraphs:
     def name(self, metric: str) -> str:
         return f"{self.space}:{metric}@{self.fingerprint[:8]}"
 
+    def _attrs(self, metric: str, k: int) -> dict | None:
+        attrs = self.cache.current(self.encoder, "knn", self.fingerprint).get(self.name(metric))
+        return attrs if attrs is not None and int(attrs.get("k", 0)) >= k else None
+
+    def has(self, metric: str, k: int) -> bool:
+        """Whether a graph of ``metric`` with at least ``k`` neighbours per row is stored (nothing is read)."""
+        return self._attrs(metric, k) is not None
+
     def load(self, metric: str, k: int) -> KnnGraph | None:
         """The stored graph of ``metric`` with at least ``k`` neighbours per row, or None."""
-        attrs = self.cache.current(self.encoder, "knn", self.fingerprint).get(self.name(metric))
-        if attrs is None or int(attrs.get("k", 0)) < k:
+        attrs = self._attrs(metric, k)
+        if attrs is None:
             return None
         arrays = self.cache.read_result(self.encoder, "knn", self.name(metric), self.fingerprint)
         return KnnGraph(arrays["indices"].astype(np.int64), arrays["distances"], metric, attrs["method"],

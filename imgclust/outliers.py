@@ -73,6 +73,27 @@ def outlier_scores(kth_distance: np.ndarray) -> tuple[np.ndarray, float]:
     return kth_distance / median, median
 
 
+def memory_shortfall(cache: str | os.PathLike, encoder: str | None = None, *, k: int = DEFAULT_K,
+                     memory_budget: int | None = None) -> str | None:
+    """Why :func:`find_outliers` cannot run in memory (one line), or None when it can: its graph is stored,
+    or the raw embeddings fit half the memory available (``memory_budget`` in bytes, if given). Checked
+    before long work (an export scores first), so that nothing runs for minutes and then stops."""
+    from .clusterers._base import available_memory_bytes
+    from .knn import StoredGraphs
+
+    store = Cache(cache)
+    name = store.resolve_encoder(encoder)
+    rows = store.rows(name)
+    if StoredGraphs(store, name, "raw", rows.fingerprint).has("cosine", min(k, len(rows) - 1)):
+        return None
+    budget = memory_budget or available_memory_bytes() // 2
+    needed = len(rows) * rows.dim * 4
+    if needed <= budget:
+        return None
+    return (f"outlier scores of '{name}' need its {len(rows):,} embeddings in memory ({needed / 2**30:.1f} GiB), "
+            f"over the {budget / 2**30:.1f} GiB memory budget")
+
+
 def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: int = DEFAULT_K,
                   memory_budget: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> OutlierReport:
@@ -86,8 +107,8 @@ def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: in
     memory_budget : bytes the embeddings may take in memory (default: half the memory available).
     progress : ``progress(done, total)`` while the neighbour graph is searched.
     """
-    from .clusterers._base import available_memory_bytes
     from .knn import Neighbours, StoredGraphs
+    from .reduce import l2_normalise
 
     if k < 1:
         raise ParameterError(f"k must be >= 1, got {k}", hint=f"{DEFAULT_K} is the default")
@@ -97,12 +118,16 @@ def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: in
     # the raw space's shared cosine graph: computed once, stored in the cache, reused by later runs (which
     # then never read the embeddings themselves)
     graphs = StoredGraphs(store, name, "raw", rows.fingerprint)
-    graph = graphs.load("cosine", k)
+    k_there = min(k, len(rows) - 1)  # a row has at most this many others
+    graph = graphs.load("cosine", k_there)
     if graph is not None:
-        graph = graph.top(k)
+        graph = graph.top(k_there)
     else:
-        budget = memory_budget or available_memory_bytes() // 2
-        X = rows.read_embeddings(max_bytes=budget // 2)  # and the graph's normalised copy
+        short = memory_shortfall(cache, name, k=k, memory_budget=memory_budget)
+        if short:
+            raise ResourceError(short, hint="run on a machine with more memory, or on part of the images")
+        # normalised in place: the graph search then takes these rows without a second copy
+        X = l2_normalise(rows.read_embeddings(), copy=False)
         graph = Neighbours(X, store=graphs, on_progress=progress).graph(k, "cosine")
     if graph.k == 0:
         raise ResourceError(f"'{name}' has {len(rows)} image(s): an outlier score needs at least two",

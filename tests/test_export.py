@@ -182,3 +182,18 @@ def test_exports_carry_each_images_outlier_score(run_cache, tmp_path):
     np.testing.assert_allclose([float(r["outlier_score"]) for r in rows], expected)
     np.testing.assert_allclose(pq.read_table(tmp_path / "pq" / "assignments.parquet")["outlier_score"].to_numpy(), expected)
     assert np.median(expected) == pytest.approx(1.0)
+
+
+def test_an_export_whose_outliers_do_not_fit_leaves_the_column_empty_and_says_why(run_cache, tmp_path, monkeypatch):
+    """No stored graph and raw embeddings over the budget: the export still writes every file, with a warning,
+    an empty outlier_score column and no duplicates section, instead of stopping after its scoring."""
+    import imgclust.clusterers._base as base
+
+    monkeypatch.setattr(base, "available_memory_bytes", lambda: 64)  # 32 bytes of budget for 32 rows
+    with pytest.warns(UserWarning, match=r"outlier scores of '.*' need its 32 embeddings.*outlier_score column is left empty"):
+        export(run_cache.path, format="csv", out=tmp_path / "csv")
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "assignments.csv")))
+    assert len(rows) == 32 and {r["outlier_score"] for r in rows} <= {"", "nan"}
+    with pytest.warns(UserWarning, match="no duplicates section"):
+        export(run_cache.path, format="html", out=tmp_path / "html")
+    assert 'id="duplicates"' not in (tmp_path / "html" / "gallery" / "index.html").read_text("utf-8")

@@ -199,3 +199,16 @@ def test_cluster_reports_each_long_stage_on_its_progress_callback(tmp_path, monk
     assert stages.index("UMAP neighbours") < stages.index("fitting UMAP") < stages.index("clustering")
     assert [s for s in seen if s[0] == "clustering"] == [("clustering", 0, 1), ("clustering", 1, 1)]
     assert seen[stages.index("UMAP neighbours")][2] == 120  # rows searched
+
+
+def test_cosine_search_takes_unit_rows_without_a_copy():
+    from imgclust.knn import _prepared
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 8)).astype(np.float32)
+    copied = _prepared(X, "cosine")
+    assert not np.shares_memory(copied, X) and np.allclose(np.linalg.norm(copied, axis=1), 1.0, atol=1e-6)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    assert np.shares_memory(_prepared(X, "cosine"), X)  # already unit: the caller's rows serve as they are
+    X[3] = 0.0  # a zero row stays zero and does not force a copy
+    assert np.shares_memory(_prepared(X, "cosine"), X)

@@ -291,3 +291,18 @@ def test_export_paths_filters_for_the_shell(tmp_path, env_python):
     assert drops and sorted(proc.stdout.splitlines()) == sorted(drops)
     refused = runner.invoke(app, ["export", str(cache), "--format", "csv", "--outliers"])
     assert refused.exit_code == 2 and "--format paths" in refused.output
+
+
+def test_outliers_say_before_reading_that_the_embeddings_do_not_fit_unless_a_graph_is_stored(tmp_path):
+    from imgclust.errors import ResourceError
+    from imgclust.outliers import memory_shortfall
+
+    cache, _ = triage_cache(tmp_path)
+    short = memory_shortfall(cache, memory_budget=100)
+    assert short.startswith("outlier scores of 'hand' need its 10 embeddings in memory") and "memory budget" in short
+    with pytest.raises(ResourceError, match="need its 10 embeddings"):
+        find_outliers(cache, k=2, memory_budget=100)
+    assert memory_shortfall(cache) is None
+    find_outliers(cache, k=2)  # stores the raw space's graph
+    assert memory_shortfall(cache, memory_budget=100) is None  # the stored graph needs no embeddings
+    assert len(find_outliers(cache, k=2, memory_budget=100).scores) == 10

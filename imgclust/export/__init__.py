@@ -28,7 +28,7 @@ from typing import IO, Callable, Iterator, Sequence
 import numpy as np
 
 from .._json import json_safe
-from ..errors import ImgclustError, UsageError
+from ..errors import ImgclustError, ResourceError, UsageError
 from .._atomic import replaced_atomically
 from ..score import RunReport, score
 from ..manifest import Manifest
@@ -119,9 +119,20 @@ def with_names(report: RunReport, clusters: list[ClusterSummary],
 
 
 def outlier_column(report: RunReport) -> np.ndarray:
-    """Every image's outlier score (:mod:`imgclust.outliers`, on the run encoder's raw embeddings), in row order."""
-    from ..outliers import find_outliers
+    """Every image's outlier score (:mod:`imgclust.outliers`, on the run encoder's raw embeddings), in row order.
 
+    When they cannot be computed in memory (no stored graph, and the raw embeddings are larger than the
+    budget) the column is empty (NaN) and a warning says why: an optional column never stops an export.
+    """
+    import warnings
+
+    from ..outliers import find_outliers, memory_shortfall
+
+    short = memory_shortfall(report.cache, report.run.encoder)
+    if short:
+        warnings.warn(f"{short}: the outlier_score column is left empty (imgclust outliers computes them on a "
+                      f"machine with more memory, and stores them for later exports)", stacklevel=2)
+        return np.full(len(report.run.labels), np.nan)
     return find_outliers(report.cache, report.run.encoder).scores
 
 
@@ -401,16 +412,21 @@ def _write_html(manifest, report, table, clusters, X, force, on_progress=None, p
                        map_points=map_points, duplicates=duplicate_groups(report))]
 
 
-def duplicate_groups(report: RunReport) -> DuplicateGroups:
+def duplicate_groups(report: RunReport) -> DuplicateGroups | None:
     """The run's images' duplicate groups for the gallery (:mod:`imgclust.duplicates`, the family's default
-    threshold; the page says when it is not calibrated), the largest :data:`DUPLICATE_GROUPS` of them."""
+    threshold; the page says when it is not calibrated), the largest :data:`DUPLICATE_GROUPS` of them; None,
+    with a warning, when the embeddings do not fit in memory."""
     import warnings
 
     from ..duplicates import find_duplicates
 
-    with warnings.catch_warnings():  # an uncalibrated threshold: said on the page, not once per export
-        warnings.simplefilter("ignore", UserWarning)
-        found = find_duplicates(report.cache, report.run.encoder)
+    try:
+        with warnings.catch_warnings():  # an uncalibrated threshold: said on the page, not once per export
+            warnings.simplefilter("ignore", UserWarning)
+            found = find_duplicates(report.cache, report.run.encoder)
+    except ResourceError as exc:  # an optional section never stops an export
+        warnings.warn(f"{exc.message}: the gallery has no duplicates section", stacklevel=2)
+        return None
     largest = sorted(found.groups, key=lambda g: (-len(g.paths), g.group))[:DUPLICATE_GROUPS]
     return DuplicateGroups([g.paths for g in largest], [g.kind for g in largest], found.threshold,
                            found.threshold_source, len(found.groups), len(found.drop_paths))
