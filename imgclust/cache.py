@@ -71,7 +71,7 @@ FORMAT = "imgclust-cache"
 SCHEMA_VERSION = 2
 LEGACY_SCHEMA = 1
 BULK_FORMAT = "imgclust-bulk"
-RESULT_KINDS = ("reductions", "runs", "views", "knn")
+RESULT_KINDS = ("reductions", "runs", "views", "knn", "scores")
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: fast sequential reads, small partial reads
 # Files are written with HDF5's chunk cache off: a write that fails (disk full, file too large) then
@@ -830,7 +830,8 @@ class Cache:
             with self.transaction() as state:
                 enc = self._encoder_state(encoder, state)
                 if enc.fingerprint != fingerprint:
-                    what = {"runs": "cluster", "reductions": "reduce", "views": "embed --views", "knn": "reduce"}[kind]
+                    what = {"runs": "cluster", "reductions": "reduce", "views": "embed --views", "knn": "reduce",
+                            "scores": "score"}[kind]
                     raise CacheError(f"the images of '{encoder}' in {self.path} changed while this {kind[:-1]} was "
                                      f"computed (another process added or removed rows); it was not stored",
                                      hint=f"run imgclust {what} again")

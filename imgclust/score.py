@@ -76,6 +76,56 @@ def score(
     if len(paths) != len(stored_run.labels):
         raise UsageError(f"run {stored_run.run_id} has {len(stored_run.labels)} labels but the cache holds {len(paths)} images",
                          hint="the images changed since the run; cluster again")
-    X = run_space(cache_obj.path, stored_run)
-    scores = score_clustering(stored_run.labels, X, truth, accuracy_rule=accuracy_rule)
+    label_free = stored_label_free(cache_obj, stored_run)
+    if label_free is None:
+        scores = score_clustering(stored_run.labels, run_space(cache_obj.path, stored_run), truth,
+                                  accuracy_rule=accuracy_rule)
+        store_label_free(cache_obj, stored_run, scores)
+    else:  # the run's space is not read again: only the scores against labels are computed
+        scores = score_clustering(stored_run.labels, None, truth, accuracy_rule=accuracy_rule)
+        for name, value in label_free.items():
+            setattr(scores, name, value)
     return RunReport(str(cache_obj.path), stored_run, scores, source, paths, truth)
+
+
+#: The scores that depend only on the run and its space, stored with the run (result kind ``scores``, named after
+#: the run, removed with it) the first time it is scored: at a million rows the sampled silhouette takes a minute,
+#: and ``score --labels``, ``export`` and every later ``score`` then skip it.
+LABEL_FREE = ("silhouette", "silhouette_per_cluster", "silhouette_exact", "silhouette_error_bound",
+              "silhouette_noise_as_cluster", "davies_bouldin", "calinski_harabasz")
+LABEL_FREE_VERSION = 1  # bumped when the way they are computed changes: older stored scores are then recomputed
+
+
+def store_label_free(cache: Cache, run: ClusterRun, scores: Scores) -> None:
+    """Keep the run's label-free scores in the cache; a cache that cannot take them (read-only, packed, rows
+    changed meanwhile) goes without: they are a shortcut, not a result."""
+    from .errors import ImgclustError
+
+    samples = scores.silhouette_samples
+    arrays = {"silhouette_samples": np.asarray(samples, np.float64)} if samples is not None else {}
+    attrs = {"version": LABEL_FREE_VERSION, "run_created": _run_created(cache, run), "scores": {
+        name: ({str(k): v for k, v in value.items()} if isinstance(value, dict) else value)
+        for name in LABEL_FREE if (value := getattr(scores, name)) is not None}}
+    try:
+        cache.store_result(run.encoder, "scores", run.run_id, arrays, attrs, cache.rows(run.encoder).fingerprint)
+    except ImgclustError:
+        pass
+
+
+def _run_created(cache: Cache, run: ClusterRun) -> str:
+    return str(cache.list_groups(run.encoder, "runs").get(run.run_id, {}).get("created", ""))
+
+
+def stored_label_free(cache: Cache, run: ClusterRun) -> dict | None:
+    """The run's stored label-free scores as :class:`Scores` fields, or None when there are none for it."""
+    rows = cache.rows(run.encoder)
+    attrs = cache.current(run.encoder, "scores", rows.fingerprint).get(run.run_id)
+    if (attrs is None or attrs.get("version") != LABEL_FREE_VERSION
+            or attrs.get("run_created") != _run_created(cache, run)):  # a later run of the same id: not its scores
+        return None
+    fields = dict(attrs["scores"])
+    if fields.get("silhouette_per_cluster") is not None:
+        fields["silhouette_per_cluster"] = {int(k): v for k, v in fields["silhouette_per_cluster"].items()}
+    arrays = cache.read_result(run.encoder, "scores", run.run_id, rows.fingerprint)
+    fields["silhouette_samples"] = arrays.get("silhouette_samples")
+    return fields

@@ -118,6 +118,37 @@ def test_score_with_stored_and_csv_labels(cache, tmp_path):
         score(cache.path, run="run-9")
 
 
+def test_label_free_scores_are_stored_with_the_run_and_not_computed_again(cache, monkeypatch):
+    import dataclasses
+    import importlib
+
+    from imgclust.cache_admin import remove
+
+    score_module = importlib.import_module("imgclust.score")  # the package's `score` is the function
+
+    run = cluster(cache.path, n_clusters=4, reduction="none")
+    first = score(cache.path)
+    stored = Cache(cache.path).list_groups(ENCODER, "scores")
+    assert list(stored) == [run.run_id] and not stored[run.run_id]["stale"]
+    # later scores (other labels too) neither read the run's space nor compute a silhouette
+    monkeypatch.setattr(score_module, "run_space", lambda *a: pytest.fail("the space should not be read"))
+    again = score(cache.path)
+    for field in dataclasses.fields(first.scores):
+        a, b = getattr(first.scores, field.name), getattr(again.scores, field.name)
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert a == b or (a != a and b != b), field.name  # NaN equals NaN here
+    assert set(again.scores.silhouette_per_cluster) == set(first.scores.silhouette_per_cluster)
+    monkeypatch.undo()
+    # a new run of the same id (the old one removed) is scored afresh, never given the old run's scores
+    remove(cache.path, [run.run_id])
+    assert Cache(cache.path).list_groups(ENCODER, "scores") == {}
+    again_run = cluster(cache.path, n_clusters=2, reduction="none")
+    assert again_run.run_id == run.run_id
+    assert score(cache.path).scores.silhouette_per_cluster.keys() == {0, 1}
+
+
 def test_score_without_runs_is_a_clear_error(cache):
     with pytest.raises(UsageError, match="no clustering runs"):
         score(cache.path)
