@@ -1030,7 +1030,7 @@ class UnicClusterer(_MLPMethod):
     Defaults scaled to data size (UNIC: τ1=10, η=70 on CIFAR-10/STL-10; τ1=50, η=1500 on ImageNet
     subsets; τ2 1000 to 10000): ``tau1`` 10; ``eta`` None = round(0.7·τ1²) (70 at τ1=10, 1750 at
     τ1=50); ``tau2`` None = 2·N/K (twice the mean cluster size: CIFAR-10's 10000 for N=50000, K=10),
-    at least τ1+1 and at most N-2.
+    at least τ1+1 and at most N-2, N the rows it trains on (at most ``train_rows`` <= :data:`UNIC_MAX_ROWS`).
     """
 
     name = "unic"
