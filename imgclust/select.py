@@ -78,7 +78,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .clusterers import CLUSTERERS, create_clusterer
-from .clusterers._base import check_embeddings
+from .clusterers._base import check_embeddings, sample_rows
 from .errors import ParameterError, UsageError
 from .knn import Neighbours
 
@@ -819,8 +819,7 @@ def choose_n_clusters(
                          hint="pass --n-clusters explicitly")
     sample_indices = None
     if n_all > max_samples:
-        rng = np.random.default_rng(random_state)
-        sample_indices = np.sort(rng.choice(n_all, size=max_samples, replace=False))
+        sample_indices = sample_rows(n_all, max_samples, random_state)
         X = X[sample_indices]
         views = None if views is None else views[sample_indices]
     X = X.astype(np.float64, copy=False)  # only the rows swept: never a float64 copy of every row

@@ -453,14 +453,11 @@ def test_memory_available_reads_the_cgroup_limit_v1_and_v2(tmp_path):
     assert cgroup_headroom_bytes(str(tmp_path / "v1"), str(tmp_path / "missing")) is None
 
 
-def test_hdbscan_min_samples_1_and_unic_refuse_at_preflight_above_their_size():
+def test_hdbscan_min_samples_1_refuses_at_preflight_above_its_size():
     with pytest.raises(ResourceError, match="min_samples=1") as info:
         create_clusterer("hdbscan", min_samples=1).preflight(100_000)
     assert "min_samples >= 2" in info.value.hint
     create_clusterer("hdbscan").preflight(100_000)  # the Borůvka tree: no refusal
-    with pytest.raises(ResourceError, match="unic") as info:
-        create_clusterer("unic", n_clusters=20).preflight(100_000)
-    assert "scan" in info.value.hint
 
 
 def test_hdbscan_boruvka_matches_scikit_learn():

@@ -333,6 +333,106 @@ def test_training_leaves_the_global_rng_alone_and_reports_epochs(blobs):
     assert torch.are_deterministic_algorithms_enabled() is False
 
 
+# -- training on a sample (train_rows) ----------------------------------------------------------
+
+SAMPLED = ["temi", "icce", "scan", "unic"]
+
+
+@pytest.mark.parametrize("method", SAMPLED)
+def test_sample_training_labels_every_row_with_the_trained_head(method, blobs):
+    X, y, _, _ = blobs
+    # 100 rows are fewer steps per epoch than FAST's 220: more epochs for about as many steps; temi's 50
+    # neighbours would be two blobs of 25 sampled rows each
+    kw = dict(FAST[method], epochs=30, **({"k": 15} if method == "temi" else {}))
+    c = create_clusterer(method, n_clusters=4, random_state=0, train_rows=100, **kw).fit(X)
+    assert c.trained_on_ == 100 and c.labels_.shape == (len(X),)
+    sample = c.train_indices_
+    assert sample.size == 100 and np.all(np.diff(sample) > 0) and sample[-1] < len(X)
+    assert "sample of 100 of 220 rows" in c.fit_path_
+    rest = np.setdiff1d(np.arange(len(X)), sample)
+    np.testing.assert_array_equal(c.labels_[rest], c.predict(X[rest]))  # the other rows: the trained head's labels
+    np.testing.assert_array_equal(c.labels_[sample], c.predict(X[sample]))
+    assert adjusted_rand_score(y, c.labels_) > 0.8
+    if method in ("temi", "icce"):
+        assert c.head_labels_.shape[1] == 100  # per-row fitted attributes: the training rows'
+
+
+def test_every_row_trains_up_to_train_rows(blobs):
+    X = blobs[0]
+    c = create_clusterer("scan", n_clusters=4, random_state=0, train_rows=len(X), **FAST["scan"]).fit(X)
+    assert c.trained_on_ == len(X) and c.train_indices_ is None and c.fit_path_ == "trained on all 220 rows"
+
+
+@pytest.mark.parametrize("method", ["temi", "scan"])
+def test_sample_training_is_reproducible_for_a_seed(method, blobs):
+    X = blobs[0]
+    kw = dict(FAST[method], epochs=3, train_rows=80)
+    a = create_clusterer(method, n_clusters=4, random_state=3, **kw).fit(X)
+    b = create_clusterer(method, n_clusters=4, random_state=3, **kw).fit(X)
+    np.testing.assert_array_equal(a.train_indices_, b.train_indices_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    c = create_clusterer(method, n_clusters=4, random_state=4, **kw).fit(X)
+    assert not np.array_equal(a.train_indices_, c.train_indices_)
+
+
+class _RecordingStore:
+    """Stands for a cache's stored graphs of every row; records any use."""
+
+    def __init__(self):
+        self.calls = []
+
+    def load(self, metric, k):
+        self.calls.append(("load", metric, k))
+
+    def save(self, graph):
+        self.calls.append(("save", graph.metric, graph.k))
+
+
+@pytest.mark.parametrize("method, params", [("scan", {}), ("unic", {"metric": "euclidean"}), ("icce", {})])
+def test_the_sample_mines_its_neighbours_among_the_sample_only(method, params, blobs, monkeypatch):
+    from imgclust import knn
+    from imgclust.clusterers._neighbours import _CENTRED
+
+    X = blobs[0]
+    searched = []
+    real_knn_graph = knn.knn_graph
+
+    def recording_knn_graph(rows, *args, **kwargs):
+        searched.append(np.array(rows, copy=True))
+        return real_knn_graph(rows, *args, **kwargs)
+
+    monkeypatch.setattr(knn, "knn_graph", recording_knn_graph)
+    store = _RecordingStore()
+    every = knn.Neighbours(X, store=store)  # the shared (stored) graphs of all 220 rows
+    c = create_clusterer(method, n_clusters=4, random_state=0, train_rows=90, **{**FAST[method], **params})
+    c.fit(X, neighbours=every)
+    sample = X[c.train_indices_]
+    assert searched, "the sample's neighbours were never searched"
+    for rows in searched:  # each search ran over the sample's rows (centred on the sample's mean for cosine)
+        assert rows.shape == sample.shape
+        assert np.allclose(rows, sample, atol=1e-5) or np.allclose(rows, sample - sample.mean(axis=0), atol=1e-5)
+    # the graphs of every row were neither read, nor computed, nor written: a sample's graph is not theirs
+    assert store.calls == [] and every._graphs == {} and every not in _CENTRED
+
+
+def test_unic_trains_on_a_sample_above_its_quadratic_limit(blobs):
+    X = blobs[0]
+    create_clusterer("unic", n_clusters=20).preflight(1_000_000)  # no refusal: it trains on train_rows rows
+    c = create_clusterer("unic", n_clusters=4, random_state=0, train_rows=100, **FAST["unic"]).fit(X)
+    assert c.trained_on_ == 100 and c.tau2_ == 50  # tau2 = 2·n/K of the rows it trained on
+    assert c.noisy_.shape == (100,)
+    with pytest.raises(ParameterError, match=f"'train_rows' parameter of UnicClusterer must be .* {Hd.UNIC_MAX_ROWS}"):
+        create_clusterer("unic", n_clusters=4, train_rows=Hd.UNIC_MAX_ROWS + 1)
+
+
+def test_batched_labelling_matches_one_batch(fitted, blobs, monkeypatch):
+    X = np.concatenate([blobs[0], blobs[2]])
+    c = fitted["icce"]
+    whole = c.predict(X)
+    monkeypatch.setattr(c, "_predict_batch", 7)
+    np.testing.assert_array_equal(c.predict(X), whole)
+
+
 # -- parameters and registry ---------------------------------------------------------------------
 
 
@@ -359,6 +459,9 @@ def test_registry_entry(method):
         ("scan", {"entropy_weight": -1}, "'entropy_weight'"),
         ("unic", {"tau1": 0}, "'tau1'"),
         ("unic", {"epochs": "many"}, "'epochs'"),
+        ("scan", {"train_rows": 1}, "'train_rows' parameter of ScanClusterer must be an int in \\[2, inf\\]"),
+        ("temi", {"train_rows": 2}, "'train_rows' parameter of TemiClusterer must be >= n_clusters=3"),
+        ("icce", {"train_rows": "lots"}, "'train_rows'"),
     ],
 )
 def test_parameter_validation(method, params, match):

@@ -189,6 +189,12 @@ def check_pairwise_memory(n_samples: int, method: str, alternative: str, bytes_p
         )
 
 
+def sample_rows(n: int, size: int, random_state: int) -> np.ndarray:
+    """A seeded uniform sample of ``size`` of ``n`` row indices, without replacement, sorted (so that the
+    rows are read in order); the same for the same seed (the auto-K sweep's and the trained heads' sample)."""
+    return np.sort(np.random.default_rng(random_state).choice(n, size=size, replace=False))
+
+
 def check_embeddings(X: Any, what: str = "X") -> np.ndarray:
     """A 2-D float array with finite values, or a clear UsageError."""
     X = np.asarray(X)

@@ -16,6 +16,13 @@ Shared choices (ours, documented in the README):
   are drawn from a seeded numpy Generator, and ``torch.use_deterministic_algorithms`` is on (warn only)
   while training. Same seed + same device = same labels.
 * ``device="auto"`` trains on CUDA when available, else on the CPU.
+* Above ``train_rows`` rows (default :data:`TRAIN_ROWS`) a head trains on a seeded uniform sample of that
+  many rows (neighbours mined among the sample, from a graph of the sample alone) and the trained head
+  labels every row, a batch at a time: training costs the same at 100,000 rows as at 20,000, labelling
+  is O(N) in time and O(batch) in memory. ``trained_on_`` says how many rows trained, ``train_indices_``
+  which (None when all did); the per-row fitted attributes (``head_labels_``, ``noisy_``, ...) are the
+  training rows'. A training row's label is the one training gave it (icce with
+  ``labels_from="consensus"``: its consensus label), every other row's the predictor's.
 * Progress: ``on_epoch(epoch, epochs, loss)`` (an instance attribute, see ``Clusterer``) after every epoch, and
   DEBUG records on the ``imgclust.clusterers`` logger; quiet by default.
 """
@@ -32,17 +39,20 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import ParameterError, ResourceError, UsageError
-from ..knn import KnnGraph
+from ..errors import ParameterError, UsageError
+from ..knn import KnnGraph, Neighbours
 from . import register_clusterer
-from ._base import Clusterer, Param
+from ._base import Clusterer, Param, sample_rows
 from ._ensembles import METHODS as ENSEMBLE_METHODS
 from ._ensembles import agreement as ensemble_agreement
 from ._ensembles import consensus as ensemble_consensus
 
 EPS = 1e-12
-#: Largest input of unic: its negatives' threshold (each row's tau2-th similarity, tau2 ~ 2N/K) scans all
-#: N² pairs; 20,000 rows of 1,280 dims is about a minute on two cores.
+#: Rows a head trains on by default; above it, a seeded sample of this many rows trains and the head
+#: labels the rest (measured: BENCHMARKS.md, "The trained heads at scale").
+TRAIN_ROWS = 20_000
+#: Most rows unic trains on (its ``train_rows`` may not exceed it): its negatives' threshold (each row's
+#: tau2-th similarity, tau2 ~ 2N/K) scans all N² pairs; 20,000 rows of 1,280 dims is about a minute on two cores.
 UNIC_MAX_ROWS = 20_000
 
 __all__ = [
@@ -395,6 +405,14 @@ def _p_epochs(auto: str) -> Param:
     return Param("epochs", None, int, f"training epochs (passes over the data); None = {auto}", low=1, nullable=True)
 
 
+def _p_train_rows(high: int | None = None) -> Param:
+    return Param(
+        "train_rows", TRAIN_ROWS, int,
+        "rows the head trains on: with more rows, a seeded random sample of this many trains (neighbours mined "
+        "within it) and the trained head labels every row", low=2, high=high,
+    )
+
+
 P_BATCH = Param(
     "batch_size", None, int, "samples per training step; None = n_samples/64 clipped to [32, 256]", low=2, nullable=True
 )
@@ -474,6 +492,19 @@ class _TrainedHead(Clusterer):
     def _make_model(self, dim: int):  # overridden
         raise NotImplementedError
 
+    def _label_rows(self, X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """The predictor's cluster of each row of ``X`` (or of ``X[rows]``), standardised and scored a batch
+        at a time: memory O(batch · d) at any N."""
+        torch = _nn().torch
+        n = X.shape[0] if rows is None else rows.size
+        out = np.empty(n, dtype=np.int64)
+        for start in range(0, n, self._predict_batch):
+            stop = min(n, start + self._predict_batch)
+            part = X[start:stop] if rows is None else X[rows[start:stop]]
+            Xt = torch.as_tensor((part - self._mean) / self._std, dtype=torch.float32)
+            out[start:stop] = self._scores(Xt).argmax(dim=-1).numpy()
+        return out
+
     def _scores(self, Xt):
         return self._chunked_logits(self._model, Xt, self._predict_batch)[self._head]
 
@@ -488,9 +519,7 @@ class _TrainedHead(Clusterer):
 
     def _predict(self, X):
         self._check_dim(X, self._mean.shape[0])
-        torch = _nn().torch
-        Xt = torch.as_tensor((X - self._mean) / self._std, dtype=torch.float32)
-        return self._scores(Xt).argmax(dim=-1).numpy()
+        return self._label_rows(X)
 
     def _auto_epochs(self, n: int) -> int:  # overridden
         return 100
@@ -555,11 +584,61 @@ class _TrainedHead(Clusterer):
             return torch.cat([model(Xt[i : i + chunk]) for i in range(0, Xt.shape[0], chunk)], dim=-2)
 
 
+class _SampledHead(_TrainedHead):
+    """A head that trains on at most ``train_rows`` rows (a seeded sample above) and labels every row.
+
+    Subclasses implement ``_train(X, views) -> labels`` on the training rows; ``_fit`` picks the rows,
+    gives ``neighbour_graph`` a graph of those rows only, and labels the others with the predictor.
+    """
+
+    at_scale = (f"above train_rows rows (default {TRAIN_ROWS:,}) the head trains on a seeded random sample of that "
+                "many rows, its neighbours mined among the sample, and labels every row with the trained head in "
+                "batches: training time independent of N, labelling O(N) time and O(batch) memory; trained_on_ and "
+                "the run's fit_path say how many rows trained. Neighbours come from the shared kNN graph of the "
+                "raw embeddings (cosine on the centred rows) when every row trains: no N×N similarity")
+
+    def _train(self, X: np.ndarray, views: np.ndarray | None) -> np.ndarray:  # overridden
+        """Train on the rows of ``X`` (neighbours from ``neighbour_graph``: a graph of these rows); their labels."""
+        raise NotImplementedError
+
+    def _check_params(self) -> None:
+        if self.n_clusters is not None and self.train_rows < self.n_clusters:
+            raise ParameterError(
+                f"The 'train_rows' parameter of {type(self).__name__} must be >= n_clusters={self.n_clusters}. "
+                f"Got {self.train_rows!r} instead.", hint="each cluster needs rows to train on")
+
+    def _fit(self, X, views):
+        n = X.shape[0]
+        if n <= self.train_rows:
+            self.trained_on_, self.train_indices_ = n, None
+            self.fit_path_ = f"trained on all {n:,} rows"
+            return self._train(X, views)
+        sample = sample_rows(n, self.train_rows, self.random_state)
+        every = self._graphs
+        # The sample's neighbours are mined among the sample: a graph of every row (shared with other stages,
+        # maybe stored in the cache) lists other rows, and the sample's graph is no graph of the space, so it
+        # is neither taken from nor written to the store.
+        self._graphs = Neighbours(X[sample], random_state=self.random_state, on_progress=every.on_progress)
+        try:
+            trained = self._train(X[sample], None if views is None else views[sample])
+        finally:
+            self._graphs = every
+        self.trained_on_, self.train_indices_ = int(sample.size), sample
+        self.fit_path_ = (f"trained on a seeded sample of {sample.size:,} of {n:,} rows (train_rows); "
+                          "the trained head labelled every other row")
+        labels = np.empty(n, dtype=np.int64)
+        labels[sample] = trained
+        rest = np.ones(n, dtype=bool)
+        rest[sample] = False
+        labels[rest] = self._label_rows(X, np.flatnonzero(rest))
+        return labels
+
+
 # ----------------------------------------------------------------------------------------------
 # TEMI and ICCE
 
 
-class _TemiBase(_TrainedHead):
+class _TemiBase(_SampledHead):
     """TEMI training loop (used as is by temi; icce adds SK centring, the CE term and BatchNorm)."""
 
     _icce = False
@@ -651,6 +730,7 @@ _TEMI_PARAMS = (
     P_MOMENTUM,
     P_MOMENTUM_SCHEDULE,
     Param("prior_momentum", 0.9, float, "EMA momentum of the teacher's cluster prior p̃", low=0, high=1),
+    _p_train_rows(),
     P_CENTER,
     P_DEVICE,
 )
@@ -671,7 +751,7 @@ class TemiClusterer(_TemiBase):
     paper = "Adaloglou et al., BMVC 2023 (TEMI)"
     params = _TEMI_PARAMS
 
-    def _fit(self, X, views):
+    def _train(self, X, views):
         device = resolve_device(self.device)
         rng = np.random.default_rng(self.random_state)
         torch = _nn().torch
@@ -740,6 +820,7 @@ class IcceClusterer(_TemiBase):
         Param("labels_from", "classifier", str, "labels fit returns: classifier (self-trained) or consensus", choices=("classifier", "consensus")),
         Param("confidence", 0.75, float, "the classifier trains on samples where at least this fraction of the heads agree with the consensus (0 = all)", low=0, high=1),
         Param("classifier_epochs", 10, int, "epochs of the self-trained linear classifier (AdamW, lr 1e-3, weight decay 1e-2)", low=1),
+        _p_train_rows(),
         P_CENTER,
         P_DEVICE,
     )
@@ -750,12 +831,13 @@ class IcceClusterer(_TemiBase):
         return int(min(n - 1, max(self.max_neighbours, self.k)))
 
     def _check_params(self) -> None:
+        super()._check_params()
         if self.max_neighbours < self.k:
             raise ParameterError(
                 f"The 'max_neighbours' parameter of IcceClusterer must be >= k={self.k}. Got {self.max_neighbours!r} instead."
             )
 
-    def _fit(self, X, views):
+    def _train(self, X, views):
         device = resolve_device(self.device)
         rng = np.random.default_rng(self.random_state)
         torch = _nn().torch
@@ -835,7 +917,7 @@ def _train_linear(Xs, y: np.ndarray, n_classes: int, epochs: int, batch_size: in
 # SCAN and UNIC (MLP heads on standardised embeddings)
 
 
-class _MLPMethod(_TrainedHead):
+class _MLPMethod(_SampledHead):
     """Shared by scan and unic: an MLPHead on standardised embeddings, Adam + cosine schedule."""
 
     def _make_model(self, d: int):
@@ -891,6 +973,7 @@ class ScanClusterer(_MLPMethod):
         Param("k", 20, int, "nearest neighbours a pair partner is drawn from", low=1),
         Param("entropy_weight", 5.0, float, "weight of the entropy term that keeps clusters balanced", low=0),
         Param("hidden", 512, int, "hidden units of the MLP head (0 = a linear head)", low=0),
+        _p_train_rows(),
         P_CENTER,
         P_DEVICE,
     )
@@ -898,7 +981,7 @@ class ScanClusterer(_MLPMethod):
     def _auto_epochs(self, n: int) -> int:
         return int(np.clip(round(200_000 / max(n, 1)), 30, 100))
 
-    def _fit(self, X, views):
+    def _train(self, X, views):
         rng = np.random.default_rng(self.random_state)
         device, Xt = self._setup(X)
         torch = _nn().torch
@@ -947,7 +1030,7 @@ class UnicClusterer(_MLPMethod):
     Defaults scaled to data size (UNIC: τ1=10, η=70 on CIFAR-10/STL-10; τ1=50, η=1500 on ImageNet
     subsets; τ2 1000 to 10000): ``tau1`` 10; ``eta`` None = round(0.7·τ1²) (70 at τ1=10, 1750 at
     τ1=50); ``tau2`` None = 2·N/K (twice the mean cluster size: CIFAR-10's 10000 for N=50000, K=10),
-    at least τ1+1 and at most N-2.
+    at least τ1+1 and at most N-2, N the rows it trains on (at most ``train_rows`` <= :data:`UNIC_MAX_ROWS`).
     """
 
     name = "unic"
@@ -968,6 +1051,7 @@ class UnicClusterer(_MLPMethod):
         Param("metric", "cosine", str,
               "neighbour ranking: cosine (centred, l2-normalised) or euclidean on the raw features (UNIC)",
               choices=("cosine", "euclidean")),
+        _p_train_rows(high=UNIC_MAX_ROWS),
         P_CENTER,
         P_DEVICE,
     )
@@ -975,14 +1059,9 @@ class UnicClusterer(_MLPMethod):
     def _auto_epochs(self, n: int) -> int:
         return 100
 
-    at_scale = f"refused above {UNIC_MAX_ROWS:,} samples: the negatives' threshold scans all N² pairs"
-
-    def preflight(self, n_samples: int) -> None:
-        super().preflight(n_samples)
-        if n_samples > UNIC_MAX_ROWS:
-            raise ResourceError(
-                f"unic ranks every sample against all others for its negatives (O(N^2) time), too slow for "
-                f"{n_samples} samples (at most {UNIC_MAX_ROWS})", hint="use scan or temi (neighbours from the kNN graph)")
+    at_scale = (f"trains on at most train_rows rows (default {TRAIN_ROWS:,}, at most {UNIC_MAX_ROWS:,}: the "
+                "negatives' threshold ranks every training row against all others, O(N²) time); above, on a "
+                "seeded random sample of that many rows, and the trained head labels every row in batches")
 
     def _resolved(self, n: int) -> tuple[int, int, int]:
         tau1 = self._clip_k(self.tau1, n, "tau1")
@@ -991,7 +1070,7 @@ class UnicClusterer(_MLPMethod):
         tau2 = int(min(max(tau2, tau1 + 1), n - 2))
         return tau1, tau2, eta
 
-    def _fit(self, X, views):
+    def _train(self, X, views):
         n = X.shape[0]
         if n < 4:
             raise UsageError(f"unic needs at least 4 samples to mine positives and negatives; got {n}")
