@@ -162,7 +162,7 @@ class _EncodeActor:
         results, recomputed = finish_batch(self.enc, positions, list(decoded), images, failures, pending,
                                            dict(enumerate(batch["phash"].tolist())))
         vectors = np.zeros((len(results), self.enc.embedding_dim), np.float32)
-        for row, (_, vector, _) in enumerate(results):
+        for row, (_, vector, _, _) in enumerate(results):
             if vector is not None:
                 vectors[row] = vector
         order = [k for k, _, _, _ in results]
