@@ -24,6 +24,7 @@ from .clusterers import Clusterer
 from .decode import DEFAULT_MAX_PIXELS
 from .discover import discover
 from .embed import default_workers, encode_files
+from .phash import NO_HASH
 from .encoders import Encoder, best_device, create_encoder, resolve_spec
 from .runtimes import LEGACY_RUNTIME, RUNTIMES
 from .errors import ResourceError, UsageError
@@ -151,8 +152,8 @@ def assign(
     workers = default_workers(encoders[0].device) if workers is None else workers
     paths, clusters, similarity = [], [], []
     for results in _encode(encoders, [f for f in files if not f.error], workers, max_pixels, progress):
-        good = [(f.path, vector) for f, vector, _ in results if vector is not None]
-        failures.update({f.path: reason for f, vector, reason in results if vector is None})
+        good = [(f.path, vector) for f, vector, _, _ in results if vector is not None]
+        failures.update({f.path: reason for f, vector, reason, _ in results if vector is None})
         if good:
             batch_clusters, batch_similarity = place(np.stack([vector for _, vector in good]))
             paths += [path for path, _ in good]
@@ -183,17 +184,19 @@ def _encode(encoders: list[Encoder], files: list, workers: int, max_pixels: int 
         chunk = files[start:start + group]
         vectors: list[dict] = []
         reasons: dict[str, str] = {}
+        phashes: dict[str, int] = {}
         for enc in encoders:
             vectors.append({})
             for results, _ in encode_files(enc, chunk, workers, max_pixels):
-                vectors[-1].update({f.path: v for f, v, _ in results if v is not None})
-                reasons.update({f.path: r for f, v, r in results if v is None and f.path not in reasons})
+                vectors[-1].update({f.path: v for f, v, _, _ in results if v is not None})
+                reasons.update({f.path: r for f, v, r, _ in results if v is None and f.path not in reasons})
+                phashes.update({f.path: h for f, _, _, h in results})
         out = []
         for f in chunk:
             if all(f.path in v for v in vectors):
-                out.append((f, combine([v[f.path][None] for v in vectors])[0], ""))
+                out.append((f, combine([v[f.path][None] for v in vectors])[0], "", phashes[f.path]))
             else:
-                out.append((f, None, reasons.get(f.path, "could not be embedded")))
+                out.append((f, None, reasons.get(f.path, "could not be embedded"), phashes.get(f.path, int(NO_HASH))))
         if progress:
             progress(start + len(chunk), len(files))
         yield out

@@ -18,7 +18,8 @@ immutable HDF5 file in ``photos.h5.d/``, written once under a temporary name and
                         attrs: settings, fingerprint, file, nbytes, created; members are external links
                         into the result's own file
     photos.h5.d/block-<id>.h5              embeddings (n, D), paths, sizes, mtimes, labels, hashes,
-                                           row_keys; attrs: encoder, identity (encoder, weights,
+                                           perceptual_hashes (uint64; blocks written before it have
+                                           none: read as NO_HASH), row_keys; attrs: encoder, identity (encoder, weights,
                                            preprocessing, device, dtype, batch size)
     photos.h5.d/<kind>-<id>.h5             one reduction / run / set of views each
 
@@ -66,6 +67,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CacheError, CacheLockedError, NotFoundError, ResourceError, UsageError
+from .phash import NO_HASH
 
 FORMAT = "imgclust-cache"
 SCHEMA_VERSION = 2
@@ -114,6 +116,7 @@ class Index:
     mtimes: np.ndarray
     labels: np.ndarray  # str, "" when unknown
     hashes: np.ndarray | None = None  # str: content hash of the file ("" when not known)
+    perceptual_hashes: np.ndarray | None = None  # uint64: imgclust.phash of the image (NO_HASH when not known)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -149,6 +152,7 @@ class NewRows:
     labels: list[str]
     hashes: list[str]
     embeddings: np.ndarray | Iterable[np.ndarray]
+    perceptual_hashes: np.ndarray | None = None  # uint64 (imgclust.phash); None: none known
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -371,16 +375,17 @@ class Rows:
 
     def index(self) -> Index:
         if self._index is None:
-            paths, sizes, mtimes, labels, hashes = [], [], [], [], []
+            paths, sizes, mtimes, labels, hashes, phashes = [], [], [], [], [], []
             for group, start, stop in self._pieces():
                 meta = _block_meta(group, start, stop)
-                for out, values in zip((paths, sizes, mtimes, labels, hashes), meta):
+                for out, values in zip((paths, sizes, mtimes, labels, hashes, phashes), meta):
                     out.append(values)
             self._index = Index(np.array([p for ps in paths for p in ps], dtype=object),
                                 np.concatenate(sizes) if sizes else np.zeros(0, np.int64),
                                 np.concatenate(mtimes) if mtimes else np.zeros(0, np.int64),
                                 np.array([v for vs in labels for v in vs], dtype=object),
-                                np.array([v for vs in hashes for v in vs], dtype=object))
+                                np.array([v for vs in hashes for v in vs], dtype=object),
+                                np.concatenate(phashes) if phashes else np.zeros(0, np.uint64))
         return self._index
 
     def paths(self) -> list[str]:
@@ -451,17 +456,20 @@ class Rows:
 
 
 def _block_meta(group: h5py.Group, start: int, stop: int, paths_only: bool = False):
-    """``(paths, sizes, mtimes, labels, hashes)`` of rows ``start:stop`` of a block (or a schema-1 group);
-    only the paths with ``paths_only``."""
+    """``(paths, sizes, mtimes, labels, hashes, perceptual hashes)`` of rows ``start:stop`` of a block (or a
+    schema-1 group); only the paths with ``paths_only``. A block written before perceptual hashes were
+    stored has none: :data:`imgclust.phash.NO_HASH` each."""
     if paths_only:
         return (_get_text(group, "paths", start, stop) if "paths_offsets" in group
                 else list(_strings(group["paths"])[start:stop]))
+    n = stop - start
+    phashes = (group["perceptual_hashes"][start:stop] if "perceptual_hashes" in group
+               else np.full(n, NO_HASH, np.uint64))
     if "paths_offsets" in group:
         return (_get_text(group, "paths", start, stop), group["sizes"][start:stop], group["mtimes"][start:stop],
-                _get_text(group, "labels", start, stop), _get_text(group, "hashes", start, stop))
-    n = stop - start
+                _get_text(group, "labels", start, stop), _get_text(group, "hashes", start, stop), phashes)
     return (list(_strings(group["paths"])[start:stop]), group["sizes"][start:stop], group["mtimes"][start:stop],
-            list(_strings(group["labels"])[start:stop]), [""] * n)
+            list(_strings(group["labels"])[start:stop]), [""] * n, phashes)
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -944,6 +952,8 @@ class Cache:
                 _put_text(fh, "paths", new.paths)
                 _put_text(fh, "labels", new.labels)
                 _put_text(fh, "hashes", new.hashes)
+                fh.create_dataset("perceptual_hashes", data=(np.full(n, NO_HASH, np.uint64) if new.perceptual_hashes is None
+                                                             else np.asarray(new.perceptual_hashes, np.uint64)))
                 fh.create_dataset("sizes", data=np.asarray(new.sizes, np.int64))
                 fh.create_dataset("mtimes", data=np.asarray(new.mtimes, np.int64))
                 fh.create_dataset("row_keys", data=keys)
@@ -1059,7 +1069,7 @@ def _read_legacy_encoder(group: h5py.Group) -> EncoderState:
         for name, sub in (group.get(kind) or {}).items():
             state.results[kind][name] = {**decode_attrs(sub.attrs), "file": sub.name, "fingerprint": legacy}
     if "views" in group:
-        paths, sizes, mtimes, _, _ = _block_meta(group, 0, n)
+        paths, sizes, mtimes, *_ = _block_meta(group, 0, n)
         valid = group["views"].attrs.get("rows_signature") == _schema1_rows_signature(paths, sizes, mtimes)
         state.results["views"]["views"] = {"file": group.name + "/views", "n_views": int(group["views"].shape[1]),
                                            "fingerprint": legacy if valid else "legacy:other-rows"}

@@ -102,7 +102,7 @@ def _compact_encoder(cache: Cache, name: str, enc: EncoderState, min_rows: int, 
     index = rows.index()
     moved = NewRows([index.paths[i] for i in positions], index.sizes[positions], index.mtimes[positions],
                     [index.labels[i] for i in positions], [index.hashes[i] for i in positions],
-                    _stream(rows, positions, progress))
+                    _stream(rows, positions, progress), index.perceptual_hashes[positions])
     tmp, _keys = cache._write_block(name, {"identity": enc.attrs.get("identity", {})}, moved, enc.dim)
     try:
         with cache.transaction() as state:
@@ -238,13 +238,13 @@ def _upgrade_encoder(cache: Cache, name: str, enc: EncoderState, written: list[P
                 _fsync(tmp)
             else:  # a schema-1 encoder group: rows in the block format, with their keys
                 n = enc.block_rows[b]
-                paths, sizes, mtimes, labels, hashes = _block_meta(group, 0, n)
+                paths, sizes, mtimes, labels, hashes, phashes = _block_meta(group, 0, n)
                 data = group["embeddings"]
                 step = max(1, (1 << 26) // (4 * max(1, enc.dim)))
                 chunks = (data[s:s + step] for s in range(0, n, step))
                 tmp, keys = cache._write_block(name, {"identity": {"architecture": enc.attrs.get("architecture"),
                                                                    "weights": enc.attrs.get("weights")}},
-                                               NewRows(paths, sizes, mtimes, labels, hashes, chunks), enc.dim)
+                                               NewRows(paths, sizes, mtimes, labels, hashes, chunks, phashes), enc.dim)
                 written.append(tmp)
                 new_keys.append(keys)
             blocks.append(tmp)

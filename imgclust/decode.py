@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .phash import NO_HASH, perceptual_hash
+
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2**28 / 1.5 ~ a 13k x 13k image)
 
 
@@ -262,18 +264,38 @@ def decode_jpegs_on_device(datas: list, spec: Preprocess, device: str) -> list:
 
 def decode(path: str, spec: Preprocess, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Load ``path`` and preprocess it for an encoder (uint8, ``(size, size, 3)``); raises :class:`DecodeError`."""
+    return decode_hashed(path, spec, max_pixels, hashed=False)[0]
+
+
+def decode_hashed(path: str, spec: Preprocess, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  hashed: bool = True) -> tuple[np.ndarray, int]:
+    """:func:`decode`, plus the perceptual hash (:func:`imgclust.phash.perceptual_hash`) of the image as
+    decoded, before the encoder's resize (a JPEG is decoded at a reduced scale that keeps both sides at
+    least the encoder's size: the hash of a large photo is that of its reduced decode). Without ``hashed``
+    the hash is :data:`imgclust.phash.NO_HASH`."""
     im = load_rgb(path, draft_size=spec.size, max_pixels=max_pixels)
     try:
-        return preprocess(im, spec)
+        return preprocess(im, spec), (perceptual_hash(im) if hashed else int(NO_HASH))
     except MemoryError:
         raise DecodeError("not enough memory to resize this image") from None
     except Exception as exc:  # as in load_rgb: one strange file must not stop the run
         raise DecodeError(f"cannot preprocess image ({type(exc).__name__}: {exc})") from None
 
 
-def decode_or_reason(path: str, spec: Preprocess, max_pixels: int | None) -> tuple[np.ndarray | None, str]:
-    """``(image, "")``, or ``(None, reason)`` for a file that cannot be decoded: what every engine records."""
+def hash_only(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:
+    """The perceptual hash of ``path`` decoded at the smallest scale that keeps the hash's 32 x 32 input
+    (for files decoded elsewhere, e.g. JPEGs on the GPU); :data:`imgclust.phash.NO_HASH` when unreadable."""
     try:
-        return decode(path, spec, max_pixels), ""
+        return perceptual_hash(load_rgb(path, draft_size=32, max_pixels=max_pixels))
+    except DecodeError:
+        return int(NO_HASH)
+
+
+def decode_or_reason(path: str, spec: Preprocess, max_pixels: int | None) -> tuple[np.ndarray | None, str, int]:
+    """``(image, "", perceptual hash)``, or ``(None, reason, NO_HASH)`` for a file that cannot be decoded:
+    what every engine records."""
+    try:
+        image, phash = decode_hashed(path, spec, max_pixels)
+        return image, "", phash
     except DecodeError as exc:
-        return None, str(exc)
+        return None, str(exc), int(NO_HASH)

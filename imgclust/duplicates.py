@@ -5,24 +5,34 @@
   stored) only take part as near duplicates.
 * **Near** duplicates: one row per distinct file content goes into a cosine k-nearest-neighbour graph
   of the raw embeddings (:func:`imgclust.knn.knn_graph`: exact for small sets, an inverted file tuned
-  to a measured recall above); an edge joins two rows whose cosine similarity is at least the
-  threshold ``T``.
+  to a measured recall above); the graph's pairs are the candidates. Two images are near duplicates
+  (the :class:`Rule`) when their cosine similarity ``cos >= T`` (the *embedding* arm), or when their
+  64-bit perceptual hashes (:mod:`imgclust.phash`, stored per row at embed time) differ in at most
+  ``H`` bits and ``cos >= T_weak`` (the *hash* arm). The hash sees pixels: a half-size or re-encoded
+  copy keeps its hash where an ImageNet encoder's embedding can move far; the weak floor ``T_weak``
+  keeps the hash from joining different photos that share a layout. Rows without a perceptual hash
+  (imported embeddings, rows embedded before hashes were stored) take part through the embedding arm
+  only; re-embedding them (``imgclust embed --reembed``) adds the hash.
 
-**Grouping without chaining.** Connected components of the edges could chain A~B~C with A and C far
-apart. Each component is therefore cut by complete-linkage agglomerative clustering (Sørensen 1948;
-as ``scipy.cluster.hierarchy.linkage(method="complete")``) at the distance ``1 - T``: the complete
-linkage distance of a cluster is its largest pairwise distance, so **every pair inside a group has
-cosine similarity >= T** (computed exactly on the embeddings, not only the pairs the graph holds).
-A component larger than :data:`COMPLETE_LINKAGE_MAX` rows (only at very low thresholds) is cut
-greedily instead, with the same guarantee: rows in order of their number of edges seed a group,
-which takes the seed's graph neighbours, most similar first, that are within ``T`` of every member.
+**Grouping without chaining.** Connected components of the joined pairs could chain A~B~C with A
+and C far apart. Each component is therefore cut by complete-linkage agglomerative clustering
+(Sørensen 1948; as ``scipy.cluster.hierarchy.linkage(method="complete")``) of a distance that is
+``1 - cos`` for pairs the rule joins and 3 (more than any cosine distance) for the others, at the
+distance ``1 - min(T, T_weak)``: the complete linkage distance of a cluster is its largest pairwise
+distance, so **every pair inside a group satisfies the rule** (checked on every pair, with the
+similarities computed exactly on the embeddings, not only the pairs the graph holds). Without the
+hash arm this is the cut at ``1 - T``. A component larger than :data:`COMPLETE_LINKAGE_MAX` rows
+(only at very low thresholds) is cut greedily instead, with the same guarantee: rows in order of
+their number of edges seed a group, which takes the seed's graph neighbours, most similar first,
+that the rule joins to every member.
 
 **Keeper.** In each group the image with the most pixels (read from the file's header), then the
 largest file, then the first path in sort order, is kept; the others are to drop.
 
 **Thresholds** are calibrated per encoder family on ``benchmarks/duplicates.py`` (imagenette-val
-with re-encoded, halved, cropped, brightened and byte-identical copies): :data:`THRESHOLDS`. A family
-without a calibration gets :data:`UNCALIBRATED_THRESHOLD` and a warning.
+with re-encoded, halved, cropped, brightened and byte-identical copies; chosen on half of the copied
+images' groups and measured on the other half): :data:`RULES`. A family without a calibration gets
+:data:`UNCALIBRATED_RULE` and a warning.
 """
 
 from __future__ import annotations
@@ -37,13 +47,56 @@ import numpy as np
 from .cache import Cache
 from ._atomic import replaced_atomically
 from .errors import ParameterError, ResourceError
+from .phash import HASH_BITS, NO_HASH, hamming
 
-#: Cosine similarity at or above which two images are near duplicates, per encoder family: the lowest
-#: threshold of ``benchmarks/duplicates.py``'s sweep whose pair precision is at least 0.99 (effnet-lite0
-#: on imagenette-val: precision 0.994, recall 0.63; see BENCHMARKS.md).
-THRESHOLDS = {"effnet-lite": 0.88}
-#: For a family without a calibration: high, because a false duplicate may be deleted.
-UNCALIBRATED_THRESHOLD = 0.95
+
+@dataclass(frozen=True)
+class Rule:
+    """When two images are near duplicates: ``cos >= threshold``, or (with ``hash_distance`` not None)
+    ``hamming(phash) <= hash_distance`` and ``cos >= weak_threshold``."""
+
+    threshold: float
+    hash_distance: int | None = None
+    weak_threshold: float = 1.0
+
+    @property
+    def floor(self) -> float:
+        """The lowest cosine similarity a joined pair can have."""
+        return self.threshold if self.hash_distance is None else min(self.threshold, self.weak_threshold)
+
+    def joins(self, similarity: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """Whether pairs of cosine ``similarity`` and perceptual-hash Hamming ``distance`` are near duplicates."""
+        strong = similarity >= self.threshold
+        if self.hash_distance is None:
+            return strong
+        return strong | ((distance <= self.hash_distance) & (similarity >= self.weak_threshold))
+
+    def arm(self, similarity: float) -> str:
+        """Which arm joins a pair the rule joins: ``embedding`` when the cosine alone does, else ``hash``."""
+        return "embedding" if similarity >= self.threshold else "hash"
+
+    def describe(self) -> str:
+        """The rule in words."""
+        text = f"cosine similarity ≥ {self.threshold:g}"
+        if self.hash_distance is not None:
+            text += f", or perceptual hashes within {self.hash_distance} bits"
+            text += f" and cosine ≥ {self.weak_threshold:g}" if self.weak_threshold > -1 else ""
+        return text
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "hash_distance": self.hash_distance,
+                "weak_threshold": self.weak_threshold if self.hash_distance is not None else None}
+
+
+#: The near-duplicate rule per encoder family, calibrated by ``benchmarks/duplicates.py`` on a half-set (every
+#: original of imagenette-val and the copies of half of the copied images; effnet-lite0): of the 280 rules
+#: tried, the most precise of the 5 that reach recall >= 0.95 at precision >= 0.99 there (precision 0.993,
+#: recall 0.961). Figures on the other half-set and on the whole set: BENCHMARKS.md.
+RULES = {"effnet-lite": Rule(0.94, 16, 0.70)}
+#: For a family without a calibration: a high cosine threshold (a false duplicate may be deleted), and the
+#: hash arm at the Hamming distance where the hash alone made no false pair on the benchmark (4 bits), with
+#: no embedding floor (the family's cosine scale is not known).
+UNCALIBRATED_RULE = Rule(0.95, 4, -1.0)
 #: Neighbours per row in the graph: a group can hold more rows than this (the complete-linkage cut
 #: sees every member of a component), but a row links only to its ``k`` nearest.
 DEFAULT_K = 10
@@ -61,6 +114,8 @@ class DuplicateGroup:
     kind: str  # "exact": every member has the same bytes; "near": otherwise
     paths: list[str]
     similarity: list[float]  # cosine similarity of each member to the keeper (1.0 for the keeper)
+    hash_distance: list[int | None]  # perceptual-hash Hamming distance to the keeper (None: a hash unknown)
+    match: list[str]  # why each member is in the group with the keeper: keeper, exact, embedding or hash
     same_bytes: list[bool]  # whether each member's bytes equal the keeper's
     pixels: list[int]  # width x height from the file's header (0 when unreadable)
     sizes: list[int]
@@ -80,10 +135,12 @@ class DuplicateGroup:
 
     def rows(self) -> list[dict]:
         """One flat record per member (the CSV's rows)."""
-        return [{"group": self.group, "kind": self.kind, "path": p, "keep": i == 0, "similarity": round(s, 6),
-                 "same_bytes": b, "pixels": px, "bytes": sz, "content_hash": h}
-                for i, (p, s, b, px, sz, h) in enumerate(zip(self.paths, self.similarity, self.same_bytes, self.pixels,
-                                                             self.sizes, self.hashes))]
+        return [{"group": self.group, "kind": self.kind, "path": p, "keep": i == 0, "match": m,
+                 "similarity": round(s, 6), "hash_distance": d, "same_bytes": b, "pixels": px, "bytes": sz,
+                 "content_hash": h}
+                for i, (p, m, s, d, b, px, sz, h) in enumerate(zip(self.paths, self.match, self.similarity,
+                                                                   self.hash_distance, self.same_bytes, self.pixels,
+                                                                   self.sizes, self.hashes))]
 
 
 @dataclass
@@ -93,10 +150,11 @@ class DuplicateReport:
     cache: str
     encoder: str
     family: str
-    threshold: float
+    rule: Rule
     threshold_source: str  # "given", "calibrated for <family>" or "uncalibrated"
     n_images: int
-    n_unhashed: int
+    n_unhashed: int  # rows without a content hash
+    n_without_perceptual_hash: int  # rows without a perceptual hash (the hash arm does not see them)
     graph: dict
     groups: list[DuplicateGroup] = field(default_factory=list)
 
@@ -108,22 +166,29 @@ class DuplicateReport:
     def drop_paths(self) -> list[str]:
         return [p for g in self.groups for p in g.drops]
 
+    @property
+    def threshold(self) -> float:
+        return self.rule.threshold
+
     def counts(self) -> dict:
         exact = [g for g in self.groups if g.kind == "exact"]
+        matched = {arm: sum(m == arm for g in self.groups for m in g.match[1:]) for arm in ("exact", "embedding", "hash")}
         return {"groups": len(self.groups), "exact_groups": len(exact), "near_groups": len(self.groups) - len(exact),
-                "images_in_groups": sum(len(g.paths) for g in self.groups), "to_drop": len(self.drop_paths)}
+                "images_in_groups": sum(len(g.paths) for g in self.groups), "to_drop": len(self.drop_paths),
+                "matched_by": matched}
 
     def to_dict(self) -> dict:
-        return {"cache": self.cache, "encoder": self.encoder, "family": self.family, "threshold": self.threshold,
+        return {"cache": self.cache, "encoder": self.encoder, "family": self.family, **self.rule.to_dict(),
                 "threshold_source": self.threshold_source, "n_images": self.n_images, "n_unhashed": self.n_unhashed,
+                "n_without_perceptual_hash": self.n_without_perceptual_hash,
                 "graph": self.graph, **self.counts(), "groups": [g.to_dict() for g in self.groups]}
 
 
-def default_threshold(family: str) -> tuple[float, str]:
-    """The calibrated near-duplicate threshold of an encoder family, and where it comes from."""
-    if family in THRESHOLDS:
-        return THRESHOLDS[family], f"calibrated for {family}"
-    return UNCALIBRATED_THRESHOLD, "uncalibrated"
+def default_rule(family: str) -> tuple[Rule, str]:
+    """The calibrated near-duplicate rule of an encoder family, and where it comes from."""
+    if family in RULES:
+        return RULES[family], f"calibrated for {family}"
+    return UNCALIBRATED_RULE, "uncalibrated"
 
 
 def exact_classes(hashes: np.ndarray) -> np.ndarray:
@@ -138,22 +203,29 @@ def exact_classes(hashes: np.ndarray) -> np.ndarray:
     return classes
 
 
-def complete_linkage_groups(X: np.ndarray, threshold: float) -> np.ndarray:
-    """Flat complete-linkage clusters of unit rows ``X`` in which every pair has cosine >= ``threshold``."""
+#: The distance of a pair the rule does not join: above every cosine distance (at most 2).
+_APART = 3.0
+
+
+def complete_linkage_groups(X: np.ndarray, phashes: np.ndarray, rule: Rule) -> np.ndarray:
+    """Flat complete-linkage clusters of unit rows ``X`` (perceptual hashes ``phashes``) in which the rule
+    joins every pair (see the module docstring)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
     if len(X) < 2:
         return np.zeros(len(X), np.int64)
-    distances = np.clip(1.0 - (X @ X.T).astype(np.float64), 0.0, 2.0)
+    similarity = (X @ X.T).astype(np.float64)
+    distances = np.where(rule.joins(similarity, hamming(phashes[:, None], phashes[None, :])),
+                         np.clip(1.0 - similarity, 0.0, 2.0), _APART)
     np.fill_diagonal(distances, 0.0)
     tree = linkage(squareform(distances, checks=False), method="complete")
-    return fcluster(tree, t=1.0 - threshold, criterion="distance") - 1
+    return fcluster(tree, t=1.0 - rule.floor, criterion="distance") - 1
 
 
-def greedy_groups(X: np.ndarray, neighbours: list[list[int]], threshold: float) -> np.ndarray:
-    """Groups of unit rows ``X`` grown from seeds (most edges first) by their neighbours within ``threshold``
-    of every member; ``neighbours[i]`` lists row ``i``'s graph neighbours, most similar first."""
+def greedy_groups(X: np.ndarray, phashes: np.ndarray, neighbours: list[list[int]], rule: Rule) -> np.ndarray:
+    """Groups of unit rows ``X`` grown from seeds (most edges first) by their neighbours that the rule joins
+    to every member; ``neighbours[i]`` lists row ``i``'s graph neighbours, most similar first."""
     labels = np.full(len(X), -1, np.int64)
     order = np.argsort([-len(n) for n in neighbours], kind="stable")
     next_label = 0
@@ -163,20 +235,24 @@ def greedy_groups(X: np.ndarray, neighbours: list[list[int]], threshold: float) 
         members = [seed]
         labels[seed] = next_label
         for candidate in neighbours[seed]:
-            if labels[candidate] < 0 and np.all(X[members] @ X[candidate] >= threshold):
+            if labels[candidate] < 0 and np.all(rule.joins(X[members] @ X[candidate],
+                                                           hamming(phashes[members], phashes[candidate]))):
                 members.append(candidate)
                 labels[candidate] = next_label
         next_label += 1
     return labels
 
 
-def near_groups(X: np.ndarray, indices: np.ndarray, similarities: np.ndarray, threshold: float) -> list[np.ndarray]:
-    """Groups (two rows or more) of unit rows ``X`` from a kNN graph, every pair within ``threshold``."""
+def near_groups(X: np.ndarray, phashes: np.ndarray, indices: np.ndarray, similarities: np.ndarray,
+                rule: Rule) -> list[np.ndarray]:
+    """Groups (two rows or more) of unit rows ``X`` (perceptual hashes ``phashes``) from a kNN graph
+    (``indices``, ``similarities``: ``(n, k)``), the rule joining every pair of a group."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(X)
-    rows, cols = np.nonzero((similarities >= threshold) & (indices >= 0))
+    joined = rule.joins(similarities, hamming(phashes[:, None], phashes[np.maximum(indices, 0)])) & (indices >= 0)
+    rows, cols = np.nonzero(joined)
     targets = indices[rows, cols]
     graph = coo_matrix((np.ones(len(rows), np.int8), (rows, targets)), shape=(n, n))
     n_components, component = connected_components(graph, directed=False)
@@ -187,12 +263,11 @@ def near_groups(X: np.ndarray, indices: np.ndarray, similarities: np.ndarray, th
     for c in np.flatnonzero(sizes >= 2):
         members = order[bounds[c]:bounds[c + 1]]
         if len(members) <= COMPLETE_LINKAGE_MAX:
-            labels = complete_linkage_groups(X[members], threshold)
+            labels = complete_linkage_groups(X[members], phashes[members], rule)
         else:
             local = {int(m): i for i, m in enumerate(members)}
-            neighbours = [[local[int(t)] for t, s in zip(indices[m], similarities[m]) if t >= 0 and s >= threshold]
-                          for m in members]
-            labels = greedy_groups(X[members], neighbours, threshold)
+            neighbours = [[local[int(t)] for t, ok in zip(indices[m], joined[m]) if ok] for m in members]
+            labels = greedy_groups(X[members], phashes[members], neighbours, rule)
         for label in np.unique(labels):
             part = members[labels == label]
             if len(part) >= 2:
@@ -212,6 +287,7 @@ def pixel_count(path: str) -> int:
 
 
 def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, threshold: float | None = None, *,
+                    hash_distance: int | None = None, weak_threshold: float | None = None, use_hash: bool = True,
                     k: int = DEFAULT_K, memory_budget: int | None = None,
                     progress: Progress | None = None) -> DuplicateReport:
     """Exact and near duplicates of ``cache``'s images (see the module docstring).
@@ -220,8 +296,12 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
     ----------
     cache : the HDF5 cache written by ``imgclust embed``.
     encoder : whose embeddings (default: the only one).
-    threshold : cosine similarity in (0, 1] at or above which two images are near duplicates
-        (default: the encoder family's calibrated value, :func:`default_threshold`).
+    threshold : cosine similarity ``T`` in (0, 1] at or above which two images are near duplicates
+        (default: the encoder family's calibrated value, :func:`default_rule`).
+    hash_distance : the hash arm's ``H``, Hamming distance in [0, 64] between perceptual hashes
+        (default: the family's calibrated value).
+    weak_threshold : the hash arm's ``T_weak``, cosine similarity in [-1, 1] (default: the family's).
+    use_hash : False turns the hash arm off (the embedding arm alone).
     k : neighbours per row in the graph.
     memory_budget : bytes the embeddings may take in memory (default: half the memory available).
     progress : ``progress(stage, done, total)`` for the graph and the headers read.
@@ -232,24 +312,43 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
     if threshold is not None and not (0.0 < threshold <= 1.0):
         raise ParameterError(f"threshold must be in (0, 1], got {threshold}",
                              hint="a cosine similarity, e.g. 0.9; omit it for the calibrated default")
+    if hash_distance is not None and not (0 <= hash_distance <= HASH_BITS):
+        raise ParameterError(f"hash_distance must be in [0, {HASH_BITS}], got {hash_distance}",
+                             hint="bits that differ between two 64-bit perceptual hashes, e.g. 12; omit it for the default")
+    if weak_threshold is not None and not (-1.0 <= weak_threshold <= 1.0):
+        raise ParameterError(f"weak_threshold must be in [-1, 1], got {weak_threshold}",
+                             hint="the cosine similarity the hash arm also needs, e.g. 0.7; omit it for the default")
+    if not use_hash and (hash_distance is not None or weak_threshold is not None):
+        raise ParameterError("hash_distance and weak_threshold set the hash arm, which use_hash=False turns off",
+                             hint="leave them out, or the hash arm on")
     if k < 1:
         raise ParameterError(f"k must be >= 1, got {k}", hint=f"{DEFAULT_K} is the default")
     store = Cache(cache)
     name = store.resolve_encoder(encoder)
     family = str(store.info(name).get("family", ""))
-    if threshold is None:
-        threshold, source = default_threshold(family)
-        if source == "uncalibrated":
-            warnings.warn(f"no near-duplicate threshold is calibrated for the {family or 'unknown'} encoder family; "
-                          f"using {threshold} (pass --threshold to choose)", stacklevel=2)
-    else:
-        source = "given"
+    default, source = default_rule(family)
+    if source == "uncalibrated" and (threshold is None or (use_hash and (hash_distance is None or weak_threshold is None))):
+        warnings.warn(f"no near-duplicate rule is calibrated for the {family or 'unknown'} encoder family; using cosine "
+                      f">= {threshold or default.threshold}" + (f", or perceptual hashes within {default.hash_distance} bits"
+                                                                if use_hash else "")
+                      + " (pass --threshold and --hash-distance to choose)", stacklevel=2)
+    if threshold is not None or hash_distance is not None or weak_threshold is not None or not use_hash:
+        source = "given" if source == "uncalibrated" else f"given, else {source}"
+    rule = Rule(default.threshold if threshold is None else float(threshold),
+                None if not use_hash else (default.hash_distance if hash_distance is None else int(hash_distance)),
+                default.weak_threshold if weak_threshold is None else float(weak_threshold))
     rows = store.rows(name)
     index = rows.index()
     n = len(index)
     hashes = index.hashes if index.hashes is not None else np.full(n, "", dtype=object)
+    phashes = index.perceptual_hashes if index.perceptual_hashes is not None else np.full(n, NO_HASH, np.uint64)
     classes = exact_classes(hashes)
     representatives = np.unique(classes)  # one row per distinct content, in row order
+    # a content's perceptual hash: its first row's, else that of any row of the same bytes that has one
+    known = np.flatnonzero(phashes != NO_HASH)[::-1]
+    by_class = np.full(n, NO_HASH, np.uint64)
+    by_class[classes[known]] = phashes[known]  # the last write wins: the first known row of each class
+    P = by_class[representatives]
     budget = memory_budget or available_memory_bytes() // 2
     needed = len(representatives) * rows.dim * 4 * 2  # the rows and their normalised copy
     if needed > budget:
@@ -264,7 +363,7 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
         graph = Neighbours(X, store=StoredGraphs(store, name, "raw", rows.fingerprint), on_progress=on_graph).graph(k, "cosine")
     else:
         graph = knn_graph(X, k, "cosine", on_progress=on_graph)
-    groups = near_groups(X, graph.indices, 1.0 - graph.distances, threshold)
+    groups = near_groups(X, P, graph.indices, 1.0 - graph.distances, rule)
 
     # expand each group of distinct contents to every row with that content, then add the pure-exact classes
     members_of = {}
@@ -293,18 +392,21 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
                        key=lambda i: (-pixels[i], -int(index.sizes[members[i]]), str(index.paths[members[i]])))
         ordered = [members[i] for i in order]
         keeper = ordered[0]
-        keeper_vector = X[position[int(classes[keeper])]]
-        similarity = [float(np.clip(X[position[int(classes[r])]] @ keeper_vector, -1.0, 1.0)) for r in ordered]
+        keeper_at = position[int(classes[keeper])]
+        similarity = [float(np.clip(X[position[int(classes[r])]] @ X[keeper_at], -1.0, 1.0)) for r in ordered]
+        distance = [int(hamming(P[position[int(classes[r])]], P[keeper_at])) for r in ordered]
+        distance = [d if d <= HASH_BITS else None for d in distance]
         same = [bool(classes[r] == classes[keeper] and hashes[r] != "") or r == keeper for r in ordered]
+        match = ["keeper"] + [("exact" if b else rule.arm(s)) for s, b in zip(similarity[1:], same[1:])]
         kind = "exact" if all(same) else "near"
-        result.append(DuplicateGroup(0, kind, [str(index.paths[r]) for r in ordered], similarity, same,
+        result.append(DuplicateGroup(0, kind, [str(index.paths[r]) for r in ordered], similarity, distance, match, same,
                                      [pixels[i] for i in order], [int(index.sizes[r]) for r in ordered],
                                      [str(hashes[r]) for r in ordered]))
     result.sort(key=lambda g: g.keeper)
     for number, group in enumerate(result):
         group.group = number
-    return DuplicateReport(str(cache), name, family, float(threshold), source, n, int((hashes == "").sum()),
-                           graph.describe(), result)
+    return DuplicateReport(str(cache), name, family, rule, source, n, int((hashes == "").sum()),
+                           int((phashes == NO_HASH).sum()), graph.describe(), result)
 
 
 #: Files ``write_duplicates`` puts in its ``out`` folder.
@@ -343,7 +445,8 @@ def write_duplicates(report: DuplicateReport, out: str | os.PathLike | None = No
         manifest.claim(targets, force)
         manifest.record(targets)
         buffer = io.StringIO()
-        fields = ["group", "kind", "path", "keep", "similarity", "same_bytes", "pixels", "bytes", "content_hash"]
+        fields = ["group", "kind", "path", "keep", "match", "similarity", "hash_distance", "same_bytes", "pixels", "bytes",
+                  "content_hash"]
         writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for group in report.groups:

@@ -45,12 +45,13 @@ import numpy as np
 from . import __version__, ray_engine
 from .cache import Cache, Failures, NewRows, Rows, encoder_key, file_hash
 from .decode import (DEFAULT_MAX_PIXELS, DecodeError, Preprocess, check_header, decode, decode_jpegs_on_device, decode_or_reason,
-                     jpeg_bytes)
+                     hash_only, jpeg_bytes)
 from .discover import ImageFile, discover
 from .encoders import (DEFAULT_ENCODER, Encoder, best_device, create_encoder, default_batch_size, features_name,
                        finish_batch, resolve_spec)
 from .errors import UsageError
 from .joint import embed_joint, is_joint
+from .phash import NO_HASH
 from .runtimes import LEGACY_RUNTIME, default_threads, resolve_runtime
 from .sources import expand_sources
 from .views import add_views
@@ -105,6 +106,7 @@ class _Block:
     mtimes: list[int] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
+    phashes: list[int] = field(default_factory=list)  # perceptual hashes (imgclust.phash)
     embeddings: list[np.ndarray] = field(default_factory=list)
     fail_paths: list[str] = field(default_factory=list)
     fail_sizes: list[int] = field(default_factory=list)
@@ -114,13 +116,14 @@ class _Block:
     def __len__(self) -> int:
         return len(self.paths) + len(self.fail_paths)
 
-    def add_row(self, f: ImageFile, vector: np.ndarray) -> None:
+    def add_row(self, f: ImageFile, vector: np.ndarray, phash: int) -> None:
         digest = file_hash(f.path)  # reads the file: before any list grows, so a Ctrl-C here leaves the block whole
         self.paths.append(f.path)
         self.sizes.append(f.size)
         self.mtimes.append(f.mtime_ns)
         self.labels.append(f.label or "")
         self.hashes.append(digest)
+        self.phashes.append(phash)
         self.embeddings.append(vector)
 
     def add_failure(self, f: ImageFile, reason: str) -> None:
@@ -150,7 +153,7 @@ class _Journal:
                 identity=np.array(repr(sorted(self.identity.items()))),
                 paths=np.array(block.paths, dtype=str), sizes=np.array(block.sizes, dtype=np.int64),
                 mtimes=np.array(block.mtimes, dtype=np.int64), labels=np.array(block.labels, dtype=str),
-                hashes=np.array(block.hashes, dtype=str),
+                hashes=np.array(block.hashes, dtype=str), phashes=np.array(block.phashes, dtype=np.uint64),
                 embeddings=(np.stack(block.embeddings).astype(np.float32, copy=False) if block.paths
                             else np.zeros((0, dim), np.float32)),
                 fail_paths=np.array(block.fail_paths, dtype=str), fail_sizes=np.array(block.fail_sizes, dtype=np.int64),
@@ -188,10 +191,12 @@ class _Journal:
 
 
 class _DecodeDataset:
-    """Map-style dataset for the DataLoader: index -> (index, uint8 image or None, failure reason, JPEG bytes or None).
+    """Map-style dataset for the DataLoader: index -> (index, uint8 image or None, failure reason, JPEG bytes
+    or None, perceptual hash).
 
     With ``jpeg_on_device`` a JPEG is not decoded here: its bytes go to the main process, which decodes
-    them on the GPU (:func:`imgclust.decode.decode_jpegs_on_device`); other formats are decoded here.
+    them on the GPU (:func:`imgclust.decode.decode_jpegs_on_device`), and its perceptual hash comes from
+    a decode at 1/8 scale here (:func:`imgclust.decode.hash_only`); other formats are decoded here.
     """
 
     def __init__(self, files: Sequence[ImageFile], spec: Preprocess, max_pixels: int | None, jpeg_on_device: bool = False):
@@ -206,28 +211,29 @@ class _DecodeDataset:
             try:
                 data = jpeg_bytes(path, self.max_pixels)
             except DecodeError as exc:
-                return i, None, str(exc), None
+                return i, None, str(exc), None, int(NO_HASH)
             if data is not None:
-                return i, None, "", data
-        image, reason = decode_or_reason(path, self.spec, self.max_pixels)
-        return i, image, reason, None
+                return i, None, "", data, hash_only(path, self.max_pixels)
+        image, reason, phash = decode_or_reason(path, self.spec, self.max_pixels)
+        return i, image, reason, None, phash
 
 
-def collate_uint8(items) -> tuple[list[int], object, list[tuple[int, str]], list[tuple[int, object]]]:
-    """A batch as ``(indices, images, failures, jpegs)``: the decoded images stacked into one uint8 tensor
-    ``(n, size, size, 3)`` (None when none decoded), ``failures`` as ``(index, reason)``, ``jpegs`` as
-    ``(index, uint8 tensor of the file's bytes)`` for decoding on the device.
+def collate_uint8(items) -> tuple[list[int], object, list[tuple[int, str]], list[tuple[int, object]], dict[int, int]]:
+    """A batch as ``(indices, images, failures, jpegs, hashes)``: the decoded images stacked into one uint8
+    tensor ``(n, size, size, 3)`` (None when none decoded), ``failures`` as ``(index, reason)``, ``jpegs`` as
+    ``(index, uint8 tensor of the file's bytes)`` for decoding on the device, ``hashes`` as
+    ``{index: perceptual hash}``.
 
     Runs in the worker: one tensor per batch travels to the main process through shared memory
     (torch's tensor pickling), where the DataLoader can pin it for a GPU copy.
     """
     import torch
 
-    good = [(i, array) for i, array, _, _ in items if array is not None]
+    good = [(i, array) for i, array, _, _, _ in items if array is not None]
     images = torch.from_numpy(np.stack([array for _, array in good])) if good else None
-    failures = [(i, reason) for i, array, reason, data in items if array is None and data is None]
-    jpegs = [(i, torch.from_numpy(data.copy())) for i, _, _, data in items if data is not None]
-    return [i for i, _ in good], images, failures, jpegs
+    failures = [(i, reason) for i, array, reason, data, _ in items if array is None and data is None]
+    jpegs = [(i, torch.from_numpy(data.copy())) for i, _, _, data, _ in items if data is not None]
+    return [i for i, _ in good], images, failures, jpegs, {i: phash for i, _, _, _, phash in items}
 
 
 def _decode_on_device(enc: Encoder, files: Sequence[ImageFile], indices: list[int], images, failures: list,
@@ -606,12 +612,12 @@ def _known_state(committed, failures: Failures | None, parts: list[dict]) -> dic
 
 def encode_files(enc: Encoder, files: Sequence[ImageFile], workers: int, max_pixels: int | None,
                  progress: Progress | None = None, decode_on: str = "cpu",
-                 ) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str]], int]]:
+                 ) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str, int]], int]]:
     """Decode ``files`` in ``workers`` processes and encode them in batches of ``enc.batch_size``, in bounded memory.
 
-    Yields, per batch, ``(results, recomputed)``: ``(file, vector, "")`` for each embedded file and
-    ``(file, None, reason)`` for each that failed (decoding, or an embedding still not finite in
-    float32); ``recomputed`` is the number of rows of a reduced-precision batch computed again in
+    Yields, per batch, ``(results, recomputed)``: ``(file, vector, "", phash)`` for each embedded file and
+    ``(file, None, reason, phash)`` for each that failed (decoding, or an embedding still not finite in
+    float32), ``phash`` the perceptual hash of the decoded image (:mod:`imgclust.phash`); ``recomputed`` is the number of rows of a reduced-precision batch computed again in
     float32 because some row was not finite. ``embed`` and ``assign`` share this loader.
 
     ``decode_on="gpu"``: JPEGs are decoded on the encoder's device (nvJPEG), other files by the workers.
@@ -633,10 +639,10 @@ def encode_files(enc: Encoder, files: Sequence[ImageFile], workers: int, max_pix
     with _sigint_ignored_while_forking(workers):
         batches = iter(loader)  # starts the workers
     in_flight = None
-    for indices, images, failures, jpegs in batches:
+    for indices, images, failures, jpegs, hashes in batches:
         if jpegs:
             indices, images, failures = _decode_on_device(enc, files, indices, images, failures, jpegs, max_pixels)
-        submitted = (indices, images, failures, enc.submit(images) if images is not None else None)
+        submitted = (indices, images, failures, enc.submit(images) if images is not None else None, hashes)
         if in_flight is not None:
             done += len(in_flight[0]) + len(in_flight[2])
             yield finish_batch(enc, files, *in_flight)
@@ -691,12 +697,12 @@ def _embed_batches(batches: Iterator[tuple[list, int]], block: _Block, journal: 
     try:
         for results, recomputed in batches:
             summary.recomputed_float32 += recomputed
-            for f, vector, reason in results:
+            for f, vector, reason, phash in results:
                 if vector is None:
                     block.add_failure(f, reason)
                     summary.failed += 1
                 else:
-                    block.add_row(f, vector)
+                    block.add_row(f, vector, phash)
                     summary.embedded += 1
             if len(block) >= flush_rows or time.monotonic() - last_flush > flush_seconds:
                 writer.put(copy.copy(block))
@@ -716,13 +722,15 @@ def _commit(cache: Cache, encoder: str, spec, journal: _Journal, identity: dict,
     old_failures = rows.state.failures if rows is not None else Failures.empty()
     fails = {p: (int(s), int(m), r) for p, s, m, r in zip(old_failures.paths, old_failures.sizes, old_failures.mtimes,
                                                          old_failures.reasons)}
-    new: dict[str, tuple] = {}  # path -> (size, mtime, label, hash, part, position in part)
+    new: dict[str, tuple] = {}  # path -> (size, mtime, label, hash, part, position in part, perceptual hash)
     for k, part in enumerate(parts):
         if dim is None and len(part["paths"]):
             dim = part["embeddings"].shape[1]
-        for pos, (p, s, m, lab, h) in enumerate(zip(part["paths"], part["sizes"], part["mtimes"], part["labels"],
-                                                    part["hashes"])):
-            new[str(p)] = (int(s), int(m), str(lab), str(h), k, pos)
+        # a part journalled by an imgclust that stored no perceptual hashes has none
+        phashes = part.get("phashes", np.full(len(part["paths"]), NO_HASH, np.uint64))
+        for pos, (p, s, m, lab, h, ph) in enumerate(zip(part["paths"], part["sizes"], part["mtimes"], part["labels"],
+                                                        part["hashes"], phashes)):
+            new[str(p)] = (int(s), int(m), str(lab), str(h), k, pos, int(ph))
             fails.pop(str(p), None)
         for p, s, m, r in zip(part["fail_paths"], part["fail_sizes"], part["fail_mtimes"], part["fail_reasons"]):
             fails[str(p)] = (int(s), int(m), str(r))
@@ -793,7 +801,9 @@ def _new_rows(new: dict, copies: dict, parts: list[dict], rows: Rows | None, pos
         mtimes=np.array([new[p][1] for p in paths] + [copies[p][1] for p in copied], np.int64),
         labels=[label(p, new[p][2]) for p in paths] + [label(p, "") for p in copied],
         hashes=[new[p][3] for p in paths] + [committed.hashes[position[p]] for p in copied],
-        embeddings=vectors)
+        embeddings=vectors,
+        perceptual_hashes=np.array([new[p][6] for p in paths] + [committed.perceptual_hashes[position[p]] for p in copied],
+                                   np.uint64))
 
 
 def _failures(fails: dict) -> Failures:

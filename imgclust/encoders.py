@@ -516,16 +516,23 @@ def _load_effnet_lite(spec: EncoderSpec, weights: str | None):
     return model
 
 
-def finish_batch(enc: Encoder, items: Sequence, indices, images, failures, pending):
-    """A submitted batch's results: ``(items[i], vector, "")`` per embedded row ``i`` of ``indices``,
-    ``(items[i], None, reason)`` per failure (decoding, or non-finite also in float32), and the number
-    of rows recomputed in float32. ``items`` are the files (or, on a Ray worker, their positions)."""
-    results: list[tuple[object, np.ndarray | None, str]] = [(items[i], None, reason) for i, reason in failures]
+def finish_batch(enc: Encoder, items: Sequence, indices, images, failures, pending, hashes: dict | None = None):
+    """A submitted batch's results: ``(items[i], vector, "", phash)`` per embedded row ``i`` of ``indices``,
+    ``(items[i], None, reason, phash)`` per failure (decoding, or non-finite also in float32), and the
+    number of rows recomputed in float32. ``items`` are the files (or, on a Ray worker, their positions);
+    ``hashes`` maps ``i`` to the image's perceptual hash (:mod:`imgclust.phash`; NO_HASH when missing)."""
+    from .phash import NO_HASH
+
+    def phash(i) -> int:
+        return int(hashes.get(i, NO_HASH)) if hashes else int(NO_HASH)
+
+    results: list[tuple[object, np.ndarray | None, str, int]] = [(items[i], None, reason, phash(i))
+                                                                 for i, reason in failures]
     if pending is None:
         return results, 0
     vectors, finite, recomputed = enc.finish(pending, images)
     for i, vector, ok in zip(indices, vectors, finite):
-        results.append((items[i], vector, "") if ok else (items[i], None, NON_FINITE_REASON))
+        results.append((items[i], vector, "", phash(i)) if ok else (items[i], None, NON_FINITE_REASON, phash(i)))
     return results, len(indices) if recomputed else 0
 
 

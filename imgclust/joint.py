@@ -107,7 +107,8 @@ def build_joint(cache: Cache, name: str, parts: list[str]) -> None:
                  "identity": {"parts": parts, "combination": COMBINATION}}
         new = NewRows(paths=list(first.paths[keep]), sizes=first.sizes[keep], mtimes=first.mtimes[keep],
                       labels=list(first.labels[keep]), hashes=list(first.hashes[keep]),
-                      embeddings=_joint_chunks(rows, [p[keep] for p in positions], chunk_rows(int(sum(dims))) * 16))
+                      embeddings=_joint_chunks(rows, [p[keep] for p in positions], chunk_rows(int(sum(dims))) * 16),
+                      perceptual_hashes=first.perceptual_hashes[keep])
         cache.write_rows(name, attrs, new, failures=Failures.empty(), replace_all=True)
 
 

@@ -121,17 +121,18 @@ def default_workers(gpus_per_worker: float) -> int:
 
 
 def _decode_batch(batch: dict, spec: Preprocess, max_pixels: int | None) -> dict:
-    """Ray task: decode a batch of paths (a failed one is an all-zero image with its reason)."""
+    """Ray task: decode a batch of paths (a failed one is an all-zero image with its reason), with each
+    image's perceptual hash."""
     from .decode import decode_or_reason
 
     images = np.zeros((len(batch["path"]), spec.size, spec.size, 3), np.uint8)
-    reasons = []
+    reasons, phashes = [], np.empty(len(batch["path"]), np.uint64)
     for k, path in enumerate(batch["path"]):
-        image, reason = decode_or_reason(str(path), spec, max_pixels)
+        image, reason, phashes[k] = decode_or_reason(str(path), spec, max_pixels)
         if image is not None:
             images[k] = image
         reasons.append(reason)
-    return {"index": batch["index"], "image": images, "reason": np.array(reasons, dtype=object)}
+    return {"index": batch["index"], "image": images, "reason": np.array(reasons, dtype=object), "phash": phashes}
 
 
 class _EncodeActor:
@@ -158,24 +159,26 @@ class _EncodeActor:
         failures = [(k, str(batch["reason"][k])) for k in np.flatnonzero(batch["reason"] != "")]
         pending = self.enc.submit(images) if len(decoded) else None
         positions = list(range(len(batch["index"])))
-        results, recomputed = finish_batch(self.enc, positions, list(decoded), images, failures, pending)
+        results, recomputed = finish_batch(self.enc, positions, list(decoded), images, failures, pending,
+                                           dict(enumerate(batch["phash"].tolist())))
         vectors = np.zeros((len(results), self.enc.embedding_dim), np.float32)
-        for row, (_, vector, _) in enumerate(results):
+        for row, (_, vector, _, _) in enumerate(results):
             if vector is not None:
                 vectors[row] = vector
-        order = [k for k, _, _ in results]
+        order = [k for k, _, _, _ in results]
         counts = np.zeros(len(results), np.int64)  # the batch's count of rows recomputed in float32, on its first row
         counts[:1] = recomputed
         return {"index": np.asarray(batch["index"])[order], "vector": vectors,
-                "reason": np.array([reason for _, _, reason in results], dtype=object), "recomputed": counts}
+                "reason": np.array([reason for _, _, reason, _ in results], dtype=object), "recomputed": counts,
+                "phash": np.array([phash for _, _, _, phash in results], np.uint64)}
 
 
 def encode_files(files: Sequence[ImageFile], *, encoder: str, weights: str | None, device: str, runtime: str,
                  batch_size: int, preprocess: Preprocess, max_pixels: int | None, workers: int,
                  gpus_per_worker: float, progress=None,
-                 ) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str]], int]]:
+                 ) -> Iterator[tuple[list[tuple[ImageFile, np.ndarray | None, str, int]], int]]:
     """Decode and encode ``files`` on the connected Ray cluster; yields what :func:`imgclust.embed.encode_files`
-    yields, per block: ``(results, recomputed)`` with ``(file, vector, "")`` or ``(file, None, reason)``."""
+    yields, per block: ``(results, recomputed)`` with ``(file, vector, "", phash)`` or ``(file, None, reason, phash)``."""
     import pyarrow as pa
     import ray
 
@@ -213,8 +216,8 @@ def encode_files(files: Sequence[ImageFile], *, encoder: str, weights: str | Non
         except Exception as exc:
             _raise_imgclust_error(exc)
             raise
-        results = [(files[int(i)], None if reason else vector, str(reason))
-                   for i, vector, reason in zip(batch["index"], batch["vector"], batch["reason"])]
+        results = [(files[int(i)], None if reason else vector, str(reason), int(phash))
+                   for i, vector, reason, phash in zip(batch["index"], batch["vector"], batch["reason"], batch["phash"])]
         done += len(results)
         yield results, int(batch["recomputed"].sum())
         if progress:

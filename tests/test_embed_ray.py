@@ -39,6 +39,11 @@ def assert_same_rows(got, reference, tolerance=1e-6):
     assert max(float(np.abs(got[p] - reference[p]).max()) for p in reference) <= tolerance
 
 
+def perceptual_hashes(cache_path, encoder=TINY_ENCODER):
+    index = Cache(cache_path).read_index(encoder)
+    return dict(zip(index.paths, index.perceptual_hashes.tolist()))
+
+
 def failures(cache_path, encoder=TINY_ENCODER):
     f = Cache(cache_path).read_failures(encoder)
     return list(zip(map(str, f.paths), map(str, f.reasons)))
@@ -122,6 +127,7 @@ def test_imagenette_mini_across_two_nodes_equals_the_local_engine(ray_cluster, t
     local = embed(inputs, cache=tmp_path / "local.h5", **settings)
     distributed = embed(inputs, cache=tmp_path / "ray.h5", engine="ray", workers=1, **settings)
     assert_same_rows(rows(tmp_path / "ray.h5", "effnet-lite0"), rows(tmp_path / "local.h5", "effnet-lite0"))
+    assert perceptual_hashes(tmp_path / "ray.h5", "effnet-lite0") == perceptual_hashes(tmp_path / "local.h5", "effnet-lite0")
     assert failures(tmp_path / "ray.h5", "effnet-lite0") == failures(tmp_path / "local.h5", "effnet-lite0")
     assert len(failures(tmp_path / "ray.h5", "effnet-lite0")) == 2
     assert np.array_equal(Cache(tmp_path / "ray.h5").read_index("effnet-lite0").labels,
@@ -148,6 +154,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_the_result_is_complete(ray_clu
     assert killed and killed[0][0] < killed[0][1] - 20, "the actor was not killed while work was left"
     assert (summary.embedded, summary.failed, summary.images) == (120, 1, 120)
     assert_same_rows(rows(tmp_path / "c.h5"), rows(reference))
+    assert perceptual_hashes(tmp_path / "c.h5") == perceptual_hashes(reference)  # hashed by the decode tasks
     assert failures(tmp_path / "c.h5") == failures(reference)
 
 

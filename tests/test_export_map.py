@@ -35,7 +35,7 @@ def small_run(tmp_path, n_per=6):
 def test_page_has_the_map_data_duplicates_and_isolated_marks(tmp_path):
     recs, sums, xy = small_run(tmp_path)
     rows = np.arange(len(recs))
-    dups = DuplicateGroups([[recs[0].path, recs[1].path]], ["near"], 0.88, "calibrated for effnet-lite", 1, 1)
+    dups = DuplicateGroups([[recs[0].path, recs[1].path]], ["near"], "cosine similarity ≥ 0.88", "calibrated for effnet-lite", 1, 1)
     index = write_html(tmp_path / "g", recs, sums, {}, "t", map_points=MapPoints(rows, xy, len(recs)), duplicates=dups)
     page = index.read_text("utf-8")
     data = json.loads(re.search(r'<script type="application/json" id="map-data">(.*?)</script>', page, re.S).group(1))

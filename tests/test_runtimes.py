@@ -10,7 +10,8 @@ import torch
 
 from imgclust import runtimes
 from imgclust.cache import Cache
-from imgclust.decode import Preprocess, decode
+from imgclust.decode import Preprocess, decode, hash_only
+from imgclust.phash import NO_HASH
 from imgclust.embed import _Journal, _JournalWriter, _Block, collate_uint8, embed, encode_files
 from imgclust.discover import discover
 from imgclust.encoders import create_encoder
@@ -142,13 +143,13 @@ def test_a_cache_without_a_recorded_runtime_continues_with_eager_torch(image_fol
 
 def test_workers_hand_over_one_uint8_tensor_per_batch_through_shared_memory(image_folder):
     files = discover([image_folder])
-    dataset_items = [(0, np.zeros((4, 4, 3), np.uint8), "", None), (1, None, "bad file", None),
-                     (2, np.ones((4, 4, 3), np.uint8), "", None), (3, None, "", np.frombuffer(b"\xff\xd8jpeg", np.uint8))]
-    indices, batch, failures, jpegs = collate_uint8(dataset_items)
-    assert indices == [0, 2] and failures == [(1, "bad file")]
+    dataset_items = [(0, np.zeros((4, 4, 3), np.uint8), "", None, 5), (1, None, "bad file", None, 6),
+                     (2, np.ones((4, 4, 3), np.uint8), "", None, 7), (3, None, "", np.frombuffer(b"\xff\xd8jpeg", np.uint8), 8)]
+    indices, batch, failures, jpegs, hashes = collate_uint8(dataset_items)
+    assert indices == [0, 2] and failures == [(1, "bad file")] and hashes == {0: 5, 1: 6, 2: 7, 3: 8}
     assert batch.dtype == torch.uint8 and batch.shape == (2, 4, 4, 3) and batch[1].eq(1).all()
     assert [i for i, _ in jpegs] == [3] and bytes(jpegs[0][1].numpy()) == b"\xff\xd8jpeg"
-    assert collate_uint8([(0, None, "x", None)])[1] is None
+    assert collate_uint8([(0, None, "x", None, 0)])[1] is None
 
     from imgclust.embed import _DecodeDataset, _worker_init
 
@@ -163,7 +164,7 @@ def test_workers_hand_over_one_uint8_tensor_per_batch_through_shared_memory(imag
 def test_the_pipelined_loader_gives_the_rows_of_one_batch_at_a_time(image_folder):
     enc = create_encoder(TINY_ENCODER, weights="random", device="cpu", runtime="torch", batch_size=4)
     files = discover([image_folder])
-    rows = [(f.path, v) for results, _ in encode_files(enc, files, 0, None) for f, v, _ in results]
+    rows = [(f.path, v) for results, _ in encode_files(enc, files, 0, None) for f, v, _, _ in results]
     expected = enc.encode(np.stack([decode(f.path, enc.preprocess) for f in files]))
     assert [p for p, _ in rows] == [f.path for f in files]
     assert all(np.array_equal(v, e) for (_, v), e in zip(rows, expected))
@@ -224,7 +225,11 @@ def test_decode_on_the_device_falls_back_to_the_cpu_per_file(image_folder, tmp_p
         return [None if bytes(np.asarray(d)) == refused else image for d, image in zip(datas, out)]
 
     monkeypatch.setattr(embed_module, "decode_jpegs_on_device", device_refusing_r1)
-    rows = {f.path: (v, reason) for results, _ in encode_files(enc, files, 0, None, decode_on="gpu") for f, v, reason in results}
+    results = [r for batch, _ in encode_files(enc, files, 0, None, decode_on="gpu") for r in batch]
+    rows = {f.path: (v, reason) for f, v, reason, _ in results}
+    phashes = {f.path: h for f, _, _, h in results}  # JPEGs sent to the device: hashed from a reduced decode
+    assert phashes[str(image_folder / "red_things" / "r0.jpg")] == hash_only(str(image_folder / "red_things" / "r0.jpg"))
+    assert phashes[str(tmp_path / "bad.jpg")] == int(NO_HASH)
     assert len(on_device) == 7 and len(rows) == 13  # 6 good JPEGs and the cut one went to the device
     bad_vector, bad_reason = rows[str(tmp_path / "bad.jpg")]
     assert bad_vector is None and ("truncated" in bad_reason or "corrupt" in bad_reason)

@@ -23,7 +23,10 @@ ListOption = "One path per line (for xargs); - prints it on stdout instead of th
 @app.command("duplicates")
 def duplicates_command(
     cache: CacheArgument,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine similarity in (0, 1] for near duplicates (default: calibrated per encoder family).")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine similarity T in (0, 1] for near duplicates (default: calibrated per encoder family).")] = None,
+    hash_distance: Annotated[Optional[int], typer.Option("--hash-distance", help="Also near duplicates: perceptual hashes within this many bits (0-64) and cosine >= --weak-threshold (default: calibrated).")] = None,
+    weak_threshold: Annotated[Optional[float], typer.Option("--weak-threshold", help="The cosine similarity in [-1, 1] the hash arm also needs (default: calibrated).")] = None,
+    no_hash: Annotated[bool, typer.Option("--no-hash", help="Turn the perceptual-hash arm off: cosine >= threshold alone.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for duplicates.csv (one row per member) and duplicates.json.")] = None,
     keep_list: Annotated[Optional[str], typer.Option("--keep-list", help=f"Write the keeper of each group. {ListOption}")] = None,
     drop_list: Annotated[Optional[str], typer.Option("--drop-list", help=f"Write every other member of a group. {ListOption}")] = None,
@@ -32,28 +35,36 @@ def duplicates_command(
     force: Annotated[bool, typer.Option("--force", help="Replace files from an earlier run.")] = False,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
-    """Find exact duplicates (same file bytes) and near duplicates (cosine similarity >= threshold), grouped so
-    that every pair in a group is within the threshold, with a keeper per group (most pixels, then largest file).
+    """Find exact duplicates (same file bytes) and near duplicates (cosine similarity >= threshold, or perceptual
+    hashes within --hash-distance bits and cosine >= --weak-threshold), grouped so that every pair in a group meets
+    the rule, with a keeper per group (most pixels, then largest file).
 
     \b
     Examples:
       imgclust duplicates photos.h5
-      imgclust duplicates photos.h5 --threshold 0.95 --out triage/
+      imgclust duplicates photos.h5 --threshold 0.95 --hash-distance 8 --out triage/
+      imgclust duplicates photos.h5 --no-hash --json
       imgclust duplicates photos.h5 --drop-list - | xargs -d '\\n' rm --
     """
     if keep_list == "-" and drop_list == "-":
         raise typer.BadParameter("only one of --keep-list and --drop-list can be - (stdout)")
     with progress_bars({"neighbour graph": "images", "image sizes": "files"}) as update:
-        report = find_duplicates(cache, encoder, threshold, k=neighbours, progress=update)
+        report = find_duplicates(cache, encoder, threshold, hash_distance=hash_distance, weak_threshold=weak_threshold,
+                                 use_hash=not no_hash, k=neighbours, progress=update)
+    if report.rule.hash_distance is not None and report.n_without_perceptual_hash:
+        note(f"{report.n_without_perceptual_hash} of {report.n_images} rows have no perceptual hash (imported, or embedded "
+             f"before imgclust stored it): they are matched by the embedding alone; re-embedding adds it "
+             f"(imgclust embed PATH --cache {escape(str(cache))} --reembed)")
     written = write_duplicates(report, out, keep_list=keep_list, drop_list=drop_list, force=force)
     to_stdout = "-" in (keep_list, drop_list)
     if json_ and not to_stdout:
         emit_json({**report.to_dict(), "written": written})
         return
     counts = report.counts()
-    summary = (f"{report.n_images} images, {report.encoder} (threshold {report.threshold:g}, {report.threshold_source}): "
+    matched = ", ".join(f"{n} by {arm}" for arm, n in counts["matched_by"].items() if n)
+    summary = (f"{report.n_images} images, {report.encoder} ({report.rule.describe()}; {report.threshold_source}): "
                f"{counts['groups']} duplicate groups ({counts['exact_groups']} exact, {counts['near_groups']} near), "
-               f"{counts['images_in_groups']} images in them, {counts['to_drop']} to drop")
+               f"{counts['images_in_groups']} images in them, {counts['to_drop']} to drop" + (f" ({matched})" if matched else ""))
     if to_stdout:
         note(summary)
         return
@@ -64,8 +75,10 @@ def duplicates_command(
              "they are found only as near duplicates[/dim]")
     for group in report.groups[: None if verbose else 20]:
         out_console.print(f"group {group.group} ({group.kind}): keep {group.keeper}")
-        for path, similarity in zip(group.drops, group.similarity[1:]):
-            out_console.print(f"  drop {path} (similarity {similarity:.3f})")
+        for path, similarity, distance, match in zip(group.drops, group.similarity[1:], group.hash_distance[1:],
+                                                     group.match[1:]):
+            bits = f", hash {distance} bits" if distance is not None else ""
+            out_console.print(f"  drop {escape(path)} ({match}: similarity {similarity:.3f}{bits})")
     if len(report.groups) > 20 and not verbose:
         note(f"[dim]{len(report.groups) - 20} more groups: --verbose lists them all, --out writes them[/dim]")
     for path in written:

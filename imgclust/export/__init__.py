@@ -414,21 +414,21 @@ def _write_html(manifest, report, table, clusters, X, force, on_progress=None, p
 
 def duplicate_groups(report: RunReport) -> DuplicateGroups | None:
     """The run's images' duplicate groups for the gallery (:mod:`imgclust.duplicates`, the family's default
-    threshold; the page says when it is not calibrated), the largest :data:`DUPLICATE_GROUPS` of them; None,
+    rule; the page says when it is not calibrated), the largest :data:`DUPLICATE_GROUPS` of them; None,
     with a warning, when the embeddings do not fit in memory."""
     import warnings
 
     from ..duplicates import find_duplicates
 
     try:
-        with warnings.catch_warnings():  # an uncalibrated threshold: said on the page, not once per export
+        with warnings.catch_warnings():  # an uncalibrated rule: said on the page, not once per export
             warnings.simplefilter("ignore", UserWarning)
             found = find_duplicates(report.cache, report.run.encoder)
     except ResourceError as exc:  # an optional section never stops an export
         warnings.warn(f"{exc.message}: the gallery has no duplicates section", stacklevel=2)
         return None
     largest = sorted(found.groups, key=lambda g: (-len(g.paths), g.group))[:DUPLICATE_GROUPS]
-    return DuplicateGroups([g.paths for g in largest], [g.kind for g in largest], found.threshold,
+    return DuplicateGroups([g.paths for g in largest], [g.kind for g in largest], found.rule.describe(),
                            found.threshold_source, len(found.groups), len(found.drop_paths))
 
 

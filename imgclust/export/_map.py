@@ -40,7 +40,7 @@ class DuplicateGroups:
 
     groups: list[list[str]]
     kinds: list[str]
-    threshold: float
+    rule: str  # the near-duplicate rule in words (imgclust.duplicates.Rule.describe)
     threshold_source: str
     n_groups: int = 0
     n_drop: int = 0
@@ -123,8 +123,8 @@ def duplicates_section(duplicates: DuplicateGroups, thumb_urls: dict[str, str], 
     more = (f" Showing the {len(duplicates.groups):,} largest." if duplicates.n_groups > len(duplicates.groups)
             else "")
     return (f'<section id="duplicates" class="duplicates"><header><h2>Duplicates</h2><p class="note">'
-            f'{duplicates.n_groups:,} groups of exact or near duplicates (cosine similarity &ge; '
-            f'{duplicates.threshold:g}, {_e(duplicates.threshold_source)}; every pair in a group within it), '
+            f'{duplicates.n_groups:,} groups of exact or near duplicates ({_e(duplicates.rule)}; '
+            f'{_e(duplicates.threshold_source)}; every pair in a group meets it), '
             f'{duplicates.n_drop:,} images to drop; the first of each group is kept (most pixels, then largest '
             f'file).{more} <code>imgclust duplicates</code> writes the lists.</p></header>'
             f'<ol class="dups">{"".join(rows)}</ol></section>')
