@@ -235,7 +235,7 @@ def main() -> None:
         emb = np.load(args[0])
         y = np.asarray(Cache(args[1]).read_index(ENCODER).labels)
         kmeans = KMeans(20, n_init=3, random_state=0).fit_predict(emb)
-        sample = split(len(emb), 20000)[0]
+        sample = split(len(emb), min(20000, len(emb)))[0]
         row = {"exp": f"{args[0]} reclustered", "n": len(emb), "kmeans20_ami": ami(y, kmeans),
                "exact_ward_on_20k_sample_ami": ami(y[sample], cluster(emb[sample])[0])}
     else:  # stored
