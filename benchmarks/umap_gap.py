@@ -22,6 +22,9 @@ variable, and appends one JSON line to ``benchmarks/results/umap_gap.jsonl``:
 * ``stored CACHE M``: a cache's stored default reduction, split into its fitted and placed rows.
 * ``siblings CACHE N M``: in the M-row fit sample of scale.py's N-row cache, how many of each row's 30
   nearest rows are copies of its own real row, and what share of UMAP's membership weight they get.
+* ``dedup CACHE M COS``: a prototype, not the product: the M-row fit sample with its near-copies collapsed
+  (connected components of its 30-NN cosine graph over edges with similarity >= COS, one row kept each),
+  UMAP fitted on the kept rows, every other row placed.
 * ``recluster EMB.npy CACHE``: an embedding saved by ``base``/``full`` (``--save DIR``), clustered by
   k-means (20) and by exact ward on a seeded 20,000-row sample: is a loss in the embedding or the tree?
 
@@ -115,7 +118,7 @@ def split_scores(y, emb, sample, rest) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=["real", "base", "full", "subsample", "real_noise", "nn", "place", "stored",
-                                               "siblings", "recluster"])
+                                               "siblings", "recluster", "dedup"])
     parser.add_argument("args", nargs="*")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "umap_gap.jsonl")
     parser.add_argument("--save", type=Path, help="folder to save the embeddings of base and full in (for recluster)")
@@ -229,6 +232,34 @@ def main() -> None:
                "mean_siblings_among_30nn": round(float(sibling.sum(1).mean()), 2),
                "membership_weight_share_on_siblings": round(float(share.mean()), 3),
                "rows_with_over_99pct_weight_on_siblings": round(float((share > 0.99).mean()), 3)}
+    elif name == "dedup":
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        from imgclust.knn import knn_graph
+
+        x, y = load(args[0])
+        sample, _ = split(len(x), int(args[1]))
+        started = time.perf_counter()
+        graph = knn_graph(x[sample], SETTINGS["n_neighbors"] - 1, "cosine")
+        close = 1.0 - graph.distances >= float(args[2])
+        rows = np.repeat(np.arange(len(sample)), graph.indices.shape[1])[close.ravel()]
+        links = coo_matrix((np.ones(len(rows)), (rows, graph.indices.ravel()[close.ravel()])), (len(sample),) * 2)
+        _, component = connected_components(links, directed=False)
+        first = np.unique(component, return_index=True)[1]
+        kept = np.sort(sample[first])
+        rest = np.setdiff1d(np.arange(len(x)), kept)
+        model = R._fit(["umap"], SETTINGS, x[kept], n_new=len(rest))
+        fit_s = time.perf_counter() - started
+        emb = np.empty((len(x), 50), np.float32)
+        emb[kept] = model(None, fitted=True)
+        started = time.perf_counter()
+        for start in range(0, len(rest), R.PLACE_BLOCK):
+            part = rest[start : start + R.PLACE_BLOCK]
+            emb[part] = model(x[part], fitted=False)
+        row = {"exp": f"prototype: {args[1]}-row sample of {args[0]}, near-copies (cosine >= {args[2]}) collapsed",
+               "n": len(x), "fitted": len(kept), **split_scores(y, emb, kept, rest), "fit_s": round(fit_s, 1),
+               "place_s": round(time.perf_counter() - started, 1)}
     elif name == "recluster":
         from sklearn.cluster import KMeans
 
