@@ -235,8 +235,10 @@ def place_by_neighbours(search, embedding: np.ndarray, block: np.ndarray,
     This is umap-learn's own out-of-sample initialisation (``UMAP.transform``: fuzzy membership
     strengths of each new row to its ``n_neighbors`` nearest training rows from
     ``smooth_knn_dist``, then ``init_graph_transform``), without the SGD epochs ``transform`` runs
-    after it: at a million rows those would cost more than the fit, and they only refine a row's
-    place among its neighbours. ``search`` is an :class:`imgclust.knn.NeighbourSearch` over the
+    after it: measured on the 13,925 real effnet-lite0 rows of ``benchmarks/umap_gap.py`` (5,000
+    fitted, the rest placed), its 30 epochs lowered the AMI of the 20 agglomerative clusters from
+    64.5 to 62.1 and tripled the placing time (at a million rows they would cost more than the fit).
+    ``search`` is an :class:`imgclust.knn.NeighbourSearch` over the
     training rows (exact, or approximate with a measured recall), built once for every block;
     ``embedding`` holds their places.
     """
