@@ -115,6 +115,20 @@ def split_scores(y, emb, sample, rest) -> dict:
             "cluster_s": round(seconds, 1)}
 
 
+def fit_and_place(x, fitted, rest, started):
+    """UMAP fitted on rows ``fitted`` and the ``rest`` placed as the product does: ``(embedding, fit seconds,
+    the time placing started)``."""
+    model = R._fit(["umap"], SETTINGS, x[fitted], n_new=len(rest))
+    fit_s = time.perf_counter() - started
+    emb = np.empty((len(x), 50), np.float32)
+    emb[fitted] = model(None, fitted=True)
+    placing = time.perf_counter()
+    for start in range(0, len(rest), R.PLACE_BLOCK):
+        part = rest[start : start + R.PLACE_BLOCK]
+        emb[part] = model(x[part], fitted=False)
+    return emb, fit_s, placing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=["real", "base", "full", "subsample", "real_noise", "nn", "place", "stored",
@@ -162,14 +176,7 @@ def main() -> None:
         x, y = load(args[0])
         sample, rest = split(len(x), int(args[1]))
         started = time.perf_counter()
-        model = R._fit(["umap"], SETTINGS, x[sample], n_new=len(rest))
-        fit_s = time.perf_counter() - started
-        emb = np.empty((len(x), 50), np.float32)
-        emb[sample] = model(None, fitted=True)
-        started = time.perf_counter()
-        for start in range(0, len(rest), R.PLACE_BLOCK):
-            part = rest[start : start + R.PLACE_BLOCK]
-            emb[part] = model(x[part], fitted=False)
+        emb, fit_s, started = fit_and_place(x, sample, rest, started)
         if a.save:
             np.save(a.save / "emb-base.npy", emb)
         row = {"exp": f"fit {len(sample)} + place the rest of {args[0]}", "n": len(x), **split_scores(y, emb, sample, rest),
@@ -249,14 +256,7 @@ def main() -> None:
         first = np.unique(component, return_index=True)[1]
         kept = np.sort(sample[first])
         rest = np.setdiff1d(np.arange(len(x)), kept)
-        model = R._fit(["umap"], SETTINGS, x[kept], n_new=len(rest))
-        fit_s = time.perf_counter() - started
-        emb = np.empty((len(x), 50), np.float32)
-        emb[kept] = model(None, fitted=True)
-        started = time.perf_counter()
-        for start in range(0, len(rest), R.PLACE_BLOCK):
-            part = rest[start : start + R.PLACE_BLOCK]
-            emb[part] = model(x[part], fitted=False)
+        emb, fit_s, started = fit_and_place(x, kept, rest, started)
         row = {"exp": f"prototype: {args[1]}-row sample of {args[0]}, near-copies (cosine >= {args[2]}) collapsed",
                "n": len(x), "fitted": len(kept), **split_scores(y, emb, kept, rest), "fit_s": round(fit_s, 1),
                "place_s": round(time.perf_counter() - started, 1)}
