@@ -308,6 +308,7 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
     """
     from .clusterers._base import available_memory_bytes
     from .knn import Neighbours, StoredGraphs, knn_graph
+    from .reduce import l2_normalise
 
     if threshold is not None and not (0.0 < threshold <= 1.0):
         raise ParameterError(f"threshold must be in (0, 1], got {threshold}",
@@ -350,14 +351,13 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
     by_class[classes[known]] = phashes[known]  # the last write wins: the first known row of each class
     P = by_class[representatives]
     budget = memory_budget or available_memory_bytes() // 2
-    needed = len(representatives) * rows.dim * 4 * 2  # the rows and their normalised copy
+    needed = len(representatives) * rows.dim * 4  # normalised in place; the graph search takes them without a copy
     if needed > budget:
         raise ResourceError(f"the {len(representatives)} distinct images' embeddings need {needed / 2**30:.1f} GiB, "
                             f"over the {budget / 2**30:.1f} GiB memory budget",
                             hint="run on a machine with more memory, or on part of the images")
-    X = rows.take(representatives) if len(representatives) else np.zeros((0, rows.dim), np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    X = X / np.where(norms > 0, norms, 1.0)
+    X = l2_normalise(rows.take(representatives) if len(representatives) else np.zeros((0, rows.dim), np.float32),
+                     copy=False)
     on_graph = (lambda done, total: progress("neighbour graph", done, total)) if progress else None
     if len(representatives) == n:  # no two files share content: the raw space's shared graph (stored, reused)
         graph = Neighbours(X, store=StoredGraphs(store, name, "raw", rows.fingerprint), on_progress=on_graph).graph(k, "cosine")
