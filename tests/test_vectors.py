@@ -156,6 +156,8 @@ def test_cli_import_export_assign_and_cache_commands(tmp_path, blobs):
     info = json.loads(invoke("info", cache, "--json"))
     assert not info["encoders"][0]["runs"]["run-1"]["stale"]
     assert "run run-1: kmeans" in invoke("info", cache)
+    invoke("score", cache, "--json")  # stores the run's label-free scores, which info lists
+    assert "scores run-1: label-free scores of the run, silhouette 0." in invoke("info", cache)
     assert json.loads(invoke("cache", "compact", cache, "--json"))["encoders"][0]["blocks_after"] == 1
     packed = json.loads(invoke("cache", "pack", cache, tmp_path / "p.h5", "--json"))
     assert packed["nbytes"] > x.nbytes

@@ -1,4 +1,4 @@
-"""``imgclust info``: what a cache holds: encoders, rows, blocks, failures, reductions, runs, views."""
+"""``imgclust info``: what a cache holds: encoders, rows, blocks, failures and every stored result."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..cache import Cache
+from ..cache import RESULT_KINDS, Cache
 from ..cache_admin import describe
 from ..runtimes import LEGACY_RUNTIME
 from . import app
@@ -23,6 +23,21 @@ def human_bytes(n: int) -> str:
     return f"{n:.1f} TiB"
 
 
+_SINGULAR = {"reductions": "reduction", "runs": "run", "views": "view", "knn": "knn", "scores": "scores"}
+
+
+def _what(kind: str, item: dict) -> str:
+    """One line about a stored result, by its kind."""
+    if kind == "runs":
+        return f"{item.get('method')} -> {item.get('n_clusters')} clusters"
+    if kind == "knn":
+        return f"{item.get('k')} neighbours, {item.get('method')}, recall {item.get('recall')}"
+    if kind == "scores":
+        silhouette = (item.get("scores") or {}).get("silhouette")
+        return "label-free scores of the run" + (f", silhouette {silhouette:.3f}" if silhouette is not None else "")
+    return f"shape {item['shape']}" if item.get("shape") else ""
+
+
 @app.command("info")
 def info_command(
     cache: CacheArgument,
@@ -30,7 +45,7 @@ def info_command(
     failures: Annotated[bool, typer.Option("--failures", help="List the files that could not be read, with why.")] = False,
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
-    """Describe a cache: per encoder its rows, blocks, failures, reductions, runs and views (stale ones marked).
+    """Describe a cache: per encoder its rows, blocks, failures, reductions, runs, views, kNN graphs and stored scores (stale ones marked).
 
     A result is stale when the images changed after it was computed: it is kept, never used; remove
     it with imgclust cache rm. --verbose lists the blocks.
@@ -59,13 +74,10 @@ def info_command(
             for block in entry["blocks"]:
                 out.print(f"  block {block['file']}: {block['live_rows']} of {block['rows']} rows live, "
                           f"{human_bytes(block['nbytes'])}")
-        for kind in ("reductions", "runs", "views", "knn"):
+        for kind in RESULT_KINDS:
             for key, item in entry[kind].items():
-                what = (f"{item.get('method')} -> {item.get('n_clusters')} clusters" if kind == "runs"
-                        else f"{item.get('k')} neighbours, {item.get('method')}, recall {item.get('recall')}"
-                        if kind == "knn" else f"shape {item['shape']}" if item.get("shape") else "")
                 rows = f"{item['rows']} rows, " if item["rows"] is not None else ""
-                out.print(f"  {kind[:-1] if kind != 'knn' else 'knn'} {key}: {what} "
+                out.print(f"  {_SINGULAR[kind]} {key}: {_what(kind, item)} "
                           f"({rows}{human_bytes(item['nbytes'])}, {item.get('created')})"
                           f"{' STALE (other images)' if item['stale'] else ''}")
         for failure in entry.get("failures", []):
