@@ -18,8 +18,15 @@ Sets:
   spreads; K = 5, 20, 50, 100 with wider spreads; 4 groups of 5 blobs (a hierarchy); 1:10
   imbalance at K = 10 and 30; and two sets with no structure (one Gaussian; a uniform cube).
 
-    python benchmarks/select_k.py                 # everything (about 15 minutes on 2 cores)
-    python benchmarks/select_k.py --only blobs    # sets whose name contains 'blobs'
+Held-out sets (``--group held-out``) played no part in choosing any rule's thresholds: 3, 5 and
+7 classes of each cache drawn with other seeds (13, 15, 17), a 1:10 imbalanced subset of each in
+another class order (seed 20), and four other unions of the two caches (5 + 5 classes, all of
+Imagenette + 5 CIFAR-10 classes, 3 Imagenette classes + all of CIFAR-10, imbalanced Imagenette +
+3 CIFAR-10 classes). Worst losses are reported per group.
+
+    python benchmarks/select_k.py                      # everything (about 25 minutes on 2 cores)
+    python benchmarks/select_k.py --only blobs         # sets whose name contains 'blobs'
+    python benchmarks/select_k.py --group held-out     # only the held-out sets
 
 The caches come from ``benchmarks/clustering_table.py`` (``benchmarks/results/<set>-effnet-lite0.h5``);
 UMAP outputs are kept in ``benchmarks/results/select_k_umap/`` for reruns. Writes
@@ -82,19 +89,54 @@ def load_cache(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return cache.read_embeddings(encoder), np.asarray(index.labels).astype(str), np.asarray(index.paths).astype(str)
 
 
-def subsets(prefix: str, y: np.ndarray) -> dict:
+def class_subset(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Rows of ``k`` classes drawn with ``seed``."""
+    pick = np.random.default_rng(seed).choice(np.unique(y), k, replace=False)
+    return np.flatnonzero(np.isin(y, pick))
+
+
+def imbalanced_subset(y: np.ndarray, seed: int) -> np.ndarray:
+    """1:10 imbalance: class i (in a seeded random order) keeps a share 10^(-i/(K-1)) of its rows."""
     classes = np.unique(y)
-    out = {prefix: np.arange(len(y))}
-    for k, seed in ((3, 3), (5, 5)):
-        pick = np.random.default_rng(seed).choice(classes, k, replace=False)
-        out[f"{prefix}-{k}cls"] = np.flatnonzero(np.isin(y, pick))
-    rng = np.random.default_rng(10)
+    rng = np.random.default_rng(seed)
     rows = []
     for c, share in zip(rng.permutation(classes), np.geomspace(1.0, 0.1, len(classes))):
         idx = rng.permutation(np.flatnonzero(y == c))
         rows.append(idx[: max(1, int(round(share * len(idx))))])
-    out[f"{prefix}-imbalanced"] = np.sort(np.concatenate(rows))
+    return np.sort(np.concatenate(rows))
+
+
+def subsets(prefix: str, y: np.ndarray) -> dict:
+    out = {prefix: np.arange(len(y))}
+    for k, seed in ((3, 3), (5, 5)):
+        out[f"{prefix}-{k}cls"] = class_subset(y, k, seed)
+    out[f"{prefix}-imbalanced"] = imbalanced_subset(y, 10)
     return out
+
+
+def held_out_sets() -> dict:
+    """Sets that played no part in choosing any rule's thresholds (other class draws, other
+    imbalance orders, other unions of the two caches): the check that a rule is not fitted to
+    the calibration sets' curves."""
+    Xi, yi, _ = load_cache("imagenette-val")
+    Xc, yc, _ = load_cache("cifar10-test")
+    yi, yc = np.char.add("in-", yi), np.char.add("c10-", yc)
+    parts = {}
+    for prefix, X, y in (("imagenette-val", Xi, yi), ("cifar10-test", Xc, yc)):
+        for k, seed in ((3, 13), (5, 15), (7, 17)):
+            parts[f"{prefix}-{k}cls-s{seed}"] = [(X, y, class_subset(y, k, seed))]
+        parts[f"{prefix}-imbalanced-s20"] = [(X, y, imbalanced_subset(y, 20))]
+    everything = lambda y: np.arange(len(y))  # noqa: E731
+    parts["imagenette-5cls+cifar10-5cls"] = [(Xi, yi, class_subset(yi, 5, 5)), (Xc, yc, class_subset(yc, 5, 5))]
+    parts["imagenette+cifar10-5cls"] = [(Xi, yi, everything(yi)), (Xc, yc, class_subset(yc, 5, 15))]
+    parts["imagenette-3cls+cifar10"] = [(Xi, yi, class_subset(yi, 3, 13)), (Xc, yc, everything(yc))]
+    parts["imagenette-imbalanced+cifar10-3cls"] = [(Xi, yi, imbalanced_subset(yi, 20)), (Xc, yc, class_subset(yc, 3, 3))]
+    sets = {}
+    for name, pieces in parts.items():
+        X = lambda pieces=pieces: np.concatenate([X[rows] for X, _, rows in pieces])  # noqa: E731
+        y = np.concatenate([y[rows] for _, y, rows in pieces])
+        sets[name] = (lambda X=X, name=name: umap50(X(), name), y)
+    return sets
 
 
 def umap50(X: np.ndarray, name: str) -> np.ndarray:
@@ -176,9 +218,9 @@ def evaluate(name: str, X: np.ndarray, y: np.ndarray) -> dict:
 
 def table(rows: list[dict]) -> str:
     rules = list(SELECTION_RULES)
-    head = ("| set | n | true K | AMI at true K | " + " | ".join(f"{r}: K (loss)" for r in rules)
+    head = ("| set | sets | n | true K | AMI at true K | " + " | ".join(f"{r}: K (loss)" for r in rules)
             + f" | {DEFAULT_RULE} flags |")
-    lines = [head, "|" + "---|" * (5 + len(rules))]
+    lines = [head, "|" + "---|" * (6 + len(rules))]
     for r in rows:
         cells = []
         for rule in rules:
@@ -187,15 +229,18 @@ def table(rows: list[dict]) -> str:
             loss = "" if x["loss"] is None else f" ({x['loss']:+.1f})"
             cells.append(f"{x['k']}{loss}{mark}")
         at_true = "—" if r["ami_true_k"] is None else f"{r['ami_true_k']:.1f}"
-        lines.append(f"| {r['set']} | {r['n']} | {r['true_k'] if r['true_k'] > 1 else 'none'} | {at_true} | "
+        lines.append(f"| {r['set']} | {r['group']} | {r['n']} | {r['true_k'] if r['true_k'] > 1 else 'none'} | {at_true} | "
                      + " | ".join(cells) + f" | {', '.join(r['flags']) or '—'} |")
-    labelled = [r for r in rows if r["ami_true_k"] is not None]
-    if not labelled:
-        return "\n".join(lines)
-    worst = {rule: max(r["rules"][rule]["loss"] for r in labelled) for rule in rules}
-    outside = {rule: sum(not r["rules"][rule]["within_half_double"] for r in labelled) for rule in rules}
-    lines.append("| **worst loss** | | | | " + " | ".join(f"**{worst[rule]:+.1f}**" for rule in rules) + " | |")
-    lines.append("| **picks outside [K/2, 2K]** | | | | " + " | ".join(f"**{outside[rule]}**" for rule in rules) + " | |")
+    for group in ("calibration", "held-out", "all"):
+        labelled = [r for r in rows if r["ami_true_k"] is not None and group in ("all", r["group"])]
+        if not labelled:
+            continue
+        worst = {rule: max(r["rules"][rule]["loss"] for r in labelled) for rule in rules}
+        outside = {rule: sum(not r["rules"][rule]["within_half_double"] for r in labelled) for rule in rules}
+        lines.append(f"| **worst loss** | {group} | | | | "
+                     + " | ".join(f"**{worst[rule]:+.1f}**" for rule in rules) + " | |")
+        lines.append(f"| **picks outside [K/2, 2K]** | {group} | | | | "
+                     + " | ".join(f"**{outside[rule]}**" for rule in rules) + " | |")
     return "\n".join(lines)
 
 
@@ -216,16 +261,22 @@ def main() -> None:
     parser.add_argument("--only", help="run only the sets whose name contains this")
     parser.add_argument("--out", default="select_k", help="name of the JSON/Markdown files under benchmarks/results/")
     parser.add_argument("--scale-rows", type=int, default=1_000_000, help="rows of the timing at scale (0: skip)")
+    parser.add_argument("--group", choices=("all", "calibration", "held-out"), default="all",
+                        help="calibration: the sets the rules' thresholds were chosen on; held-out: the others")
     args = parser.parse_args()
-    sets = {name: (lambda X=X: X, y) for name, (X, y) in blobs().items()}
+    sets = {name: ("calibration", lambda X=X: X, y) for name, (X, y) in blobs().items()}
     if not (args.only and ("blobs" in args.only or "noise" in args.only)):
-        sets.update(real_sets())
+        sets.update({name: ("calibration", *entry) for name, entry in real_sets().items()})
+        if (RESULTS / "cifar10-test-effnet-lite0.h5").exists():
+            sets.update({name: ("held-out", *entry) for name, entry in held_out_sets().items()})
     rows = []
-    for name, (get_X, y) in sets.items():
+    for name, (group, get_X, y) in sets.items():
         if args.only and args.only not in name:
             continue
+        if args.group != "all" and group != args.group:
+            continue
         started = time.perf_counter()
-        row = evaluate(name, get_X(), y)
+        row = {"group": group, **evaluate(name, get_X(), y)}
         rules = "  ".join(f"{rule} {x['k']}" + ("" if x["loss"] is None else f" ({x['loss']:+.1f})")
                           for rule, x in row["rules"].items())
         print(f"{name}: n={row['n']} K={row['true_k']} AMI@K={row['ami_true_k']}  {rules}  flags={row['flags']}  "

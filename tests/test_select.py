@@ -336,3 +336,65 @@ def test_cluster_auto_returns_the_clustering_it_scored(tmp_path, one_torch_threa
     assert [c["k"] for c in sel["candidates"]][0] == run.n_clusters
     with pytest.raises(UsageError, match="k-range"):
         cluster(cache.path, method=method, n_clusters=3, params=params, k_range=(2, 6))
+
+
+# effnet-lite0 UMAP-50 ward curves from benchmarks/select_k.py (rounded), K = 2..31.
+# Imagenette + CIFAR-10 side by side (20 classes): the top split into 3 is far cleaner than any finer level
+UNION_SIL = [0.758, 0.779, 0.581, 0.582, 0.55, 0.563, 0.526, 0.543, 0.433, 0.462, 0.482, 0.491, 0.475, 0.458, 0.451,
+             0.455, 0.453, 0.462, 0.467, 0.472, 0.451, 0.456, 0.448, 0.453, 0.452, 0.452, 0.449, 0.438, 0.434, 0.437]
+UNION_GAP = [3.23, 1.38, 1.02, 1.53, 1.73, 1.02, 1.01, 1.11, 1.05, 1.03, 1.3, 1.44, 1.01, 1.04, 1.0, 1.05, 1.04, 1.01,
+             1.14, 1.23, 1.05, 1.15, 1.0, 1.02, 1.04, 1.04, 1.1, 1.02, 1.02, 1.02]
+# 5 CIFAR-10 classes: the silhouette falls from the top split with a shallow bump at K = 10 (prominence 0.012)
+CIFAR5_FULL_SIL = [0.568, 0.55, 0.467, 0.452, 0.431, 0.399, 0.395, 0.387, 0.399, 0.355, 0.351, 0.338, 0.333, 0.324,
+                   0.318, 0.305, 0.308, 0.296, 0.287, 0.284, 0.281, 0.281, 0.272, 0.27, 0.268, 0.263, 0.262, 0.264,
+                   0.261, 0.263]
+CIFAR5_FULL_GAP = [2.56, 1.02, 1.36, 1.54, 1.27, 1.11, 1.12, 1.08, 1.08, 1.32, 1.11, 1.07, 1.01, 1.04, 1.05, 1.02,
+                   1.17, 1.01, 1.02, 1.0, 1.06, 1.01, 1.05, 1.01, 1.15, 1.02, 1.0, 1.04, 1.0, 1.04]
+
+
+def test_levels_judge_a_finer_level_against_the_level_above_it():
+    from imgclust.select import LEVEL_READING
+
+    ks = np.array(KS)
+    # against the best (the top split, 0.779) the K = 13 peak has 0.63 < 0.65 and the pick stays at 3;
+    # against the level above it, 13 keeps 0.63 of K = 3 and 21 keeps 0.96 of K = 13
+    assert choose_from_curve(ks, UNION_SIL)[0] == 3
+    k, peaks = choose_from_curve(ks, UNION_SIL, **LEVEL_READING)
+    assert k == 21 and [p["k"] for p in peaks if p["accepted"]] == [3, 13, 21]
+    curves = {"silhouette": np.array(UNION_SIL), "merge_gap": np.array(UNION_GAP)}
+    assert ks[apply_rule("silhouette-gap", ks, curves).index] == 3
+    assert ks[apply_rule("silhouette-levels", ks, curves).index] == 21
+    # a shallow bump past a falling coarse end no longer replaces the top split, so the tree's elbow
+    # below the top split (K = 5, gap 1.54) is read
+    cifar5 = {"silhouette": np.array(CIFAR5_FULL_SIL), "merge_gap": np.array(CIFAR5_FULL_GAP)}
+    assert ks[apply_rule("silhouette-gap", ks, cifar5).index] == 10
+    reading = apply_rule("silhouette-levels", ks, cifar5)
+    assert ks[reading.index] == 5 and "below the top split" in reading.why
+    # the levels reading leaves the calibrated single-set curves where they were
+    for curve, expected in ((CIFAR10, 5), (CIFAR_CAT_TRUCK, 2), (IMAGENETTE, 9)):
+        assert choose_from_curve(KS, curve, **LEVEL_READING)[0] == expected
+    with pytest.raises(ParameterError, match="ratio_to"):
+        choose_from_curve(KS, CIFAR10, ratio_to="parent")
+
+
+def test_default_rule_is_silhouette_levels():
+    assert DEFAULT_RULE == "silhouette-levels" and DEFAULT_RULE in SELECTION_RULES
+
+
+def test_a_clearer_elbow_below_the_pick_is_flagged_and_named():
+    # 5 tight, far-apart blobs beside one group of 5 looser blobs close together (two sets side by
+    # side): the rule stops at 9, merging two of the loose blobs, while the tree's clearest elbow
+    # below the pick is the true K = 10
+    rng = np.random.default_rng(1)
+    tight = [rng.normal(c, 0.3, (150, 10)) for c in rng.normal(0, 40, (5, 10))]
+    loose_centre = rng.normal(0, 40, 10)
+    loose = [rng.normal(loose_centre + rng.normal(0, 2.5, 10), 0.8, (150, 10)) for _ in range(5)]
+    sel = choose_n_clusters(np.concatenate(tight + loose), k_max=20)
+    assert sel.n_clusters == 9 and "elbow-below" in sel.flags and not sel.confident
+    assert [c["k"] for c in sel.candidates][:2] == [9, 10]
+    assert "the tree's clearest elbow is finer, at K = 10 (merge gap" in sel.summary
+    gap = dict(zip(sel.ks.tolist(), sel.curves["merge_gap"]))
+    assert gap[10] > gap[9]
+    # well-separated blobs at their own level: no finer elbow
+    Xb, _ = make_blobs(900, n_features=10, centers=6, cluster_std=1.0, center_box=(-20, 20), random_state=2)
+    assert "elbow-below" not in choose_n_clusters(Xb).flags
