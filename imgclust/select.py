@@ -42,7 +42,7 @@ Rules (:data:`SELECTION_RULES`):
     The K with the largest relative merge-height gap.
 ``stability``
     The K with the highest stability.
-``silhouette-gap`` (default; ours)
+``silhouette-gap`` (ours; the default before ``silhouette-levels``)
     The silhouette rule, corrected by the tree's merge gaps where the silhouette cannot decide:
     (1) when the silhouette's pick is the top split (K = 2) and a finer cut keeps at least 55% of
     its silhouette with a merge gap of at least 30% of the top split's (both gaps measured above 1),
@@ -810,7 +810,7 @@ def choose_n_clusters(
         The method's parameters, exactly as for the clustering that is returned.
     k_min, k_max : int
         The searched range. ``k_max=None``: ``min(200, rows / 10)``, at least ``k_min``.
-    rule : {"silhouette-gap", "silhouette", "merge-gap", "stability"}, default="silhouette-gap"
+    rule : {"silhouette-levels", "silhouette-gap", "silhouette", "merge-gap", "stability"}, default="silhouette-levels"
         See the module docs; ``BENCHMARKS.md`` compares them.
     max_samples : int or None
         Rows the sweep may use (a uniform random sample above it); None: the method's
