@@ -26,7 +26,7 @@ import numpy as np
 from .cache import Cache, Rows, now_iso, settings_key
 from .clusterers._base import available_memory_bytes
 from .errors import ParameterError, UsageError
-from .knn import KNN_STAGE, NeighbourSearch, Neighbours, StoredGraphs
+from .knn import KNN_STAGE, NeighbourSearch, Neighbours, StoredGraphs, row_norms
 
 METHODS = ("umap", "pca", "l2", "none")
 UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
@@ -153,8 +153,9 @@ def load_reduction(cache: str | os.PathLike, encoder: str, key: str) -> np.ndarr
 
 
 def l2_normalise(x: np.ndarray, copy: bool = True) -> np.ndarray:
-    """Rows scaled to unit length (zero rows left as they are); ``copy=False`` scales ``x`` in place."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    """Rows scaled to unit length (zero rows left as they are); ``copy=False`` scales ``x`` in place
+    with no temporary as large as ``x``."""
+    norms = row_norms(x)
     norms = np.where(norms > 0, norms, 1.0).astype(x.dtype)
     if copy:
         return x / norms

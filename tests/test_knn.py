@@ -212,3 +212,27 @@ def test_cosine_search_takes_unit_rows_without_a_copy():
     assert np.shares_memory(_prepared(X, "cosine"), X)  # already unit: the caller's rows serve as they are
     X[3] = 0.0  # a zero row stays zero and does not force a copy
     assert np.shares_memory(_prepared(X, "cosine"), X)
+
+
+def test_unit_rows_are_made_without_a_temporary_as_large_as_the_rows():
+    import importlib
+    import tracemalloc
+
+    from imgclust.knn import _prepared, row_norms
+
+    l2_normalise = importlib.import_module("imgclust.reduce").l2_normalise
+    X = np.random.default_rng(1).normal(size=(20000, 256)).astype(np.float32)
+    expected = X / np.linalg.norm(X, axis=1, keepdims=True)
+    np.testing.assert_allclose(row_norms(X)[:, 0], np.linalg.norm(X, axis=1), rtol=1e-5)
+    tracemalloc.start()
+    try:
+        out = l2_normalise(X, copy=False)  # in place: per-row values only (a copy of X would be 20 MB)
+        _, peak = tracemalloc.get_traced_memory()
+        assert out is X and peak < X.nbytes / 10
+        tracemalloc.reset_peak()
+        assert np.shares_memory(_prepared(X, "cosine"), X)  # the check that the rows are unit copies nothing
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < X.nbytes / 10
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(X, expected, rtol=1e-5, atol=1e-6)
