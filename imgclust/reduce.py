@@ -23,7 +23,8 @@ one representative each, UMAP is fitted on the representatives and every other r
 for ``imgclust duplicates``: cosine similarity at or above the encoder family's calibrated
 near-duplicate threshold (:func:`imgclust.duplicates.default_rule`, its embedding arm), grouped by
 :func:`imgclust.duplicates.near_groups` from the fit rows' own neighbour graph (the one UMAP takes its
-neighbours from: no second search of those rows): connected components of the pairs at or above the
+neighbours from; the representatives' graph is cut from it, :func:`imgclust.knn.subset_graph`, and only
+rows that lost neighbours are searched again): connected components of the pairs at or above the
 threshold, each cut by complete linkage so that **every pair in a group is a near copy** (A~B and B~C
 with A and C apart do not chain into one group). The representative is the group's first row.
 ``near_copies="none"`` fits on every row as before.
@@ -42,7 +43,7 @@ from .cache import Cache, Rows, now_iso, settings_key
 from .clusterers._base import available_memory_bytes
 from .duplicates import Rule, default_rule, near_groups
 from .errors import ParameterError, UsageError
-from .knn import KNN_STAGE, KnnGraph, NeighbourSearch, Neighbours, StoredGraphs
+from .knn import DEFAULT_K, KNN_STAGE, KnnGraph, NeighbourSearch, Neighbours, StoredGraphs, subset_graph
 
 METHODS = ("umap", "pca", "l2", "none")
 UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
@@ -404,24 +405,27 @@ def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent, n_ne
         # precomputed neighbours (FAISS, every core) instead of UMAP's NN-descent; UMAP wants each row first
         knn_metric = settings["metric"] if settings["metric"] in ("euclidean", "cosine") else None
         kept, collapse = np.arange(len(x)), {}
+        graph = None  # the fit rows' neighbour graph, once one was needed
+        on_graph = lambda done, total: progress("UMAP neighbours", done, total)  # noqa: E731
         if settings.get("near_copies") is not None:
             if neighbours is None:
-                neighbours = Neighbours(x, random_state=settings["seed"],
-                                        on_progress=lambda done, total: progress("UMAP neighbours", done, total))
-            groups = near_copy_groups(x, neighbours.graph(n_neighbors - 1, knn_metric or "euclidean"),
-                                      settings["near_copies"])
+                neighbours = Neighbours(x, random_state=settings["seed"], on_progress=on_graph)
+            graph = neighbours.graph(max(DEFAULT_K, n_neighbors - 1), knn_metric or "euclidean")
+            groups = near_copy_groups(x, graph, settings["near_copies"])
             dropped = np.concatenate([g[1:] for g in groups]) if groups else np.empty(0, np.int64)
             collapse = {"groups": len(groups), "collapsed": 0}
             if len(dropped) and len(x) - len(dropped) >= max(n_neighbors + 1, n_components + 2):
                 kept = np.setdiff1d(kept, dropped)
                 collapse["collapsed"] = len(dropped)
-                x, neighbours, n_new = x[kept], None, n_new + len(dropped)  # the kept rows get their own graph below
+                x, n_new = x[kept], n_new + len(dropped)
+                # the kept rows' graph from the same lists: only rows that lost neighbours are searched again
+                graph = subset_graph(graph, kept, x, n_neighbors - 1, random_state=settings["seed"], on_progress=on_graph)
         extra = {}
         if knn_metric is not None and len(x) >= PRECOMPUTED_KNN_ROWS:
-            if neighbours is None:
-                neighbours = Neighbours(x, random_state=settings["seed"],
-                                        on_progress=lambda done, total: progress("UMAP neighbours", done, total))
-            extra["precomputed_knn"] = neighbours.graph(n_neighbors - 1, knn_metric).with_self()
+            if graph is None:
+                graph = (neighbours or Neighbours(x, random_state=settings["seed"], on_progress=on_graph)).graph(
+                    n_neighbors - 1, knn_metric)
+            extra["precomputed_knn"] = graph.top(n_neighbors - 1).with_self()
         progress("fitting UMAP", 0, 1)
         reducer, fitted = fit_umap(x, n_neighbors=n_neighbors, min_dist=settings["min_dist"], n_components=n_components,
                                    metric=settings["metric"], random_state=settings["seed"], **extra)
