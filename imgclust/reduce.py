@@ -43,7 +43,7 @@ from .cache import Cache, Rows, now_iso, settings_key
 from .clusterers._base import available_memory_bytes
 from .duplicates import Rule, default_rule, near_groups
 from .errors import ParameterError, UsageError
-from .knn import DEFAULT_K, KNN_STAGE, KnnGraph, NeighbourSearch, Neighbours, StoredGraphs, subset_graph
+from .knn import DEFAULT_K, KNN_STAGE, KnnGraph, Neighbours, NeighbourSearch, StoredGraphs, subset_graph
 
 METHODS = ("umap", "pca", "l2", "none")
 UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
@@ -406,7 +406,7 @@ def _fit(steps: list[str], settings: dict, x: np.ndarray, progress=_silent, n_ne
         knn_metric = settings["metric"] if settings["metric"] in ("euclidean", "cosine") else None
         kept, collapse = np.arange(len(x)), {}
         graph = None  # the fit rows' neighbour graph, once one was needed
-        on_graph = lambda done, total: progress("UMAP neighbours", done, total)  # noqa: E731
+        on_graph = lambda done, total: progress("UMAP neighbours", done, total)
         if settings.get("near_copies") is not None:
             if neighbours is None:
                 neighbours = Neighbours(x, random_state=settings["seed"], on_progress=on_graph)
