@@ -127,7 +127,7 @@ def run_size(cache: Path, n_clusters: str, extra: list[str]) -> dict:
     return {"cluster_seconds": round(cluster_s, 1), "cluster_peak_gib": round(cluster_gib, 2),
             "score_seconds": round(score_s, 1), "score_peak_gib": round(score_gib, 2),
             "ami": flat.get("ami"), "silhouette": flat.get("silhouette"), "n_clusters": run.get("n_clusters"),
-            "fit_path": run.get("fit_path"), "run_id": run.get("run_id")}
+            "fit_path": run.get("fit_path"), "run_id": run.get("run_id"), "reduction_fit": run.get("reduction_fit")}
 
 
 def main() -> None:

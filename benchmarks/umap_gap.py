@@ -22,9 +22,11 @@ variable, and appends one JSON line to ``benchmarks/results/umap_gap.jsonl``:
 * ``stored CACHE M``: a cache's stored default reduction, split into its fitted and placed rows.
 * ``siblings CACHE N M``: in the M-row fit sample of scale.py's N-row cache, how many of each row's 30
   nearest rows are copies of its own real row, and what share of UMAP's membership weight they get.
-* ``dedup CACHE M COS``: a prototype, not the product: the M-row fit sample with its near-copies collapsed
-  (connected components of its 30-NN cosine graph over edges with similarity >= COS, one row kept each),
-  UMAP fitted on the kept rows, every other row placed.
+* ``dedup CACHE M COS``: the prototype of UMAP's near-copy collapse: the M-row fit sample with its near-copies
+  collapsed (connected components of its 30-NN cosine graph over edges with similarity >= COS, one row kept
+  each), UMAP fitted on the kept rows, every other row placed. The product now does this in
+  :mod:`imgclust.reduce` (complete-linkage groups at the encoder family's threshold); ``benchmarks/near_copies.py``
+  measures it through the CLI.
 * ``recluster EMB.npy CACHE``: an embedding saved by ``base``/``full`` (``--save DIR``), clustered by
   k-means (20) and by exact ward on a seeded 20,000-row sample: is a loss in the embedding or the tree?
 

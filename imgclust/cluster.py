@@ -28,7 +28,7 @@ from .clusterers._base import available_memory_bytes
 from .errors import UsageError
 from .joint import part_dims, resolve_table
 from .knn import KNN_STAGE, Neighbours, StoredGraphs
-from .reduce import CLUSTERING_STAGE, DEFAULT_DIMS, reduce
+from .reduce import CLUSTERING_STAGE, DEFAULT_DIMS, NEAR_COPIES_AUTO, parse_near_copies, reduce
 from .spaces import default_space
 
 DEFAULT_METHOD = "agglomerative"
@@ -52,6 +52,8 @@ class ClusterRun:
     selection: dict | None = None  # the label-free sweep when n_clusters="auto"
     space_source: str | None = None  # why this space: the (encoder, method) table's reason, or "--reduction"
     fit_path: str | None = None  # how the method ran at this size (e.g. agglomerative's exact or micro-cluster tree)
+    # how the space's reduction was fitted: rows fitted on and UMAP's near-copy collapse (None: raw embeddings)
+    reduction_fit: dict | None = None
     # The fitted clusterer, for its extra attributes (e.g. icce's ``head_labels_``); None for loaded runs.
     estimator: Any = field(default=None, repr=False, compare=False)
 
@@ -76,11 +78,13 @@ def parse_params(items: list[str] | None) -> dict[str, str]:
 
 def input_space(cache: Cache, rows: Rows, method: str, reduction: str | None, dims: int | None,
                 random_state: int, memory_budget: int | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> tuple[str, np.ndarray, str]:
+                progress: Callable[[str, int, int], None] | None = None,
+                near_copies: float | str | None = NEAR_COPIES_AUTO) -> tuple[str, np.ndarray, str]:
     """The data a method clusters, for exactly ``rows``: ``(space key, array, why this space)``.
 
     Without ``reduction`` the (encoder, method) table of :func:`imgclust.spaces.default_space`
-    decides (``dims`` then resizes its reduction); ``reduction`` overrides it.
+    decides (``dims`` then resizes its reduction); ``reduction`` overrides it. ``near_copies`` is
+    UMAP's near-copy threshold (see :func:`imgclust.reduce.reduce`).
     """
     budget = memory_budget or available_memory_bytes() // 2
     variance = None
@@ -97,7 +101,8 @@ def input_space(cache: Cache, rows: Rows, method: str, reduction: str | None, di
         key = reduction
     else:
         key = reduce(cache.path, rows.encoder, reduction, dims if dims is not None or variance is not None else DEFAULT_DIMS,
-                     variance=variance, random_state=random_state, memory_budget=budget, progress=progress).key
+                     variance=variance, random_state=random_state, near_copies=near_copies, memory_budget=budget,
+                     progress=progress).key
     return key, cache.read_result(rows.encoder, "reductions", key, rows.fingerprint)["data"], source
 
 
@@ -117,6 +122,7 @@ def cluster(
     k_range: tuple[int, int] | None = None,
     on_select: Callable[[int, int], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    near_copies: float | str | None = NEAR_COPIES_AUTO,
 ) -> ClusterRun:
     """Cluster the cached embeddings and store the run in the cache.
 
@@ -138,6 +144,9 @@ def cluster(
     on_select : progress callback ``(fits done, fits)`` of ``"auto"`` with a method fitted once per K.
     progress : ``progress(stage, done, total)`` of the reduction when it is computed here
         (:data:`imgclust.reduce.PROGRESS_UNITS`).
+    near_copies : when UMAP is fitted here, the cosine similarity from which rows are near copies fitted
+        once (``"auto"``: the encoder family's near-duplicate threshold; ``"none"``: every row fitted);
+        see :func:`imgclust.reduce.reduce`. The run records it (``reduction_fit``).
     """
     cache_obj = Cache(cache)
     encoder = resolve_table(cache_obj, encoder)  # a joint space (A+B) is built or refreshed here
@@ -146,6 +155,7 @@ def cluster(
     spaces = part_dims(cache_obj, encoder)
     if spaces and any(p.name == "space_dims" for p in cls.params):  # one space per encoder (turtle)
         params.setdefault("space_dims", ",".join(map(str, spaces)))
+    near_copies = parse_near_copies(near_copies)  # a bad value fails before any work
     if device is not None:
         if not takes_device(method):
             raise UsageError(f"--device does not apply to {method}: it runs on the CPU",
@@ -177,7 +187,12 @@ def cluster(
         raise UsageError(f"--n-clusters {n_clusters} is larger than the number of images ({len(rows)})",
                          hint="lower --n-clusters")
     probe.preflight(len(rows))  # before the reduction: a method that cannot run at this size says so now
-    space, X, space_source = input_space(cache_obj, rows, method, reduction, dims, random_state, progress=progress)
+    space, X, space_source = input_space(cache_obj, rows, method, reduction, dims, random_state, progress=progress,
+                                         near_copies=near_copies)
+    reduction_fit = None
+    if space != "raw":
+        made = cache_obj.current(encoder, "reductions", rows.fingerprint)[space]
+        reduction_fit = {"fitted_on": int(made["fitted_on"]), "near_copies": made.get("near_copies")}
     started = time.perf_counter()
     # One kNN graph per space, shared by the method (and by later runs: it is stored with the results)
     neighbours = Neighbours(X, random_state=random_state,
@@ -214,7 +229,7 @@ def cluster(
         run_id="", encoder=encoder, method=method, params=_jsonable(clusterer.get_params()),
         n_clusters=int(np.unique(labels[labels >= 0]).size), n_clusters_requested=n_clusters, space=space, n_samples=len(labels),
         n_noise=int((labels < 0).sum()), seconds=seconds, labels=labels, selection=selection, estimator=clusterer,
-        space_source=space_source, fit_path=getattr(clusterer, "fit_path_", None))
+        space_source=space_source, fit_path=getattr(clusterer, "fit_path_", None), reduction_fit=reduction_fit)
     if store:
         run.run_id = _store(cache_obj, run, clusterer, rows.fingerprint)
     return run
@@ -237,7 +252,7 @@ def _store(cache: Cache, run: ClusterRun, clusterer, fingerprint: str) -> str:
         "method": run.method, "params": run.params, "n_clusters": run.n_clusters,
         "n_clusters_requested": run.n_clusters_requested, "space": run.space, "n_samples": run.n_samples,
         "n_noise": run.n_noise, "seconds": run.seconds, "selection": run.selection, "space_source": run.space_source,
-        "fit_path": run.fit_path, "created": now_iso()}, fingerprint)
+        "fit_path": run.fit_path, "reduction_fit": run.reduction_fit, "created": now_iso()}, fingerprint)
 
 
 def load_run(cache: str | os.PathLike, run_id: str | None = None, encoder: str | None = None) -> ClusterRun:
@@ -268,7 +283,8 @@ def load_run(cache: str | os.PathLike, run_id: str | None = None, encoder: str |
                       n_clusters=int(attrs["n_clusters"]), n_clusters_requested=attrs["n_clusters_requested"],
                       space=attrs["space"], n_samples=int(attrs["n_samples"]), n_noise=int(attrs["n_noise"]),
                       seconds=float(attrs["seconds"]), labels=labels, selection=attrs.get("selection"),
-                      space_source=attrs.get("space_source"), fit_path=attrs.get("fit_path"))
+                      space_source=attrs.get("space_source"), fit_path=attrs.get("fit_path"),
+                      reduction_fit=attrs.get("reduction_fit"))
 
 
 def run_space(cache: str | os.PathLike, run: ClusterRun) -> np.ndarray:

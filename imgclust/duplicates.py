@@ -243,14 +243,17 @@ def greedy_groups(X: np.ndarray, phashes: np.ndarray, neighbours: list[list[int]
     return labels
 
 
-def near_groups(X: np.ndarray, phashes: np.ndarray, indices: np.ndarray, similarities: np.ndarray,
+def near_groups(X: np.ndarray, phashes: np.ndarray | None, indices: np.ndarray, similarities: np.ndarray,
                 rule: Rule) -> list[np.ndarray]:
-    """Groups (two rows or more) of unit rows ``X`` (perceptual hashes ``phashes``) from a kNN graph
-    (``indices``, ``similarities``: ``(n, k)``), the rule joining every pair of a group."""
+    """Groups (two rows or more) of unit rows ``X`` (perceptual hashes ``phashes``; None: no row has one, the
+    embedding arm alone) from a kNN graph (``indices``, ``similarities``: ``(n, k)``), the rule joining every
+    pair of a group."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(X)
+    if phashes is None:
+        phashes = np.full(n, NO_HASH, np.uint64)
     joined = rule.joins(similarities, hamming(phashes[:, None], phashes[np.maximum(indices, 0)])) & (indices >= 0)
     rows, cols = np.nonzero(joined)
     targets = indices[rows, cols]

@@ -281,10 +281,11 @@ def _search(index, queries: np.ndarray, k: int, on_progress: Callable[[int, int]
     return raw, idx
 
 
-def _drop_self(idx: np.ndarray, raw: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k nearest others from a search for k+1 that usually returns the row itself first."""
+def _drop_self(idx: np.ndarray, raw: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest others from a search for k+1 that usually returns the row itself first
+    (query ``i`` is base row ``rows[i]``; all rows in order when None)."""
     n = idx.shape[0]
-    is_self = idx == np.arange(n)[:, None]
+    is_self = idx == (np.arange(n) if rows is None else rows)[:, None]
     # rows whose self was not returned (duplicates tie with it, or an approximate miss) drop the last hit
     is_self[~is_self.any(axis=1), -1] = True
     keep = ~is_self
@@ -360,6 +361,35 @@ def neighbours_of(base: np.ndarray, queries: np.ndarray, k: int, metric: str = "
                              exact_work_limit=exact_work_limit, target_recall=target_recall)
     idx, dist = search(queries, on_progress)
     return idx, dist, search.recall
+
+
+def subset_graph(graph: KnnGraph, rows: np.ndarray, base: np.ndarray, k: int, *, random_state: int = 0,
+                 on_progress: Callable[[int, int], None] | None = None) -> KnnGraph:
+    """The ``k``-nearest-neighbour graph of ``base = X[rows]`` (numbered in ``rows``' order) from ``graph``, X's.
+
+    Each row keeps its listed neighbours that are among ``rows``, nearest first; only a row left with
+    fewer than ``k`` is searched again, among ``base`` (exact or approximate as :func:`knn_graph`). From an
+    exact graph the result is exact: a row's listed neighbours are nearer than every row it does not list.
+    """
+    started = time.perf_counter()
+    k = min(k, len(rows) - 1)
+    position = np.full(graph.indices.shape[0], -1, np.int64)
+    position[rows] = np.arange(len(rows))
+    listed = graph.indices[rows]
+    mapped = np.where(listed >= 0, position[np.maximum(listed, 0)], -1)
+    order = np.argsort(mapped < 0, axis=1, kind="stable")[:, :k]  # the rows still there, in their order
+    indices = np.take_along_axis(mapped, order, 1)
+    distances = np.take_along_axis(graph.distances[rows], order, 1).astype(np.float32)
+    short = np.flatnonzero((mapped >= 0).sum(axis=1) < k)
+    recall = graph.recall
+    if len(short):
+        search = NeighbourSearch(base, k + 1, graph.metric, n_queries=len(short), random_state=random_state)
+        found, found_distances = search(base[short], on_progress)
+        found, found_distances = _drop_self(found, found_distances, k, short)
+        indices[short], distances[short] = found, found_distances
+        recall = min(recall, search.recall)
+    return KnnGraph(indices, distances, graph.metric, graph.method, recall, time.perf_counter() - started,
+                    graph.nprobe, graph.nlist, graph.recall_queries)
 
 
 class StoredGraphs:

@@ -23,6 +23,7 @@ from .encoders import DEFAULT_ENCODER
 from .errors import UsageError
 from .export import HTML_PER_CLUSTER, LINK_MODES, TARGETS, ExportResult, check_destination, export
 from .manifest import read_entries
+from .reduce import NEAR_COPIES_AUTO, parse_near_copies
 from .score import RunReport, score
 
 CACHE_NAME = "imgclust-cache.h5"
@@ -102,6 +103,7 @@ def run_pipeline(
     on_epoch: Callable[[int, int, float], None] | None = None,
     k_range: tuple[int, int] | None = None,
     html_per_cluster: int | None = HTML_PER_CLUSTER,
+    near_copies: float | str | None = NEAR_COPIES_AUTO,
 ) -> PipelineResult:
     """Run the whole pipeline on ``inputs`` into the folder ``out``.
 
@@ -109,8 +111,10 @@ def run_pipeline(
     ``device`` runs the encoder, and the method when it is a trained one. ``embed_options`` are passed
     to :func:`imgclust.embed` (weights, batch_size, workers, data_root, split, max_pixels). ``progress(stage, done, total)`` reports embedding and export progress;
     ``on_epoch(epoch, epochs, loss)`` the training of trained methods; ``k_range`` the range ``"auto"`` searches;
-    ``html_per_cluster`` how many images the gallery shows per cluster (see :func:`imgclust.export`).
+    ``html_per_cluster`` how many images the gallery shows per cluster (see :func:`imgclust.export`);
+    ``near_copies`` UMAP's near-copy threshold (see :func:`imgclust.reduce.reduce`).
     """
+    near_copies = parse_near_copies(near_copies)  # a bad value fails before any image is embedded
     moved = False
     if out is None:
         folder, moved = default_out(list(inputs) or ["files"])
@@ -144,7 +148,8 @@ def run_pipeline(
         raise UsageError(f"none of the {summary.discovered} images could be read ({summary.failed} failed)",
                          hint=f"see the reasons with: imgclust info {cache} --failures")
     run = cluster(cache, encoder, method, n_clusters, params, reduction=reduction, dims=dims, random_state=random_state,
-                  device=device if takes_device(method) else None, on_epoch=on_epoch, k_range=k_range, progress=progress)
+                  device=device if takes_device(method) else None, on_epoch=on_epoch, k_range=k_range, progress=progress,
+                  near_copies=near_copies)
     report = score(cache, run.run_id, encoder)
     result = PipelineResult(str(folder), str(cache), summary, run, report, out_moved=moved)
     result.skipped_formats = {fmt: _available(fmt) for fmt in formats if fmt not in wanted}

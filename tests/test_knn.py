@@ -236,3 +236,23 @@ def test_unit_rows_are_made_without_a_temporary_as_large_as_the_rows():
     finally:
         tracemalloc.stop()
     np.testing.assert_allclose(X, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_a_subset_graph_is_the_subsets_own_graph_and_searches_only_rows_that_lost_neighbours(metric, monkeypatch):
+    import imgclust.knn as knn
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(1500, 12)).astype(np.float32)
+    whole = knn.knn_graph(X, 12, metric)
+    for rows in (np.sort(rng.choice(1500, 700, replace=False)), np.delete(np.arange(1500), [7, 300])):
+        queried = []
+        real = knn.NeighbourSearch.__call__
+        monkeypatch.setattr(knn.NeighbourSearch, "__call__", lambda self, q, p=None: queried.append(len(q)) or real(self, q, p))
+        sub = knn.subset_graph(whole, rows, X[rows], 10)
+        monkeypatch.undo()
+        own = knn.knn_graph(X[rows], 10, metric)
+        np.testing.assert_array_equal(sub.indices, own.indices)
+        np.testing.assert_allclose(sub.distances, own.distances, rtol=1e-5, atol=1e-5)
+        lost = (np.isin(whole.indices[rows], rows).sum(axis=1) < 10).sum()
+        assert queried == ([lost] if lost else [])  # only the rows left with fewer than 10 are searched again

@@ -21,7 +21,7 @@ from . import app
 from ._output import (DebugOption, JsonOption, QuietOption, VerboseOption, detail, emit_json, epoch_reporter, note,
                       progress_bars, stdout)
 from .embed import BatchSizeOption, DataRootOption, DeviceOption, LabelsOption, WeightsOption, WorkersOption
-from .reduce import REDUCE_PROGRESS, SeedOption
+from .reduce import REDUCE_PROGRESS, NearCopyOption, SeedOption
 
 
 K_HINT = "e.g. --n-clusters 10, --n-clusters auto (chosen without labels), or --n-clusters none (the method decides)"
@@ -82,6 +82,7 @@ def cluster_command(
     dims: Annotated[Optional[int], typer.Option("--dims", help="Dimensions of the reduction (default 50).")] = None,
     encoder: Annotated[Optional[str], typer.Option("--encoder", "-e", help=f"Encoder (folders: default {DEFAULT_ENCODER}; cache: its only encoder); A+B clusters the joint space of several.")] = None,
     seed: SeedOption = 0,
+    near_copy_threshold: NearCopyOption = "auto",
     device: DeviceOption = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folders only: output folder (default ./<name>-clusters, beside the input when the working folder is inside it).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Folders only: replace a previous result in --out (files imgclust did not write are never touched).")] = False,
@@ -130,7 +131,7 @@ def cluster_command(
             run = run_cluster(targets[0], encoder, method, k, params, reduction=reduction, dims=dims, random_state=seed,
                               device=device, on_epoch=epoch_reporter(update, train), k_range=searched,
                               on_select=(lambda done, total: update(CHOOSING_K, done, total)) if update else None,
-                              progress=update)
+                              progress=update, near_copies=near_copy_threshold)
         if json_:
             emit_json(run.to_dict())
             return
@@ -140,6 +141,10 @@ def cluster_command(
                        f"({run.seconds:.1f} s, in {space_name(run.space)})")
         if run.selection:
             print_selection(run.selection)
+        near = (run.reduction_fit or {}).get("near_copies")
+        if near:
+            detail(f"UMAP fitted on {run.reduction_fit['fitted_on']} rows; {near['collapsed']} near copies "
+                   f"(cosine >= {near['threshold']:g}, {near['source']}) placed beside their representative")
         detail(f"cluster sizes: {sizes}")
         note(f"[dim]score it: imgclust score {escape(targets[0])} --run {escape(run.run_id)}[/dim]")
         return
@@ -154,7 +159,8 @@ def cluster_command(
             embed_options={"weights": weights, "batch_size": batch_size, "workers": workers, "data_root": data_root,
                            "split": split or "test", "max_pixels": DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None},
             progress=update, on_epoch=epoch_reporter(update, train),
-            html_per_cluster=HTML_PER_CLUSTER if html_per_cluster is None else html_per_cluster)
+            html_per_cluster=HTML_PER_CLUSTER if html_per_cluster is None else html_per_cluster,
+            near_copies=near_copy_threshold)
     if json_:
         emit_json(result.to_dict())
         return
