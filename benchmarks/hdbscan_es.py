@@ -28,7 +28,7 @@ from sklearn.cluster import HDBSCAN as SKHDBSCAN
 from imgclust.cache import Cache
 from imgclust.clusterers import create_clusterer
 from imgclust.metrics import score_clustering
-from imgclust.reduce import l2_normalise
+from imgclust.knn import l2_normalise
 
 HERE = Path(__file__).resolve().parent
 

@@ -31,7 +31,7 @@ from .errors import ResourceError, UsageError
 from .knn import NeighbourSearch
 from .clusterers._base import available_memory_bytes
 from .joint import JOINT_FAMILY, combine
-from .reduce import l2_normalise
+from .knn import l2_normalise
 
 
 #: How runs without a trained head place new images (``assign --vote``).

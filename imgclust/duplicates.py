@@ -310,8 +310,7 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
     progress : ``progress(stage, done, total)`` for the graph and the headers read.
     """
     from .clusterers._base import available_memory_bytes
-    from .knn import Neighbours, StoredGraphs, knn_graph
-    from .reduce import l2_normalise
+    from .knn import Neighbours, StoredGraphs, knn_graph, l2_normalise
 
     if threshold is not None and not (0.0 < threshold <= 1.0):
         raise ParameterError(f"threshold must be in (0, 1], got {threshold}",

@@ -25,7 +25,7 @@ from . import __version__
 from .cache import Cache, Failures, NewRows, Rows, chunk_rows
 from .encoders import FEATURES
 from .errors import NotFoundError, UsageError
-from .reduce import l2_normalise
+from .knn import l2_normalise
 
 JOINT_FAMILY = "joint"
 #: How the parts are combined: each ℓ2-normalised, concatenated.

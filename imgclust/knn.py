@@ -130,6 +130,17 @@ def row_norms(X: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]
 
 
+def l2_normalise(x: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Rows scaled to unit length (zero rows left as they are); ``copy=False`` scales ``x`` in place
+    with no temporary as large as ``x``."""
+    norms = row_norms(x)
+    norms = np.where(norms > 0, norms, 1.0).astype(x.dtype)
+    if copy:
+        return x / norms
+    x /= norms
+    return x
+
+
 def _prepared(X: np.ndarray, metric: str) -> np.ndarray:
     """``X`` as contiguous float32, unit rows for cosine: rows already of unit norm are not copied (a
     caller holding a million rows normalises them in place instead of paying for a second copy)."""

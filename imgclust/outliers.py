@@ -107,8 +107,7 @@ def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: in
     memory_budget : bytes the embeddings may take in memory (default: half the memory available).
     progress : ``progress(done, total)`` while the neighbour graph is searched.
     """
-    from .knn import Neighbours, StoredGraphs
-    from .reduce import l2_normalise
+    from .knn import Neighbours, StoredGraphs, l2_normalise
 
     if k < 1:
         raise ParameterError(f"k must be >= 1, got {k}", hint=f"{DEFAULT_K} is the default")

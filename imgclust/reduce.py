@@ -43,7 +43,7 @@ from .cache import Cache, Rows, now_iso, settings_key
 from .clusterers._base import available_memory_bytes
 from .duplicates import Rule, default_rule, near_groups
 from .errors import ParameterError, UsageError
-from .knn import DEFAULT_K, KNN_STAGE, KnnGraph, Neighbours, NeighbourSearch, StoredGraphs, row_norms, subset_graph
+from .knn import DEFAULT_K, KNN_STAGE, KnnGraph, Neighbours, NeighbourSearch, StoredGraphs, l2_normalise, row_norms, subset_graph
 
 METHODS = ("umap", "pca", "l2", "none")
 UMAP_DEFAULTS = {"n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
@@ -225,17 +225,6 @@ def reduction_key(settings_name: str, fingerprint: str) -> str:
 def load_reduction(cache: str | os.PathLike, encoder: str, key: str) -> np.ndarray:
     data, _ = Cache(cache).read_array(encoder, f"reductions/{key}/data")
     return data
-
-
-def l2_normalise(x: np.ndarray, copy: bool = True) -> np.ndarray:
-    """Rows scaled to unit length (zero rows left as they are); ``copy=False`` scales ``x`` in place
-    with no temporary as large as ``x``."""
-    norms = row_norms(x)
-    norms = np.where(norms > 0, norms, 1.0).astype(x.dtype)
-    if copy:
-        return x / norms
-    x /= norms
-    return x
 
 
 #: Rows UMAP is fitted on; above it a seeded sample of this size is fitted and the other rows are

@@ -215,12 +215,10 @@ def test_cosine_search_takes_unit_rows_without_a_copy():
 
 
 def test_unit_rows_are_made_without_a_temporary_as_large_as_the_rows():
-    import importlib
     import tracemalloc
 
-    from imgclust.knn import _prepared, row_norms
+    from imgclust.knn import _prepared, l2_normalise, row_norms
 
-    l2_normalise = importlib.import_module("imgclust.reduce").l2_normalise
     X = np.random.default_rng(1).normal(size=(20000, 256)).astype(np.float32)
     expected = X / np.linalg.norm(X, axis=1, keepdims=True)
     np.testing.assert_allclose(row_norms(X)[:, 0], np.linalg.norm(X, axis=1), rtol=1e-5)

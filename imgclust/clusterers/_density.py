@@ -169,7 +169,7 @@ class DBSCAN(Clusterer):
         metric = self.metric
         eps = self.eps
         if metric == "cosine":
-            from ..reduce import l2_normalise
+            from ..knn import l2_normalise
 
             X, metric = l2_normalise(X), "euclidean"
             if eps is not None:
