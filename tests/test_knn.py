@@ -254,3 +254,22 @@ def test_a_subset_graph_is_the_subsets_own_graph_and_searches_only_rows_that_los
         np.testing.assert_allclose(sub.distances, own.distances, rtol=1e-5, atol=1e-5)
         lost = (np.isin(whole.indices[rows], rows).sum(axis=1) < 10).sum()
         assert queried == ([lost] if lost else [])  # only the rows left with fewer than 10 are searched again
+
+
+def test_the_approximate_graph_searches_rows_by_inverted_list_with_the_same_result():
+    import imgclust.knn as knn
+
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(40, 160)).astype(np.float32)
+    X = knn._prepared(centres[rng.integers(0, 40, 3000)] + 0.5 * rng.normal(size=(3000, 160)).astype(np.float32),
+                      "cosine")
+    index = knn._Approximate(knn._faiss(), X, "cosine", 0)  # 160 dims: the projected search and re-ranking
+    index.index.nprobe = 4
+    order = index.list_order()
+    assert sorted(order.tolist()) == list(range(3000)) and not np.array_equal(order, np.arange(3000))
+    raw_plain, idx_plain = knn._search(index, X, 11, None, block=500)
+    raw_listed, idx_listed = knn._search(index, X, 11, None, block=500, order=order)
+    np.testing.assert_array_equal(idx_listed, idx_plain)
+    np.testing.assert_array_equal(raw_listed, raw_plain)
+    graph = knn.knn_graph(X, 10, "cosine", exact_work_limit=0)
+    assert graph.method == "ivf" and graph.recall >= 0.95
