@@ -537,10 +537,12 @@ class Cache:
         path = self.bulk_dir / ref
         try:
             return stack.enter_context(h5py.File(path, "r", locking=False))
-        except FileNotFoundError:
-            raise BulkFileGone(f"{path} is gone: the cache changed while it was read (compacted, or a result removed)",
-                               hint="run the command again") from None
         except OSError as exc:
+            # a commit may remove the file while HDF5 opens it: HDF5 then reports a generic "unable to
+            # open" rather than FileNotFoundError, so whether the file is gone now decides
+            if isinstance(exc, FileNotFoundError) or not path.exists():
+                raise BulkFileGone(f"{path} is gone: the cache changed while it was read (compacted, or a result "
+                                   "removed)", hint="run the command again") from None
             raise CacheError(f"{path} cannot be read ({_h5_reason(exc)})",
                              hint=f"check the disk; imgclust info {self.path} lists what the cache holds") from None
 

@@ -131,3 +131,40 @@ def test_readers_see_a_whole_version_while_another_process_rewrites(tmp_path):
     assert reads > 1 and len(seen) >= 2, (reads, seen)  # the reads really overlapped the writes
     assert int(cache.read_embeddings("enc")[0, 0]) == versions
     assert not list(tmp_path.glob(".c.h5.*.tmp"))
+
+
+def test_a_block_removed_while_hdf5_opens_it_is_read_again_from_the_new_version(tmp_path, monkeypatch):
+    # HDF5 reports a file unlinked during its open as a generic "unable to open" OSError, not
+    # FileNotFoundError (the race a rewriting process causes, as in the test above): the reader must
+    # take the newer version, not fail with "cannot be read"
+    import contextlib
+
+    import h5py
+
+    import imgclust.cache as cache_module
+
+    cache = _initial_cache(tmp_path / "c.h5", 100, dim=8)
+    stale = cache.rows("enc")  # a reader's view of version 0, taken before the rewrite
+    first_block = stale.state.blocks[0]
+    with cache.writer():
+        cache.write_rows("enc", {"encoder": "enc", "architecture": "a", "weights": "w", "embedding_dim": 8,
+                                 "preprocess": "{}"},
+                         NewRows([f"/v1/{i:06d}.jpg" for i in range(100)], np.ones(100), np.ones(100), [""] * 100,
+                                 [""] * 100, np.ones((100, 8), np.float32)), replace_all=True)
+    assert not (cache.bulk_dir / first_block).exists()  # the commit removed the old version's block
+    real_file = h5py.File
+
+    def racing_open(path, *args, **kwargs):
+        if str(path).endswith(first_block):
+            raise OSError("Unable to synchronously open file (unable to open file: name = '...')")
+        return real_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module.h5py, "File", racing_open)
+    with pytest.raises(cache_module.BulkFileGone):
+        stale.read_embeddings()  # rows of the old version: its block is gone
+    x = cache.read_embeddings("enc")  # a fresh read takes the new version
+    assert x.shape == (100, 8) and (x == 1).all()
+    # a block that is still there but cannot be opened is a damaged file, not a race
+    (cache.bulk_dir / "block-damaged.h5").write_bytes(b"not hdf5")
+    with pytest.raises(cache_module.CacheError, match="cannot be read"), contextlib.ExitStack() as stack:
+        cache._open_ref("block-damaged.h5", stack)
