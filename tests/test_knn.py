@@ -199,6 +199,8 @@ def test_cluster_reports_each_long_stage_on_its_progress_callback(tmp_path, monk
     assert stages.index("UMAP neighbours") < stages.index("fitting UMAP") < stages.index("clustering")
     assert [s for s in seen if s[0] == "clustering"] == [("clustering", 0, 1), ("clustering", 1, 1)]
     assert seen[stages.index("UMAP neighbours")][2] == 120  # rows searched
+    # the graph's stage shows from its start, before the index is built and the first rows are searched
+    assert seen[stages.index("UMAP neighbours")] == ("UMAP neighbours", 0, 120)
 
 
 def test_cosine_search_takes_unit_rows_without_a_copy():
