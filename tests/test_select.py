@@ -10,10 +10,11 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-from imgclust.errors import ParameterError, UsageError
 from imgclust.clusterers import create_clusterer
-from imgclust.select import (DEFAULT_RULE, SELECTION_RULES, _peaks, apply_rule, choose_from_curve, choose_n_clusters,
-                            cut_tree_labels, k_grid, parse_k_range)
+from imgclust.errors import ParameterError, UsageError
+from imgclust.k_rules import _peaks
+from imgclust.select import (DEFAULT_RULE, SELECTION_RULES, apply_rule, choose_from_curve, choose_n_clusters, cut_tree_labels,
+                             k_grid, parse_k_range)
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +354,7 @@ CIFAR5_FULL_GAP = [2.56, 1.02, 1.36, 1.54, 1.27, 1.11, 1.12, 1.08, 1.08, 1.32, 1
 
 
 def test_levels_judge_a_finer_level_against_the_level_above_it():
-    from imgclust.select import LEVEL_READING
+    from imgclust.k_rules import LEVEL_READING
 
     ks = np.array(KS)
     # against the best (the top split, 0.779) the K = 13 peak has 0.63 < 0.65 and the pick stays at 3;
