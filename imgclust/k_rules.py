@@ -39,7 +39,7 @@ Rules (:data:`SELECTION_RULES`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -273,10 +273,8 @@ def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.02, f
     # vehicles) gives way to a finer cut whose merge gap is a real elbow of the tree -- at least
     # `coarse_gap` of the top split's gap (both above 1) -- and whose silhouette keeps `coarse_ratio`
     if at == 0 and ks[0] == 2 and len(ks) > 1 and np.isfinite(gap[0]):
-        finer = [i for i in range(1, len(ks)) if np.isfinite(s[i]) and s[i] >= COARSE_RATIO * s[0]
-                 and np.isfinite(gap[i]) and gap[i] - 1 >= COARSE_GAP * (gap[0] - 1)]
-        if finer:
-            best = max(finer, key=lambda i: gap[i])
+        best = _clearest_finer_elbow(s, gap, 0, lambda g: g - 1 >= COARSE_GAP * (gap[0] - 1))
+        if best is not None:
             why = (f"largest merge gap below the top split (K = {int(ks[0])}) with at least "
                    f"{COARSE_RATIO:.0%} of its silhouette")
             return Reading(best, "silhouette", s, why, _ranked(s, [best, 0]), False)
@@ -298,7 +296,7 @@ def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.02, f
     return Reading(best, "silhouette", s, why, _ranked(s, by_gap), flat)
 
 
-def elbow_below(ks: np.ndarray, curves: dict, chosen: int) -> int | None:
+def elbow_below(curves: dict, chosen: int) -> int | None:
     """A finer cut that is a clearer elbow of the tree than the pick, or None.
 
     Among the K above the pick that keep ``COARSE_RATIO`` of its silhouette, the one with the
@@ -313,6 +311,12 @@ def elbow_below(ks: np.ndarray, curves: dict, chosen: int) -> int | None:
     s, gap = curves["silhouette"], curves["merge_gap"]
     if not (np.isfinite(s[chosen]) and np.isfinite(gap[chosen])):
         return None
-    finer = [i for i in range(chosen + 1, len(ks)) if np.isfinite(s[i]) and s[i] >= COARSE_RATIO * s[chosen]
-             and np.isfinite(gap[i]) and gap[i] > gap[chosen]]
+    return _clearest_finer_elbow(s, gap, chosen, lambda g: g > gap[chosen])
+
+
+def _clearest_finer_elbow(s: np.ndarray, gap: np.ndarray, at: int, clear: Callable[[float], bool]) -> int | None:
+    """Among the cuts finer than index ``at`` that keep ``COARSE_RATIO`` of its silhouette and whose merge
+    gap is ``clear``, the one with the largest gap; None when there is none."""
+    finer = [i for i in range(at + 1, len(s)) if np.isfinite(s[i]) and s[i] >= COARSE_RATIO * s[at]
+             and np.isfinite(gap[i]) and clear(gap[i])]
     return max(finer, key=lambda i: gap[i]) if finer else None

@@ -618,7 +618,7 @@ def choose_n_clusters(
     reading = apply_rule(rule, ks, curves, plateau, flat_tolerance)
     chosen, criterion = reading.index, reading.criterion
     k = int(ks[chosen])
-    below = elbow_below(ks, curves, chosen) if criterion == "silhouette" else None
+    below = elbow_below(curves, chosen) if criterion == "silhouette" else None
     if below is not None and below not in reading.ranking[:3]:
         reading.ranking.insert(1, below)  # the doubt is named among the candidates
     candidates = _candidates(ks, reading, curves)
