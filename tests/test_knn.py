@@ -151,16 +151,24 @@ def test_umap_on_the_raw_rows_stores_its_graph_for_the_stages_after_it(tmp_path,
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_reranking_a_few_queries_at_a_time_gives_the_same_graph(monkeypatch, metric):
+def test_reranking_keeps_each_querys_k_nearest_candidates_by_exact_distance(metric):
     import imgclust.knn as knn
 
-    X = np.random.default_rng(3).normal(size=(3000, 160)).astype(np.float32)
-    whole = knn_graph(X, 8, metric, exact_work_limit=1e6)
-    monkeypatch.setattr(knn, "RERANK_BYTES", 1)  # one query at a time
-    chunked = knn_graph(X, 8, metric, exact_work_limit=1e6)
-    assert whole.method == chunked.method == "ivf"
-    np.testing.assert_array_equal(whole.indices, chunked.indices)
-    np.testing.assert_allclose(whole.distances, chunked.distances, rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(3)
+    base = knn._prepared(rng.normal(size=(500, 160)).astype(np.float32), metric)
+    queries = knn._prepared(rng.normal(size=(40, 160)).astype(np.float32), metric)
+    candidates = np.stack([rng.choice(500, size=30, replace=False) for _ in queries])
+    candidates[0, 4:] = -1  # a short list: only 4 candidates for 6 places
+    raw, idx = knn.rerank(knn._faiss(), queries, base, candidates, 6, metric)
+    for q, (cand, found, scores) in enumerate(zip(candidates, idx, raw)):
+        cand = cand[cand >= 0]
+        exact = base[cand] @ queries[q] if metric == "cosine" else ((base[cand] - queries[q]) ** 2).sum(axis=1)
+        order = np.argsort(-exact if metric == "cosine" else exact)[:6]
+        np.testing.assert_array_equal(found[: len(order)], cand[order])
+        np.testing.assert_allclose(scores[: len(order)], exact[order], rtol=1e-4, atol=1e-4)
+    assert (idx[0, 4:] == -1).all() and np.isinf(raw[0, 4:]).all()
+    distances = knn._to_distances(raw, metric)
+    assert np.isinf(distances[0, 4:]).all() if metric == "euclidean" else (distances[0, 4:] == 2.0).all()
 
 
 def test_pca_above_its_fit_size_fits_a_sample_and_projects_every_row(tmp_path, monkeypatch):
