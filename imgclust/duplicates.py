@@ -104,6 +104,8 @@ DEFAULT_K = 10
 COMPLETE_LINKAGE_MAX = 2048
 
 Progress = Callable[[str, int, int], None]
+#: The progress stage of reading the group members' image headers (their pixel counts).
+SIZES_STAGE = "image sizes"
 
 
 @dataclass
@@ -307,10 +309,11 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
     use_hash : False turns the hash arm off (the embedding arm alone).
     k : neighbours per row in the graph.
     memory_budget : bytes the embeddings may take in memory (default: half the memory available).
-    progress : ``progress(stage, done, total)`` for the graph and the headers read.
+    progress : ``progress(stage, done, total)`` for the embeddings read, the graph and the headers read.
     """
     from .clusterers._base import available_memory_bytes
-    from .knn import Neighbours, StoredGraphs, knn_graph, l2_normalise
+    from .cache import READ_STAGE
+    from .knn import KNN_STAGE, Neighbours, StoredGraphs, knn_graph, l2_normalise
 
     if threshold is not None and not (0.0 < threshold <= 1.0):
         raise ParameterError(f"threshold must be in (0, 1], got {threshold}",
@@ -358,9 +361,12 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
         raise ResourceError(f"the {len(representatives)} distinct images' embeddings need {needed / 2**30:.1f} GiB, "
                             f"over the {budget / 2**30:.1f} GiB memory budget",
                             hint="run on a machine with more memory, or on part of the images")
-    X = l2_normalise(rows.take(representatives) if len(representatives) else np.zeros((0, rows.dim), np.float32),
-                     copy=False)
-    on_graph = (lambda done, total: progress("neighbour graph", done, total)) if progress else None
+    def stage(name: str):
+        return (lambda done, total: progress(name, done, total)) if progress else None
+
+    X = l2_normalise(rows.take(representatives, on_progress=stage(READ_STAGE)) if len(representatives)
+                     else np.zeros((0, rows.dim), np.float32), copy=False)
+    on_graph = stage(KNN_STAGE)
     if len(representatives) == n:  # no two files share content: the raw space's shared graph (stored, reused)
         graph = Neighbours(X, store=StoredGraphs(store, name, "raw", rows.fingerprint), on_progress=on_graph).graph(k, "cosine")
     else:
@@ -389,7 +395,7 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
         pixels = [pixel_count(str(index.paths[r])) for r in members]
         done += len(members)
         if progress:
-            progress("image sizes", done, total)
+            progress(SIZES_STAGE, done, total)
         order = sorted(range(len(members)),
                        key=lambda i: (-pixels[i], -int(index.sizes[members[i]]), str(index.paths[members[i]])))
         ordered = [members[i] for i in order]

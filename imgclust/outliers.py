@@ -96,7 +96,7 @@ def memory_shortfall(cache: str | os.PathLike, encoder: str | None = None, *, k:
 
 def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: int = DEFAULT_K,
                   memory_budget: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> OutlierReport:
+                  progress: Callable[[str, int, int], None] | None = None) -> OutlierReport:
     """Every image's outlier score (see the module docstring).
 
     Parameters
@@ -105,9 +105,12 @@ def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: in
     encoder : whose embeddings (default: the only one).
     k : which neighbour's distance (the k-th nearest other image); clipped to the number of images - 1.
     memory_budget : bytes the embeddings may take in memory (default: half the memory available).
-    progress : ``progress(done, total)`` while the neighbour graph is searched.
+    progress : ``progress(stage, done, total)`` while the embeddings are read
+        (:data:`imgclust.cache.READ_STAGE`) and the graph is searched (:data:`imgclust.knn.KNN_STAGE`);
+        neither happens once the graph is stored.
     """
-    from .knn import Neighbours, StoredGraphs, l2_normalise
+    from .cache import READ_STAGE
+    from .knn import KNN_STAGE, Neighbours, StoredGraphs, l2_normalise
 
     if k < 1:
         raise ParameterError(f"k must be >= 1, got {k}", hint=f"{DEFAULT_K} is the default")
@@ -126,8 +129,11 @@ def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: in
         if short:
             raise ResourceError(short, hint="run on a machine with more memory, or on part of the images")
         # normalised in place: the graph search then takes these rows without a second copy
-        X = l2_normalise(rows.read_embeddings(), copy=False)
-        graph = Neighbours(X, store=graphs, on_progress=progress).graph(k, "cosine")
+        def stage(name: str):
+            return (lambda done, total: progress(name, done, total)) if progress else None
+
+        X = l2_normalise(rows.read_embeddings(on_progress=stage(READ_STAGE)), copy=False)
+        graph = Neighbours(X, store=graphs, on_progress=stage(KNN_STAGE)).graph(k, "cosine")
     if graph.k == 0:
         raise ResourceError(f"'{name}' has {len(rows)} image(s): an outlier score needs at least two",
                             hint="embed more images")

@@ -155,6 +155,5 @@ def run_pipeline(
     result.skipped_formats = {fmt: _available(fmt) for fmt in formats if fmt not in wanted}
     for fmt in wanted:
         result.exports.append(export(cache, run.run_id, fmt, folder, encoder=encoder, link=link, force=force,
-                                     report=report, html_per_cluster=html_per_cluster,
-                                     on_progress=stage(f"export {fmt}")))
+                                     report=report, html_per_cluster=html_per_cluster, progress=progress))
     return result

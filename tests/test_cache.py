@@ -57,6 +57,13 @@ def test_embeddings_are_read_in_chunks_across_blocks(tmp_path):
     assert np.array_equal(np.concatenate([b for _, b in blocks]), cache.read_embeddings("enc"))
     rows = cache.rows("enc")
     assert np.array_equal(rows.take(np.array([1, 2, 7])), cache.read_embeddings("enc")[[1, 2, 7]])
+    read, taken = [], []
+    every = rows.read_embeddings(on_progress=lambda done, total: read.append((done, total)))
+    assert np.array_equal(rows.take(np.arange(len(rows)), on_progress=lambda *call: taken.append(call)), every)
+    assert read[-1] == taken[-1] == (len(rows), len(rows)) and read == sorted(read)
+    some = []
+    rows.take(np.array([1, 2, 7]), on_progress=lambda *call: some.append(call))
+    assert some[-1] == (3, 3)
     with pytest.raises(Exception, match="memory budget"):
         cache.read_embeddings("enc", max_bytes=10)
 

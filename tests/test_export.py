@@ -114,6 +114,22 @@ def test_json_document_is_the_text_json_dumps_gives(run_cache, tmp_path):
     assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n"
 
 
+def test_the_first_export_reports_reading_the_rows_and_their_graph_then_writing(run_cache, tmp_path):
+    from imgclust.cache import READ_STAGE
+    from imgclust.knn import KNN_STAGE
+
+    def stages(out):
+        seen = []
+        export(run_cache.path, format="csv", out=tmp_path / out, progress=lambda *call: seen.append(call))
+        return [stage for stage, _, _ in seen], {stage: (done, total) for stage, done, total in seen}
+
+    order, last = stages("first")  # the outlier scores' graph is made, and stored
+    assert order.index(READ_STAGE) < order.index(KNN_STAGE) < order.index("export csv")
+    assert last == {READ_STAGE: (32, 32), KNN_STAGE: (32, 32), "export csv": (32, 32)}
+    order, _ = stages("again")  # the stored graph: nothing is read
+    assert set(order) == {"export csv"}
+
+
 def test_block_size_changes_nothing_but_parquet_row_groups(run_cache, tmp_path, monkeypatch):
     pq = pytest.importorskip("pyarrow.parquet")
     ex = importlib.import_module("imgclust.export")  # the module (imgclust.export is also the function)
@@ -124,7 +140,8 @@ def test_block_size_changes_nothing_but_parquet_row_groups(run_cache, tmp_path, 
     monkeypatch.setattr(ex, "BLOCK_ROWS", 5)
     progress = []
     for fmt in formats:
-        export(run_cache.path, format=fmt, out=tmp_path / "blocks", on_progress=lambda d, t: progress.append((d, t)))
+        export(run_cache.path, format=fmt, out=tmp_path / "blocks",
+               progress=lambda stage, d, t: progress.append((d, t)) if stage == "export csv" else None)
     for name in ("assignments.csv", "clusters.csv", "assignments.json", "assignments.jsonl"):
         assert (tmp_path / "blocks" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     blocks = pq.ParquetFile(tmp_path / "blocks" / "assignments.parquet")

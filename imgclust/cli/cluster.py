@@ -22,6 +22,7 @@ from ._output import (DebugOption, JsonOption, QuietOption, VerboseOption, detai
                       progress_bars, stdout)
 from .embed import BatchSizeOption, DataRootOption, DeviceOption, LabelsOption, WeightsOption, WorkersOption
 from .reduce import REDUCE_PROGRESS, NearCopyOption, SeedOption
+from .triage import TRIAGE_PROGRESS
 
 
 K_HINT = "e.g. --n-clusters 10, --n-clusters auto (chosen without labels), or --n-clusters none (the method decides)"
@@ -150,7 +151,7 @@ def cluster_command(
         return
     if not targets and files_from is None:
         raise UsageError("no input given", hint="pass a cache file, or folders/images to cluster (or --files-from)")
-    with progress_bars({train: "epochs", **REDUCE_PROGRESS}) as update:
+    with progress_bars({train: "epochs", **REDUCE_PROGRESS, **TRIAGE_PROGRESS}) as update:
         result = run_pipeline(
             targets, out, encoder=encoder or DEFAULT_ENCODER, method=method, n_clusters=k, params=params, k_range=searched,
             reduction=reduction, dims=dims, labels=labels, files_from=files_from, force=force,

@@ -12,6 +12,7 @@ from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, progress_bars, stdout
 from .reduce import CacheArgument, CacheEncoderOption
 from .score import RunOption
+from .triage import TRIAGE_PROGRESS
 
 HtmlPerClusterOption = Annotated[Optional[int], typer.Option(
     "--html-per-cluster", min=1, show_default=False,
@@ -68,7 +69,7 @@ def export_command(
     if len(formats) > 1 and out == "-":
         raise UsageError("--out - (stdout) takes one format", hint="give a folder with --out for several formats")
     per_cluster = HTML_PER_CLUSTER if html_per_cluster is None else html_per_cluster
-    units = {f"export {fmt}": "thumbnails" if fmt == "html" else "rows" for fmt in formats}
+    units = {**TRIAGE_PROGRESS, **{f"export {fmt}": "thumbnails" if fmt == "html" else "rows" for fmt in formats}}
     results, report = [], None
     with progress_bars(units) as update:
         if len(formats) > 1:
@@ -79,9 +80,8 @@ def export_command(
             report = score(cache, run, encoder, labels)  # once for every format
             out = str(default_folder(report)) if out is None else out
         for fmt in formats:
-            progress = (lambda done, total, stage=f"export {fmt}": update(stage, done, total)) if update else None
             result = run_export(cache, run, fmt, out, encoder=encoder, labels=labels, link=link, force=force,
-                                report=report, html_per_cluster=per_cluster, on_progress=progress,
+                                report=report, html_per_cluster=per_cluster, progress=update,
                                 clusters=cluster or (), outliers=outliers, duplicates=duplicates,
                                 names=names, vocabulary=vocabulary)
             results.append(result)

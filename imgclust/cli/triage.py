@@ -9,8 +9,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..cache import READ_STAGE
+from ..duplicates import DEFAULT_K as DUPLICATE_K, SIZES_STAGE, find_duplicates, write_duplicates
+from ..knn import KNN_STAGE
 from ..names import cluster_names
-from ..duplicates import DEFAULT_K as DUPLICATE_K, find_duplicates, write_duplicates
 from ..outliers import DEFAULT_K as OUTLIER_K, MARK_SCORE, find_outliers
 from . import app
 from ._output import DebugOption, JsonOption, QuietOption, VerboseOption, emit_json, note, progress_bar, progress_bars, stdout
@@ -18,6 +20,8 @@ from .reduce import CacheArgument, CacheEncoderOption
 from .score import RunOption
 
 ListOption = "One path per line (for xargs); - prints it on stdout instead of the summary."
+#: What each stage of the raw neighbour graph's making counts (duplicates, outliers, and the exports using them).
+TRIAGE_PROGRESS = {READ_STAGE: "rows", KNN_STAGE: "rows", SIZES_STAGE: "files"}
 
 
 @app.command("duplicates")
@@ -48,7 +52,7 @@ def duplicates_command(
     """
     if keep_list == "-" and drop_list == "-":
         raise typer.BadParameter("only one of --keep-list and --drop-list can be - (stdout)")
-    with progress_bars({"neighbour graph": "images", "image sizes": "files"}) as update:
+    with progress_bars(TRIAGE_PROGRESS) as update:
         report = find_duplicates(cache, encoder, threshold, hash_distance=hash_distance, weak_threshold=weak_threshold,
                                  use_hash=not no_hash, k=neighbours, progress=update)
     if report.rule.hash_distance is not None and report.n_without_perceptual_hash:
@@ -101,7 +105,7 @@ def outliers_command(
       imgclust outliers photos.h5 --top 50
       imgclust outliers photos.h5 --top 100 --json
     """
-    with progress_bar("neighbour graph") as update:
+    with progress_bars(TRIAGE_PROGRESS) as update:
         report = find_outliers(cache, encoder, k=neighbours, progress=update)
     if json_:
         emit_json(report.to_dict(top))

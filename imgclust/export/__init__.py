@@ -35,6 +35,8 @@ from ..manifest import Manifest
 from ._map import DUPLICATE_GROUPS, MAP_MAX_POINTS, DuplicateGroups, MapPoints
 from ._records import IMAGE_FIELDS, ClusterSummary, RunTable
 
+Progress = Callable[[str, int, int], None]
+
 FORMATS = ("csv", "json", "jsonl", "parquet", "folders", "html", "plot")  # of a run
 ROW_FORMATS = ("embeddings", "paths")  # of the cache's rows themselves (paths: a run only to filter by cluster)
 STDOUT_FORMATS = ("csv", "json", "jsonl")
@@ -59,8 +61,10 @@ class ExportResult:
         return {"format": self.format, "paths": self.paths}
 
 
-def run_table(report: RunReport, X: np.ndarray) -> tuple[RunTable, list[ClusterSummary]]:
-    """The columns of a scored run and its per-cluster summaries; ``X`` is the space the run clustered.
+def run_table(report: RunReport, X: np.ndarray,
+              progress: Progress | None = None) -> tuple[RunTable, list[ClusterSummary]]:
+    """The columns of a scored run and its per-cluster summaries; ``X`` is the space the run clustered;
+    ``progress(stage, done, total)`` while the outlier scores' neighbour graph is made (:func:`outlier_column`).
 
     Cluster centres and distances are computed a block of rows at a time (a sparse one-hot product per
     block), so no copy of a cluster's rows is made.
@@ -85,7 +89,7 @@ def run_table(report: RunReport, X: np.ndarray) -> tuple[RunTable, list[ClusterS
     silhouettes = report.scores.silhouette_samples
     silhouettes = np.full(len(labels), np.nan) if silhouettes is None else np.asarray(silhouettes, np.float64)
     truth = report.labels_true
-    table = RunTable(report.paths, labels, silhouettes, distances, truth, outlier_column(report))
+    table = RunTable(report.paths, labels, silhouettes, distances, truth, outlier_column(report, progress))
     order = np.argsort(inverse, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     clusters = []
@@ -118,8 +122,10 @@ def with_names(report: RunReport, clusters: list[ClusterSummary],
     return [replace(c, names=named.label(c.cluster) or None) for c in clusters]
 
 
-def outlier_column(report: RunReport) -> np.ndarray:
-    """Every image's outlier score (:mod:`imgclust.outliers`, on the run encoder's raw embeddings), in row order.
+def outlier_column(report: RunReport, progress: Progress | None = None) -> np.ndarray:
+    """Every image's outlier score (:mod:`imgclust.outliers`, on the run encoder's raw embeddings), in row order;
+    ``progress(stage, done, total)`` while the embeddings are read and their graph made (the first time only:
+    the graph is stored).
 
     When they cannot be computed in memory (no stored graph, and the raw embeddings are larger than the
     budget) the column is empty (NaN) and a warning says why: an optional column never stops an export.
@@ -133,7 +139,7 @@ def outlier_column(report: RunReport) -> np.ndarray:
         warnings.warn(f"{short}: the outlier_score column is left empty (imgclust outliers computes them on a "
                       f"machine with more memory, and stores them for later exports)", stacklevel=2)
         return np.full(len(report.run.labels), np.nan)
-    return find_outliers(report.cache, report.run.encoder).scores
+    return find_outliers(report.cache, report.run.encoder, progress=progress).scores
 
 
 def export(
@@ -148,7 +154,7 @@ def export(
     force: bool = False,
     report: RunReport | None = None,
     html_per_cluster: int | None = HTML_PER_CLUSTER,
-    on_progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     clusters: Sequence[int] = (),
     outliers: bool = False,
     duplicates: bool = False,
@@ -161,6 +167,8 @@ def export(
     overwritten without ``force``, and a file imgclust did not write is never overwritten or removed:
     the folder's manifest (:mod:`imgclust.manifest`) records what every export wrote there.
     ``html_per_cluster`` is how many images the gallery shows per cluster (None: all of them).
+    ``progress(stage, done, total)`` reports the writing (stage ``export <format>``) and, the first time a
+    run's outlier scores or duplicates are needed, the reading of the embeddings and their neighbour graph.
     ``format="paths"`` prints the paths of the images passing the filters ``clusters``, ``outliers`` and
     ``duplicates`` (:func:`imgclust.export._paths.select_paths`) one per line on stdout. With ``names``, a
     CLIP run's clusters carry names (:mod:`imgclust.names`) from ``vocabulary`` (default: the built-in one; its
@@ -181,10 +189,12 @@ def export(
 
         if out not in (None, "-"):
             raise UsageError("--format paths prints to stdout", hint="drop --out, or redirect: > paths.txt")
-        selected = select_paths(cache, run, encoder, clusters=clusters, outliers=outliers, duplicates=duplicates)
+        selected = select_paths(cache, run, encoder, clusters=clusters, outliers=outliers, duplicates=duplicates,
+                                progress=progress)
         sys.stdout.writelines(f"{p}\n" for p in selected)
         sys.stdout.flush()
         return ExportResult(format, ["-"])
+    on_progress = (lambda done, total: progress(f"export {format}", done, total)) if progress else None
     if format == "embeddings":
         from ..vectors import export_embeddings
 
@@ -198,7 +208,7 @@ def export(
     from ..cluster import run_space
 
     X = run_space(report.cache, report.run)
-    table, clusters = run_table(report, X)
+    table, clusters = run_table(report, X, progress)
     if names:
         clusters = with_names(report, clusters, vocabulary)
     if out == "-":
@@ -213,7 +223,7 @@ def export(
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {folder}: {exc.strerror}", hint="choose a writable --out") from None
     paths = writers[format](Manifest(folder), report, table, clusters, X, force=force, link=link,
-                            on_progress=on_progress, per_cluster=html_per_cluster)
+                            on_progress=on_progress, progress=progress, per_cluster=html_per_cluster)
     return ExportResult(format, [str(p) for p in paths])
 
 
@@ -397,7 +407,8 @@ def _write_folders(manifest, report, table, clusters, X, force, link, **_):
     return [root]
 
 
-def _write_html(manifest, report, table, clusters, X, force, on_progress=None, per_cluster=HTML_PER_CLUSTER, **_):
+def _write_html(manifest, report, table, clusters, X, force, on_progress=None, progress=None,
+                per_cluster=HTML_PER_CLUSTER, **_):
     from ._html import write_html
 
     _claim(manifest, "html", force)
@@ -409,13 +420,14 @@ def _write_html(manifest, report, table, clusters, X, force, on_progress=None, p
     title = f"{report.run.method} {report.run.run_id} ({report.run.encoder})"
     return [write_html(manifest.folder / "gallery", table, clusters, scores, title, on_progress=on_progress,
                        on_write=manifest.record, selection=report.run.selection, max_per_cluster=per_cluster,
-                       map_points=map_points, duplicates=duplicate_groups(report))]
+                       map_points=map_points, duplicates=duplicate_groups(report, progress))]
 
 
-def duplicate_groups(report: RunReport) -> DuplicateGroups | None:
+def duplicate_groups(report: RunReport, progress: Progress | None = None) -> DuplicateGroups | None:
     """The run's images' duplicate groups for the gallery (:mod:`imgclust.duplicates`, the family's default
     rule; the page says when it is not calibrated), the largest :data:`DUPLICATE_GROUPS` of them; None,
-    with a warning, when the embeddings do not fit in memory."""
+    with a warning, when the embeddings do not fit in memory. ``progress(stage, done, total)`` as
+    :func:`imgclust.duplicates.find_duplicates`."""
     import warnings
 
     from ..duplicates import find_duplicates
@@ -423,7 +435,7 @@ def duplicate_groups(report: RunReport) -> DuplicateGroups | None:
     try:
         with warnings.catch_warnings():  # an uncalibrated rule: said on the page, not once per export
             warnings.simplefilter("ignore", UserWarning)
-            found = find_duplicates(report.cache, report.run.encoder)
+            found = find_duplicates(report.cache, report.run.encoder, progress=progress)
     except ResourceError as exc:  # an optional section never stops an export
         warnings.warn(f"{exc.message}: the gallery has no duplicates section", stacklevel=2)
         return None

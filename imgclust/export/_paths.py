@@ -10,7 +10,7 @@ image of the cache is listed. Only a cluster filter needs a stored run.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -18,9 +18,10 @@ from ..cache import Cache
 
 
 def select_paths(cache: str | os.PathLike, run: str | None = None, encoder: str | None = None, *,
-                 clusters: Sequence[int] = (), outliers: bool = False, duplicates: bool = False) -> list[str]:
+                 clusters: Sequence[int] = (), outliers: bool = False, duplicates: bool = False,
+                 progress: Callable[[str, int, int], None] | None = None) -> list[str]:
     """The paths of the cache's images that pass every given filter, in cache row order (by score with
-    ``outliers``)."""
+    ``outliers``); ``progress(stage, done, total)`` while the duplicates' or outliers' graph is made."""
     store = Cache(cache)
     name = store.resolve_encoder(encoder)
     paths = store.read_index(name).paths
@@ -34,12 +35,12 @@ def select_paths(cache: str | os.PathLike, run: str | None = None, encoder: str 
     if duplicates:
         from ..duplicates import find_duplicates
 
-        drops = set(find_duplicates(cache, name).drop_paths)
+        drops = set(find_duplicates(cache, name, progress=progress).drop_paths)
         keep &= np.fromiter((str(p) in drops for p in paths), bool, len(paths))
     if outliers:
         from ..outliers import find_outliers
 
-        report = find_outliers(cache, name)
+        report = find_outliers(cache, name, progress=progress)
         keep &= np.isin(np.arange(len(paths)), report.marked)
         order = report.top(len(paths))
     return [str(paths[i]) for i in order if keep[i]]
