@@ -538,7 +538,8 @@ def choose_n_clusters(
     views : ndarray of shape (n_samples, n_views, n_features) or None
         Augmented-view embeddings, for methods that train on them (``cc``).
     on_fit : callable(done, total) or None
-        Called after each fit of a method fitted once per K (progress).
+        Called after each fit of a method fitted once per K (progress); with ``(0, 1)`` before and ``(1, 1)``
+        after the sweep of a tree method, which fits once for every K.
     neighbours : imgclust.knn.Neighbours or None
         The kNN graphs of ``X``'s rows, shared with the caller (used when the sweep takes every row).
 
@@ -595,6 +596,8 @@ def choose_n_clusters(
                          hint="lower the start of --k-range")
     ks = k_grid(k_min, k_max, None if cls.nested_k else cls.auto_k_fits)
 
+    if cls.nested_k and on_fit is not None:
+        on_fit(0, 1)  # one tree serves every K: the bar shows from the start, and the time the sweep takes
     sweep = _sweep(X, method, params, ks, random_state, keep=keep_estimator and sample_indices is None,
                    views=views, on_fit=on_fit, neighbours=neighbours if sample_indices is None else None)
     curves = {"silhouette": _silhouette_curve(X, sweep.labels, ks)}
@@ -614,6 +617,8 @@ def choose_n_clusters(
     reference = gaussian_reference(X, random_state)
     reference_curve = _silhouette_curve(reference, cut_tree_labels(merge_tree(reference), ks), ks)
     data_best, reference_best = float(np.nanmax(data_curve)), float(np.nanmax(reference_curve))
+    if cls.nested_k and on_fit is not None:
+        on_fit(1, 1)
 
     reading = apply_rule(rule, ks, curves, plateau, flat_tolerance)
     chosen, criterion = reading.index, reading.criterion

@@ -45,6 +45,15 @@ def test_finds_eight_well_separated_blobs(blobs8):
             assert choose_n_clusters(X, rule=rule).n_clusters == 8, rule
 
 
+def test_progress_shows_from_the_start_of_a_tree_sweep_and_per_fit_of_a_flat_method(blobs8):
+    X, _ = blobs8
+    tree, flat = [], []
+    choose_n_clusters(X, on_fit=lambda *call: tree.append(call))
+    assert tree == [(0, 1), (1, 1)]  # one tree for every K: the bar shows from the start to the end
+    choose_n_clusters(X, method="kmeans", k_min=2, k_max=5, on_fit=lambda *call: flat.append(call))
+    assert flat == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
 def test_silhouette_rule_prefers_the_finest_well_separated_level(hierarchy):
     X, y = hierarchy
     sel = choose_n_clusters(X, rule="silhouette")
