@@ -6,8 +6,8 @@ effnet-lite0 embeddings of imagenette-val and cifar10-test plus Gaussian noise, 
 :func:`scale.build`), then fits each trained head (``temi``, ``icce``, ``scan``, ``unic``) in this process
 with each ``--train-rows`` value (a value >= N trains on every row; the heads above it train on a seeded
 sample and label the other rows with the trained head) and reports its wall time, AMI against the
-imported classes and ARI against the labels of the largest training set of the same method. It chose the
-heads' default ``train_rows`` (BENCHMARKS.md, "The trained heads at scale"). Writes
+imported classes and ARI against the labels of the largest training set of the same method. It measured the
+trade-off behind the heads' default ``train_rows`` (BENCHMARKS.md, "The trained heads at scale"). Writes
 ``benchmarks/results/<out>.json`` after every fit::
 
     python benchmarks/heads_sample.py --cache /tmp/heads12/src/cifar10-test-effnet-lite0.h5 --n-clusters 10 \
@@ -48,7 +48,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--cache", type=Path, help="a labelled cache to read instead of building a synthetic one")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the heads' random_state; also the noise of a cache this run builds (an existing one is reused)")
     parser.add_argument("--out", default="heads_sample")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
