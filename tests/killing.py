@@ -69,6 +69,7 @@ print(json.dumps({"ready": os.getpid()}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)
     if request["op"] == "run":
+        open(request["log"], "w").close()  # made before the fork: a kill can land before the child opens it
         pid = os.fork()
         if pid == 0:
             code = 1
