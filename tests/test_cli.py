@@ -32,6 +32,36 @@ def test_help_lists_every_command():
         assert command in result.output
 
 
+def _commands(command, path=("imgclust",)):
+    yield path, command
+    for name in getattr(command, "list_commands", lambda ctx: [])(None):
+        yield from _commands(command.commands[name], (*path, name))
+
+
+def test_no_help_text_loses_a_bracketed_word_to_rich_markup():
+    """Typer renders help as rich markup, which drops "[default: 24]" or the "[ray]" of an install hint."""
+    import re
+
+    import typer.main
+    from rich.text import Text
+
+    lost = []
+    for path, command in _commands(typer.main.get_command(app)):
+        for name, text in [("help", command.help or "")] + [(p.name, getattr(p, "help", None) or "") for p in command.params]:
+            lost += [f"{' '.join(path)} {name}: {m.group()}" for m in re.finditer(r"(?<!\\)\[[^\]\n]*\]", text)
+                     if Text.from_markup(m.group()).plain != m.group()]
+    assert not lost
+
+
+def test_help_shows_the_defaults_and_install_hints_it_names():
+    def words(*args):  # the help's words, without the panels' borders or the wrapping
+        shown = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"}).output
+        return " ".join(shown.replace("│", " ").split())
+
+    assert "(default: csv,json,parquet,folders,html,plot)" in words("cluster")
+    assert 'pip install "imgclust[ray]"' in words("embed")
+
+
 def test_embed_json_summary_and_rerun(image_folder, tmp_path):
     first = invoke("embed", image_folder, "--cache", tmp_path / "c.h5", "--json", *TINY)
     assert first.exit_code == 0, first.output

@@ -59,7 +59,7 @@ def embed_command(
                                                   "(nvJPEG on the CUDA device; files it cannot decode fall back to the CPU). "
                                                   "Default: the cache's own, else cpu.")] = None,
     engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray: decode in CPU tasks and encode in an actor pool on a "
-                                        "Ray cluster (pip install \"imgclust[ray]\"); the rows equal the local engine's.")] = "local",
+                                        "Ray cluster (pip install \"imgclust\\[ray]\"); the rows equal the local engine's.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="With --engine ray: the cluster ('auto': the one 'ray start' "
                                                        "runs on this machine, or HOST:6379); default: a local Ray instance.")] = None,
     gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", min=0, help="With --engine ray: GPUs per encoder actor "

@@ -16,7 +16,7 @@ from .triage import TRIAGE_PROGRESS
 
 HtmlPerClusterOption = Annotated[Optional[int], typer.Option(
     "--html-per-cluster", min=1, show_default=False,
-    help=f"html: images shown per cluster [default: {HTML_PER_CLUSTER}]: half nearest the centre, a quarter with the "
+    help=f"html: images shown per cluster (default: {HTML_PER_CLUSTER}): half nearest the centre, a quarter with the "
          "lowest silhouettes, the rest at random; the page counts the others.")]
 
 

@@ -70,7 +70,7 @@ def duplicates_command(
                f"{counts['groups']} duplicate groups ({counts['exact_groups']} exact, {counts['near_groups']} near), "
                f"{counts['images_in_groups']} images in them, {counts['to_drop']} to drop" + (f" ({matched})" if matched else ""))
     if to_stdout:
-        note(summary)
+        note(escape(summary))
         return
     out_console = stdout()
     out_console.print(summary)
