@@ -556,7 +556,10 @@ def test_thumbnails_load_lazily_in_chromium(tmp_path):
     write_html(out, recs, sums, {}, "lazy", max_per_cluster=None)
     result, _ = _render(out / "index.html", tmp_path / "profile", window="1280,700")
     assert result["n"] == 240
-    assert 0 < result["early"] < 240, "lazy loading should leave thumbnails far below the fold unloaded"
+    # eager images would all be loaded by the window's load event, where the probe starts; how many of the
+    # first screen's lazy ones load before it scrolls depends on how often headless Chromium renders a frame
+    # under virtual time (none at all once, on a loaded machine), so only the upper bound is asserted
+    assert result["early"] < 240, "lazy loading should leave thumbnails far below the fold unloaded"
     assert all(nw > 0 for _, nw, *_ in result["images"])
 
 
