@@ -873,7 +873,7 @@ class Cache:
             for target in targets:
                 hits = [(e, k) for e, enc in state.encoders.items() for k in RESULT_KINDS if target in enc.results[k]]
                 if not hits:
-                    raise NotFoundError(f"{self.path} has no run, reduction or views named '{target}'",
+                    raise NotFoundError(f"{self.path} has no run, reduction, views or kNN graph named '{target}'",
                                         hint=f"see the names with: imgclust info {self.path}")
                 for encoder, kind in hits:
                     attrs = state.encoders[encoder].results[kind].pop(target)

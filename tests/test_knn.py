@@ -1,5 +1,7 @@
 """The shared kNN graph: exact against brute force, approximate with a measured recall, and neighbours of new rows."""
 
+from unittest.mock import ANY
+
 import numpy as np
 import pytest
 
@@ -131,6 +133,9 @@ def test_a_stored_graph_is_reused_by_the_next_process_and_never_for_other_rows(t
     np.testing.assert_allclose(again.distances, first.distances)
     assert again.method == "exact" and again.recall == 1.0
     assert knn.StoredGraphs(cache, encoder, "raw", "0" * 32).load("euclidean", 12) is None  # other rows: not used
+    name = f"raw:euclidean@{rows.fingerprint[:8]}"
+    assert cache.remove_results([name]) == [{"encoder": encoder, "kind": "knn", "name": name, "nbytes": ANY}]
+    assert not knn.StoredGraphs(cache, encoder, "raw", rows.fingerprint).has("euclidean", 12)  # as imgclust cache rm NAME
 
 
 def test_umap_on_the_raw_rows_stores_its_graph_for_the_stages_after_it(tmp_path, monkeypatch):

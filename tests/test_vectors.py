@@ -161,8 +161,9 @@ def test_cli_import_export_assign_and_cache_commands(tmp_path, blobs):
     assert json.loads(invoke("cache", "compact", cache, "--json"))["encoders"][0]["blocks_after"] == 1
     packed = json.loads(invoke("cache", "pack", cache, tmp_path / "p.h5", "--json"))
     assert packed["nbytes"] > x.nbytes
-    assert json.loads(invoke("cache", "rm", cache, "run-1", "--json"))["removed"][0]["name"] == "run-1"
-    assert "no run, reduction" in invoke("cache", "rm", cache, "run-1", code=2)
+    removed = json.loads(invoke("cache", "rm", cache, "run-1", "--json"))["removed"]
+    assert {(r["name"], r["kind"]) for r in removed} == {("run-1", "runs"), ("run-1", "scores")}  # a run goes with its scores
+    assert "no run, reduction, views or kNN graph named 'run-1'" in invoke("cache", "rm", cache, "run-1", code=2)
     assert json.loads(invoke("cache", "upgrade", tmp_path / "p.h5", "--json"))["upgraded"]
 
 

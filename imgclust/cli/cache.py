@@ -20,10 +20,10 @@ app.add_typer(cache_app)
 @cache_app.command("rm")
 def rm_command(
     cache: CacheArgument,
-    names: Annotated[list[str], typer.Argument(help="Runs, reductions or views to remove (names as imgclust info lists them).")],
+    names: Annotated[list[str], typer.Argument(help="Runs (with their scores), reductions, views or kNN graphs to remove (names as imgclust info lists them).")],
     json_: JsonOption = False, quiet: QuietOption = False, verbose: VerboseOption = False, debug: DebugOption = False,
 ) -> None:
-    """Remove stored runs, reductions or views (their files are deleted; the rows stay)."""
+    """Remove stored runs (with their scores), reductions, views or kNN graphs (their files are deleted; the rows stay)."""
     removed = cache_admin.remove(cache, names)
     if json_:
         emit_json({"cache": str(cache), "removed": removed})
