@@ -447,7 +447,7 @@ class Rows:
         span them, masked (h5py's point selection is slow for many rows); ``on_progress(rows read,
         rows)`` after each read."""
         positions = np.asarray(positions, np.int64)
-        if np.array_equal(positions, np.arange(len(self))):  # every row: one copy, not a span and its mask
+        if len(positions) == len(self) and np.array_equal(positions, np.arange(len(self))):  # every row: one copy
             return self.read_embeddings(on_progress=on_progress)
         out = np.empty((len(positions), self.dim), np.float32)
         step = chunk_rows(self.dim) * 16

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._progress import stage
 from .cache import Cache, Rows, now_iso
 from .clusterers import CLUSTERERS, create_clusterer
 from .clusterers._agglomerative import agglomerative_defaults
@@ -197,7 +198,7 @@ def cluster(
     # One kNN graph per space, shared by the method (and by later runs: it is stored with the results)
     neighbours = Neighbours(X, random_state=random_state,
                             store=StoredGraphs(cache_obj, encoder, space, rows.fingerprint) if store else None,
-                            on_progress=(lambda done, total: progress(KNN_STAGE, done, total)) if progress else None)
+                            on_progress=stage(progress, KNN_STAGE))
     selection = None
     k = n_clusters
     labels = clusterer = None

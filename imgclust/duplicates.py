@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .cache import Cache
 from ._atomic import replaced_atomically
+from ._progress import Progress, stage
 from .errors import ParameterError, ResourceError
 from .phash import HASH_BITS, NO_HASH, hamming
 
@@ -103,7 +103,6 @@ DEFAULT_K = 10
 #: Components up to this many rows are cut by complete linkage (an m x m distance matrix, 32 MiB at 2,048).
 COMPLETE_LINKAGE_MAX = 2048
 
-Progress = Callable[[str, int, int], None]
 #: The progress stage of reading the group members' image headers (their pixel counts).
 SIZES_STAGE = "image sizes"
 
@@ -361,12 +360,9 @@ def find_duplicates(cache: str | os.PathLike, encoder: str | None = None, thresh
         raise ResourceError(f"the {len(representatives)} distinct images' embeddings need {needed / 2**30:.1f} GiB, "
                             f"over the {budget / 2**30:.1f} GiB memory budget",
                             hint="run on a machine with more memory, or on part of the images")
-    def stage(name: str):
-        return (lambda done, total: progress(name, done, total)) if progress else None
-
-    X = l2_normalise(rows.take(representatives, on_progress=stage(READ_STAGE)) if len(representatives)
+    X = l2_normalise(rows.take(representatives, on_progress=stage(progress, READ_STAGE)) if len(representatives)
                      else np.zeros((0, rows.dim), np.float32), copy=False)
-    on_graph = stage(KNN_STAGE)
+    on_graph = stage(progress, KNN_STAGE)
     if len(representatives) == n:  # no two files share content: the raw space's shared graph (stored, reused)
         graph = Neighbours(X, store=StoredGraphs(store, name, "raw", rows.fingerprint), on_progress=on_graph).graph(k, "cosine")
     else:

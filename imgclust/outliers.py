@@ -16,11 +16,11 @@ sets, an inverted file tuned to a measured recall above). Images scoring at leas
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._progress import Progress, stage
 from .cache import Cache
 from .errors import ParameterError, ResourceError
 
@@ -96,7 +96,7 @@ def memory_shortfall(cache: str | os.PathLike, encoder: str | None = None, *, k:
 
 def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: int = DEFAULT_K,
                   memory_budget: int | None = None,
-                  progress: Callable[[str, int, int], None] | None = None) -> OutlierReport:
+                  progress: Progress | None = None) -> OutlierReport:
     """Every image's outlier score (see the module docstring).
 
     Parameters
@@ -129,11 +129,8 @@ def find_outliers(cache: str | os.PathLike, encoder: str | None = None, *, k: in
         if short:
             raise ResourceError(short, hint="run on a machine with more memory, or on part of the images")
         # normalised in place: the graph search then takes these rows without a second copy
-        def stage(name: str):
-            return (lambda done, total: progress(name, done, total)) if progress else None
-
-        X = l2_normalise(rows.read_embeddings(on_progress=stage(READ_STAGE)), copy=False)
-        graph = Neighbours(X, store=graphs, on_progress=stage(KNN_STAGE)).graph(k, "cosine")
+        X = l2_normalise(rows.read_embeddings(on_progress=stage(progress, READ_STAGE)), copy=False)
+        graph = Neighbours(X, store=graphs, on_progress=stage(progress, KNN_STAGE)).graph(k, "cosine")
     if graph.k == 0:
         raise ResourceError(f"'{name}' has {len(rows)} image(s): an outlier score needs at least two",
                             hint="embed more images")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ._progress import Progress, stage
 from .cluster import DEFAULT_METHOD, ClusterRun, cluster, takes_device
 from .embed import EmbedSummary, embed
 from .encoders import DEFAULT_ENCODER
@@ -99,7 +100,7 @@ def run_pipeline(
     random_state: int = 0,
     device: str | None = None,
     embed_options: dict | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
     k_range: tuple[int, int] | None = None,
     html_per_cluster: int | None = HTML_PER_CLUSTER,
@@ -139,9 +140,8 @@ def run_pipeline(
     wanted = [fmt for fmt in formats if _available(fmt) is None]
     check_destination(folder, wanted, force)  # before the long work, not after it
     cache = folder / CACHE_NAME
-    stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
     summary = embed(inputs, encoder=encoder, cache=cache, files_from=files_from, labels=labels, exact=True,
-                    progress=stage("embed"), exclude=[folder], device=device, **(embed_options or {}))
+                    progress=stage(progress, "embed"), exclude=[folder], device=device, **(embed_options or {}))
     if summary.interrupted:
         raise KeyboardInterrupt
     if summary.images == 0:

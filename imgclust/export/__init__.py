@@ -30,12 +30,11 @@ import numpy as np
 from .._json import json_safe
 from ..errors import ImgclustError, ResourceError, UsageError
 from .._atomic import replaced_atomically
+from .._progress import Progress, stage
 from ..score import RunReport, score
 from ..manifest import Manifest
 from ._map import DUPLICATE_GROUPS, MAP_MAX_POINTS, DuplicateGroups, MapPoints
 from ._records import IMAGE_FIELDS, ClusterSummary, RunTable
-
-Progress = Callable[[str, int, int], None]
 
 FORMATS = ("csv", "json", "jsonl", "parquet", "folders", "html", "plot")  # of a run
 ROW_FORMATS = ("embeddings", "paths")  # of the cache's rows themselves (paths: a run only to filter by cluster)
@@ -194,7 +193,7 @@ def export(
         sys.stdout.writelines(f"{p}\n" for p in selected)
         sys.stdout.flush()
         return ExportResult(format, ["-"])
-    on_progress = (lambda done, total: progress(f"export {format}", done, total)) if progress else None
+    on_progress = stage(progress, f"export {format}")
     if format == "embeddings":
         from ..vectors import export_embeddings
 
