@@ -12,8 +12,8 @@ processes exactly as a user would:
 
 timing each and reading its peak RSS from ``/usr/bin/time``. The real rows themselves are run the
 same way (the reference AMI). At the sizes of ``--compare-exact`` (where the exact tree fits) it
-also clusters the same reduction on the micro-cluster tree (``--param exact_rows=2``) and reports
-the ARI between the two and both AMIs. With ``--auto`` it then removes the run's stored reduction and runs
+also clusters the same reduction on the tree agglomerative builds at scale (``--param exact_rows=2``)
+and reports the ARI between the two and both AMIs. With ``--auto`` it then removes the run's stored reduction and runs
 ``cluster --n-clusters auto`` and ``score`` the same way (the label-free K from the same start). Writes
 ``benchmarks/results/scale.json``::
 
@@ -158,11 +158,11 @@ def main() -> None:
                                          "--param", "exact_rows=2"])
             scalable = load_run(cache, micro["run_id"]).labels
             truth = Cache(cache).read_index(ENCODER).labels
-            row["micro_tree"] = {"seconds": round(seconds, 1), "peak_gib": round(gib, 2),
+            row["scalable_tree"] = {"seconds": round(seconds, 1), "peak_gib": round(gib, 2),
                                  "fit_path": micro.get("fit_path"),
                                  "ari_vs_exact": round(float(adjusted_rand_score(exact_labels, scalable)), 4),
                                  "ami_exact": round(float(adjusted_mutual_info_score(truth, exact_labels)), 4),
-                                 "ami_micro": round(float(adjusted_mutual_info_score(truth, scalable)), 4)}
+                                 "ami_scalable": round(float(adjusted_mutual_info_score(truth, scalable)), 4)}
         if args.auto:  # from the same start as the run above: the reduction is computed again
             space = load_run(cache, row["run_id"]).space
             subprocess.run([sys.executable, "-m", "imgclust", "cache", "rm", str(cache), space, "--json"], check=True,

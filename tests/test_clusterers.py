@@ -309,9 +309,9 @@ def test_affinity_refuses_when_memory_is_short(blobs, monkeypatch):
     with pytest.raises(ResourceError) as err:
         create_clusterer("affinity").fit(X)
     assert "O(N^2)" in str(err.value) and err.value.hint
-    # agglomerative builds its tree over micro-clusters instead of refusing
+    # agglomerative builds its tree in O(N·d) memory instead of refusing
     short = create_clusterer("agglomerative", n_clusters=6).fit(X)
-    assert short.n_clusters_ == 6 and short.fit_path_.startswith("micro-clusters")
+    assert short.n_clusters_ == 6 and short.fit_path_.startswith("exact ward tree of")
     # the kNN-connectivity variant and the O(N k) methods still run
     assert create_clusterer("agglomerative", n_clusters=6, connectivity_neighbors=10).fit(X).n_clusters_ == 6
     create_clusterer("kmeans", n_clusters=6).fit(X)

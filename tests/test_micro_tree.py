@@ -1,4 +1,5 @@
-"""Agglomerative at scale: the weighted nearest-neighbour-chain tree and the micro-cluster path."""
+"""Agglomerative at scale: the weighted nearest-neighbour-chain tree, the exact ward tree in O(N·d) memory
+and the micro-cluster path of the other linkages."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from imgclust.clusterers import create_clusterer
-from imgclust.clusterers._tree import weighted_linkage
+from imgclust.clusterers import _tree
+from imgclust.clusterers._tree import ward_tree, weighted_linkage
 from imgclust.errors import ParameterError
 
 
@@ -30,27 +32,65 @@ def test_ward_weights_equal_repeated_points():
     assert ours[-1, 3] == 40  # SciPy's count column counts the weighted leaves
 
 
-def test_micro_cluster_path_agrees_with_the_exact_tree_and_says_which_ran():
-    X, _ = make_blobs(4000, centers=8, n_features=10, cluster_std=1.5, random_state=0)
+@pytest.mark.parametrize("scan_parts,candidates", [(_tree.SCAN_PARTS, _tree.CANDIDATES), (300, 8), (300, 1)])
+def test_the_reciprocal_ward_tree_is_scipys_exact_tree(monkeypatch, scan_parts, candidates):
+    # 300: the rounds above 300 groups take their neighbours from the k-d tree's candidates; with one
+    # candidate most groups cannot be settled by it and ask again, or are scanned
+    monkeypatch.setattr(_tree, "SCAN_PARTS", scan_parts)
+    monkeypatch.setattr(_tree, "CANDIDATES", candidates)
+    X, _ = make_blobs(3000, centers=12, n_features=5, cluster_std=2.0, random_state=3)
+    exact = linkage(X, "ward")
+    ours, record = ward_tree(X, n_parts=40)
+    np.testing.assert_allclose(np.sort(ours[:, 2]), np.sort(exact[:, 2]), rtol=1e-9)
+    for k in (2, 12, 50, 400):
+        assert adjusted_rand_score(fcluster(ours, k, "maxclust"), fcluster(exact, k, "maxclust")) == 1.0
+    assert record["rounds"] > 3 and record["chain_parts"] <= 40
+
+
+def test_the_reciprocal_ward_tree_survives_identical_rows():
+    X = np.repeat(np.random.default_rng(4).normal(size=(60, 3)), 10, axis=0)  # every row ten times
+    ours, _ = ward_tree(X, n_parts=5)
+    exact = linkage(X, "ward")
+    assert ours.shape == (599, 4) and ours[-1, 3] == 600
+    assert adjusted_rand_score(fcluster(ours, 60, "maxclust"), fcluster(exact, 60, "maxclust")) == 1.0
+
+
+def test_ward_at_scale_gives_the_exact_tree_and_says_which_path_ran():
+    X, _ = make_blobs(4000, centers=8, n_features=10, cluster_std=3.0, random_state=0)
     exact = create_clusterer("agglomerative", n_clusters=8)
-    micro = create_clusterer("agglomerative", n_clusters=8, exact_rows=1000, micro_clusters=300)
-    a, b = exact.fit_predict(X), micro.fit_predict(X)
+    scalable = create_clusterer("agglomerative", n_clusters=8, exact_rows=1000, micro_clusters=300)
+    a, b = exact.fit_predict(X), scalable.fit_predict(X)
     assert exact.fit_path_ == "exact"
-    assert micro.fit_path_.startswith("micro-clusters: 300 k-means parts of 4000 samples, ward tree continued exactly")
+    assert scalable.fit_path_.startswith("exact ward tree of 4000 samples in O(N·d) memory: ")
+    assert "then the chain over" in scalable.fit_path_
+    assert adjusted_rand_score(a, b) == 1.0
+
+
+def test_other_linkages_at_scale_use_micro_cluster_centres():
+    X, _ = make_blobs(4000, centers=8, n_features=10, cluster_std=1.5, random_state=0)
+    exact = create_clusterer("agglomerative", n_clusters=8, linkage="average")
+    micro = create_clusterer("agglomerative", n_clusters=8, linkage="average", exact_rows=1000, micro_clusters=300)
+    a, b = exact.fit_predict(X), micro.fit_predict(X)
+    assert micro.fit_path_ == "micro-clusters: 300 k-means parts of 4000 samples, average tree on their centres"
     assert adjusted_rand_score(a, b) > 0.95
-    assert np.unique(b).size == 8
 
 
-def test_micro_cluster_path_cuts_at_a_threshold_too():
+@pytest.mark.parametrize("linkage_name", ["ward", "average"])
+def test_the_scalable_paths_cut_at_a_threshold_too(linkage_name):
     X, _ = make_blobs(3000, centers=5, n_features=6, cluster_std=0.5, random_state=1)
-    labels = create_clusterer("agglomerative", exact_rows=500, micro_clusters=200).fit_predict(X)
+    labels = create_clusterer("agglomerative", linkage=linkage_name, exact_rows=500,
+                              micro_clusters=200).fit_predict(X)
     assert np.unique(labels).size == 5
 
 
-def test_more_clusters_than_micro_clusters_is_refused():
+def test_more_clusters_than_micro_clusters_is_refused_where_the_tree_stops_at_them():
     X = np.random.default_rng(0).normal(size=(600, 3))
-    with pytest.raises(ParameterError, match="over 20 micro-clusters, fewer than n_clusters=50"):
-        create_clusterer("agglomerative", n_clusters=50, exact_rows=100, micro_clusters=20).fit_predict(X)
+    with pytest.raises(ParameterError, match="average tree over 20 micro-clusters, fewer than n_clusters=50"):
+        create_clusterer("agglomerative", n_clusters=50, linkage="average", exact_rows=100,
+                         micro_clusters=20).fit_predict(X)
+    # ward's tree reaches every row: any K is a cut of it
+    labels = create_clusterer("agglomerative", n_clusters=50, exact_rows=100, micro_clusters=20).fit_predict(X)
+    assert np.unique(labels).size == 50
 
 
 def test_a_method_that_cannot_run_at_this_size_is_refused_before_the_reduction(tmp_path, monkeypatch):
@@ -67,9 +107,9 @@ def test_a_method_that_cannot_run_at_this_size_is_refused_before_the_reduction(t
         cluster(cache.path, method="affinity")
     encoder = cache.encoders()[0]
     assert Cache(cache.path).list_groups(encoder, "reductions") == {}  # no UMAP ran before the refusal
-    # agglomerative takes its micro-cluster tree instead, and the run records it
+    # agglomerative takes its tree in O(N·d) memory instead, and the run records it
     run = cluster(cache.path, n_clusters=4, params={"exact_rows": 100, "micro_clusters": 40})
-    assert run.fit_path.startswith("micro-clusters: 40 k-means parts of 200 samples")
+    assert run.fit_path.startswith("exact ward tree of 200 samples in O(N·d) memory")
     from imgclust.cluster import load_run
 
     assert load_run(cache.path, run.run_id).fit_path == run.fit_path

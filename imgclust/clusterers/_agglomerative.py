@@ -27,7 +27,7 @@ from . import register_clusterer
 from . import _base
 from ._base import Clusterer, Param
 from ._neighbours import connectivity_matrix
-from ._tree import EXACT_ROWS, MICRO_CLUSTERS, micro_tree
+from ._tree import EXACT_ROWS, MICRO_CLUSTERS, micro_tree, ward_tree
 
 LINKAGES = ("ward", "average", "complete", "single")
 METRICS = ("euclidean", "cosine", "chebyshev", "manhattan")
@@ -150,12 +150,14 @@ class Agglomerative(Clusterer):
     Every sample gets a cluster (no noise).
 
     **At scale.** The exact tree needs O(N²) memory (about 8 N² bytes: 0.8 GB for 10,000 samples,
-    80 GB for 100,000). Above ``exact_rows`` samples, or when the exact tree would not fit in the
-    memory available, the tree is built over ``micro_clusters`` k-means micro-clusters with their
-    sizes as weights (:mod:`imgclust.clusterers._tree`): ward then continues *exactly* from that
-    partition (its merge cost depends only on sizes and centroids); average, complete and single
-    linkage compare micro-cluster centres (an approximation). Memory is O(N · d + M²), time
-    O(N · M · d) for the partition. The path taken is ``fit_path_`` and is recorded with the run.
+    80 GB for 100,000). Above ``exact_rows`` samples, or when it would not fit in the memory
+    available, ward builds the *same exact tree* in O(N · d) memory (:mod:`imgclust.clusterers._tree`):
+    groups that are each other's Ward-nearest neighbour are merged round after round (Ward's linkage
+    is reducible, so those merges are the exact tree's), with each round's neighbours found among
+    each group's nearest centres in a k-d tree, checked exactly, until ``micro_clusters`` groups are left for
+    the nearest-neighbour chain. Average, complete and single linkage are not functions of
+    centroids: they build their tree over ``micro_clusters`` k-means parts and compare the parts'
+    centres (an approximation). The path taken is ``fit_path_`` and is recorded with the run.
     ``connectivity_neighbors`` is another route to large N (O(N · k) memory).
 
     Parameters
@@ -191,10 +193,12 @@ class Agglomerative(Clusterer):
     """
 
     at_scale = ("the exact tree needs about 8·N² bytes; above exact_rows (30,000) samples, or when it would not fit "
-                "in the memory available, the tree is built over micro_clusters (3,000) FAISS k-means parts weighted by "
-                "their sizes: ward continues exactly from that partition (merge costs from the parts' real sizes and "
-                "centroids), other linkages compare the parts' centres. The path taken is recorded with the run "
-                "(fit_path). Measured against the exact tree: BENCHMARKS.md, 'The default pipeline at scale'.")
+                "in the memory available, ward builds the same exact tree in O(N·d) memory: reciprocal Ward-nearest "
+                "groups (found exactly, among each group's nearest centres in a k-d tree) merge round after round, "
+                "then the nearest-neighbour chain finishes over micro_clusters (3,000) groups. Average, complete and "
+                "single linkage build their tree over micro_clusters FAISS k-means parts and compare the parts' "
+                "centres (an approximation). The path taken is recorded with the run (fit_path). Measured against "
+                "scikit-learn's tree: BENCHMARKS.md, 'The default pipeline at scale'.")
     name = "agglomerative"
     summary = "Hierarchical clustering (ward by default); finds K itself via a distance threshold"
     paper = "ZS (Lowe et al.) §AC; ES (Scott et al.)"
@@ -220,8 +224,10 @@ class Agglomerative(Clusterer):
             "restrict merges to k-nearest-neighbour pairs (10-30; None = no restriction)",
             low=1, nullable=True,
         ),
-        Param("exact_rows", EXACT_ROWS, int, "samples above which the tree is built over micro-clusters", low=2),
-        Param("micro_clusters", MICRO_CLUSTERS, int, "k-means micro-clusters the tree is built over at scale", low=2),
+        Param("exact_rows", EXACT_ROWS, int, "samples above which the tree is built in O(N·d) memory", low=2),
+        Param("micro_clusters", MICRO_CLUSTERS, int,
+              "groups the last stage of the tree is built over at scale (ward: exact; other linkages: k-means parts)",
+              low=2),
     )
 
     def _check_params(self) -> None:
@@ -294,17 +300,23 @@ class Agglomerative(Clusterer):
     def _fit_micro(self, X: np.ndarray, threshold: float | None) -> np.ndarray:
         from scipy.cluster.hierarchy import fcluster
 
-        micro, Z = micro_tree(X, self.linkage, self.metric, self.micro_clusters, self.random_state)
-        m = Z.shape[0] + 1
-        how = "continued exactly" if self.linkage == "ward" else "on micro-cluster centres"
-        self.fit_path_ = f"micro-clusters: {m} k-means parts of {X.shape[0]} samples, {self.linkage} tree {how}"
-        if m == 1:
-            return np.zeros(X.shape[0], dtype=np.int64)
-        if threshold is None:
-            if self.n_clusters > m:
+        n = X.shape[0]
+        if self.linkage == "ward":
+            Z, record = ward_tree(X, self.micro_clusters)
+            self.fit_path_ = (f"exact ward tree of {n} samples in O(N·d) memory: {record['rounds']} rounds of reciprocal "
+                              f"nearest neighbours, then the chain over {record['chain_parts']} groups")
+            micro = np.arange(n)
+        else:
+            micro, Z = micro_tree(X, self.linkage, self.metric, self.micro_clusters, self.random_state)
+            m = Z.shape[0] + 1
+            self.fit_path_ = f"micro-clusters: {m} k-means parts of {n} samples, {self.linkage} tree on their centres"
+            if threshold is None and self.n_clusters > m:
                 raise ParameterError(
-                    f"agglomerative at this size builds its tree over {m} micro-clusters, fewer than "
+                    f"agglomerative at this size builds its {self.linkage} tree over {m} micro-clusters, fewer than "
                     f"n_clusters={self.n_clusters}", hint=f"raise micro_clusters above {self.n_clusters}")
+        if Z.shape[0] == 0:
+            return np.zeros(n, dtype=np.int64)
+        if threshold is None:
             tree_labels = fcluster(Z, self.n_clusters, criterion="maxclust")
         else:
             tree_labels = fcluster(Z, threshold, criterion="distance")
