@@ -47,12 +47,26 @@ def test_the_reciprocal_ward_tree_is_scipys_exact_tree(monkeypatch, scan_parts, 
     assert record["rounds"] > 3 and record["chain_parts"] <= 40
 
 
-def test_the_reciprocal_ward_tree_survives_identical_rows():
-    X = np.repeat(np.random.default_rng(4).normal(size=(60, 3)), 10, axis=0)  # every row ten times
-    ours, _ = ward_tree(X, n_parts=5)
+def test_identical_rows_merge_first_at_height_zero():
+    X = np.repeat(np.random.default_rng(4).normal(size=(200, 3)), 50, axis=0)  # every row fifty times
+    ours, record = ward_tree(X, n_parts=5)
     exact = linkage(X, "ward")
-    assert ours.shape == (599, 4) and ours[-1, 3] == 600
-    assert adjusted_rand_score(fcluster(ours, 60, "maxclust"), fcluster(exact, 60, "maxclust")) == 1.0
+    assert record["identical_rows"] == 9800 and record["rounds"] < 20
+    assert ours.shape == (9999, 4) and ours[-1, 3] == 10000
+    np.testing.assert_allclose(np.sort(ours[:, 2]), np.sort(exact[:, 2]), rtol=1e-9, atol=1e-12)
+    assert adjusted_rand_score(fcluster(ours, 200, "maxclust"), fcluster(exact, 200, "maxclust")) == 1.0
+    constant, record = ward_tree(np.zeros((300, 4)), n_parts=5)
+    assert record == {"identical_rows": 299, "rounds": 0, "chain_parts": 1} and constant[:, 2].max() == 0.0
+
+
+def test_rows_tied_on_a_grid_still_pair_up_in_parallel():
+    # every inner point of a line of equally spaced points has two neighbours at the same cost: ties broken by
+    # row index would let one pair merge a round; the random order lets about a quarter of them pair up
+    X = np.repeat(np.arange(2000.0)[:, None], 2, axis=1)
+    Z, record = ward_tree(X, n_parts=20)
+    assert record["rounds"] < 60
+    labels = fcluster(Z, 8, "maxclust")
+    assert np.unique(labels).size == 8 and np.count_nonzero(np.diff(labels)) == 7  # Ward cuts a line into runs
 
 
 def test_ward_at_scale_gives_the_exact_tree_and_says_which_path_ran():

@@ -163,27 +163,38 @@ def micro_tree(X: np.ndarray, linkage: str, metric: str, n_micro: int = MICRO_CL
     return labels, weighted_linkage(centres, sizes, linkage, metric)
 
 
-def ward_tree(X: np.ndarray, n_parts: int = MICRO_CLUSTERS) -> tuple[np.ndarray, dict]:
+def ward_tree(X: np.ndarray, n_parts: int = MICRO_CLUSTERS, random_state: int = 0) -> tuple[np.ndarray, dict]:
     """``(SciPy linkage matrix over every row, how it was built)``: the exact Ward tree in O(N · d) memory.
 
-    Reciprocal Ward-nearest groups are merged round after round until at most ``n_parts`` groups
-    are left; the nearest-neighbour chain then finishes the tree over them (module docstring). After
-    a round only the merged groups, and the groups whose nearest neighbour merged, look again: the
-    others keep theirs, since Ward is reducible (a merged group is never nearer to a third group than
-    the nearer of its two parts). The record says how many rounds ran and how many groups the chain
-    started from.
+    Identical rows merge first (at height 0, as in the exact tree). Then reciprocal Ward-nearest
+    groups merge round after round until at most ``n_parts`` groups are left, and the
+    nearest-neighbour chain finishes the tree over them (module docstring). After a round only the
+    merged groups, and the groups whose nearest neighbour merged, look again: the others keep theirs,
+    since Ward is reducible (a merged group is never nearer to a third group than the nearer of its
+    two parts). Equal costs go to a random but fixed order of the rows (``random_state``), so that
+    groups tied with many others (points on a grid) still pair up in parallel; a tie changes no
+    height. The record says how many rows were identical to an earlier one, how many rounds ran and
+    how many groups the chain started from.
     """
     n = X.shape[0]
+    order = np.random.default_rng(random_state).permutation(n)  # slot i holds row order[i]
     # centred, so that the float64 scans lose as little as they can to cancellation
-    sums = np.asarray(X, dtype=np.float64) - np.asarray(X, dtype=np.float64).mean(axis=0)
+    sums = np.asarray(X, dtype=np.float64)[order]
+    sums -= sums.mean(axis=0)
+    _, first, inverse, counts = np.unique(sums, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    copies = np.flatnonzero(first[inverse] != np.arange(n))
+    merges: list[tuple[int, int, float]] = [(int(first[inverse[i]]), int(i), 0.0) for i in copies]
     size = np.ones(n)
+    size[first] = counts
+    sums[first] *= counts[:, None]
     alive = np.ones(n, dtype=bool)
+    alive[copies] = False
     groups = _WardNeighbours(sums, size, alive)
     nearest = np.arange(n)
     cost = np.full(n, np.inf)
-    look = np.arange(n)
-    merges: list[tuple[int, int, float]] = []
-    m, rounds = n, 0
+    look = np.flatnonzero(alive)
+    m, rounds = look.size, 0
     while m > max(n_parts, 1):
         nearest[look], cost[look] = groups.nearest(look)
         live = np.flatnonzero(alive)
@@ -206,14 +217,15 @@ def ward_tree(X: np.ndarray, n_parts: int = MICRO_CLUSTERS) -> tuple[np.ndarray,
     live = np.flatnonzero(alive)
     chain = _chain(sums[live] / size[live, None], size[live], "ward", "euclidean")
     merges.extend((int(live[i]), int(live[j]), height) for i, j, height in chain)
-    record = {"rounds": rounds, "chain_parts": int(live.size)}
+    merges = [(int(order[a]), int(order[b]), height) for a, b, height in merges]
+    record = {"identical_rows": int(copies.size), "rounds": rounds, "chain_parts": int(live.size)}
     return _to_scipy(merges, n), record
 
 
 class _WardNeighbours:
     """The Ward-nearest live group of any live group, as groups merge (the state of :func:`ward_tree`).
 
-    Exact, with ties going to the lower index. Up to :data:`SCAN_PARTS` live groups every pair is
+    Exact, with ties going to the lower slot. Up to :data:`SCAN_PARTS` live groups every pair is
     scanned in float64. Above, each group's :data:`CANDIDATES` nearest centres come from a k-d tree
     over the live centres (scikit-learn's, exact, rebuilt after each round, queried on every core),
     and the Ward cost picks among them; a group whose best candidate could still be beaten by one
@@ -267,8 +279,8 @@ class _WardNeighbours:
         centres = self._centres(q)
         distance, position = tree.query(centres, k=min(k + 1, live.size))
         ids = live[position]
-        order = np.argsort(ids, axis=1)  # lower index first, so that argmin breaks ties by index
-        ids, d2 = np.take_along_axis(ids, order, 1), np.take_along_axis(distance, order, 1) ** 2
+        by_slot = np.argsort(ids, axis=1)  # lower slot first, so that argmin breaks ties by slot
+        ids, d2 = np.take_along_axis(ids, by_slot, 1), np.take_along_axis(distance, by_slot, 1) ** 2
         other = self.size[ids]
         c = self.size[q, None] * other / (self.size[q, None] + other) * d2
         c[ids == q[:, None]] = np.inf
