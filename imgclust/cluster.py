@@ -218,6 +218,7 @@ def cluster(
     if labels is None:
         clusterer = create_clusterer(method, n_clusters=k, random_state=random_state, **params)
         clusterer.on_epoch = on_epoch
+        clusterer.on_progress = stage(progress, CLUSTERING_STAGE)
         if progress:  # a bar with the elapsed time while the method runs (trained methods also report epochs)
             progress(CLUSTERING_STAGE, 0, 1)
         labels = clusterer.fit_predict(X, views, neighbours)

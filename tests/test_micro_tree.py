@@ -45,6 +45,10 @@ def test_the_reciprocal_ward_tree_is_scipys_exact_tree(monkeypatch, scan_parts, 
     for k in (2, 12, 50, 400):
         assert adjusted_rand_score(fcluster(ours, k, "maxclust"), fcluster(exact, k, "maxclust")) == 1.0
     assert record["rounds"] > 3 and record["chain_parts"] <= 40
+    calls = []
+    ward_tree(X, n_parts=40, on_progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) == record["rounds"] and {total for _, total in calls} == {3000 - 40}
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls}) and calls[-1][0] >= 3000 - 40
 
 
 def test_identical_rows_merge_first_at_height_zero():
@@ -121,8 +125,12 @@ def test_a_method_that_cannot_run_at_this_size_is_refused_before_the_reduction(t
         cluster(cache.path, method="affinity")
     encoder = cache.encoders()[0]
     assert Cache(cache.path).list_groups(encoder, "reductions") == {}  # no UMAP ran before the refusal
-    # agglomerative takes its tree in O(N·d) memory instead, and the run records it
-    run = cluster(cache.path, n_clusters=4, params={"exact_rows": 100, "micro_clusters": 40})
+    # agglomerative takes its tree in O(N·d) memory instead, and the run records it; its rounds show as progress
+    reports = []
+    run = cluster(cache.path, n_clusters=4, params={"exact_rows": 100, "micro_clusters": 40},
+                  progress=lambda stage, done, total: reports.append((stage, done, total)))
+    rounds = [(done, total) for stage, done, total in reports if stage == "clustering" and total == 160]
+    assert rounds and rounds[-1][0] >= 160 and reports[-1] == ("clustering", 1, 1)
     assert run.fit_path.startswith("exact ward tree of 200 samples in O(N·d) memory")
     from imgclust.cluster import load_run
 

@@ -302,7 +302,7 @@ class Agglomerative(Clusterer):
 
         n = X.shape[0]
         if self.linkage == "ward":
-            Z, record = ward_tree(X, self.micro_clusters, self.random_state)
+            Z, record = ward_tree(X, self.micro_clusters, self.random_state, on_progress=self.on_progress)
             copies = f"{record['identical_rows']} identical samples merged first, " if record["identical_rows"] else ""
             self.fit_path_ = (f"exact ward tree of {n} samples in O(N·d) memory: {copies}{record['rounds']} rounds of "
                               f"reciprocal nearest neighbours, then the chain over {record['chain_parts']} groups")

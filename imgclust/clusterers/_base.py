@@ -248,6 +248,9 @@ class Clusterer:
     #: optional progress callback of trained methods: ``on_epoch(epoch, epochs, loss)`` after each epoch
     #: (epoch counts from 1 to epochs). Set it on the instance; None (default) keeps training quiet.
     on_epoch: Callable[[int, int, float], None] | None = None
+    #: optional progress callback of methods that fit in steps, ``on_progress(done, total)`` (agglomerative at
+    #: scale: rows merged of those to merge before the chain). Set it on the instance.
+    on_progress: Callable[[int, int], None] | None = None
 
     labels_: np.ndarray
     n_clusters_: int

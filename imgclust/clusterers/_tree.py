@@ -32,6 +32,8 @@ import logging
 
 import numpy as np
 
+from .._progress import OnProgress
+
 _log = logging.getLogger(__name__)
 
 #: Rows up to which the exact tree (scikit-learn, O(N²) memory) is built when memory allows.
@@ -163,7 +165,8 @@ def micro_tree(X: np.ndarray, linkage: str, metric: str, n_micro: int = MICRO_CL
     return labels, weighted_linkage(centres, sizes, linkage, metric)
 
 
-def ward_tree(X: np.ndarray, n_parts: int = MICRO_CLUSTERS, random_state: int = 0) -> tuple[np.ndarray, dict]:
+def ward_tree(X: np.ndarray, n_parts: int = MICRO_CLUSTERS, random_state: int = 0,
+              on_progress: OnProgress | None = None) -> tuple[np.ndarray, dict]:
     """``(SciPy linkage matrix over every row, how it was built)``: the exact Ward tree in O(N · d) memory.
 
     Identical rows merge first (at height 0, as in the exact tree). Then reciprocal Ward-nearest
@@ -174,7 +177,7 @@ def ward_tree(X: np.ndarray, n_parts: int = MICRO_CLUSTERS, random_state: int = 
     two parts). Equal costs go to a random but fixed order of the rows (``random_state``), so that
     groups tied with many others (points on a grid) still pair up in parallel; a tie changes no
     height. The record says how many rows were identical to an earlier one, how many rounds ran and
-    how many groups the chain started from.
+    how many groups the chain started from. ``on_progress(rows merged, rows to merge)`` after each round.
     """
     n = X.shape[0]
     order = np.random.default_rng(random_state).permutation(n)  # slot i holds row order[i]
@@ -214,6 +217,8 @@ def ward_tree(X: np.ndarray, n_parts: int = MICRO_CLUSTERS, random_state: int = 
         live = np.flatnonzero(alive)
         look = live[moved[live] | moved[nearest[live]]]
         _log.debug("ward round %d: %d groups of %d rows left, %d look again", rounds, m, n, look.size)
+        if on_progress is not None:
+            on_progress(n - m, n - n_parts)
     live = np.flatnonzero(alive)
     chain = _chain(sums[live] / size[live, None], size[live], "ward", "euclidean")
     merges.extend((int(live[i]), int(live[j]), height) for i, j, height in chain)
