@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._progress import OnProgress
 from ..errors import ParameterError, ResourceError, UsageError
 from ..knn import KnnGraph, Neighbours
 
@@ -250,7 +251,7 @@ class Clusterer:
     on_epoch: Callable[[int, int, float], None] | None = None
     #: optional progress callback of methods that fit in steps, ``on_progress(done, total)`` (agglomerative at
     #: scale: rows merged of those to merge before the chain). Set it on the instance.
-    on_progress: Callable[[int, int], None] | None = None
+    on_progress: OnProgress | None = None
 
     labels_: np.ndarray
     n_clusters_: int

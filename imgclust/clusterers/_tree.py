@@ -196,11 +196,10 @@ def ward_tree(X: np.ndarray, n_parts: int = MICRO_CLUSTERS, random_state: int = 
     groups = _WardNeighbours(sums, size, alive)
     nearest = np.arange(n)
     cost = np.full(n, np.inf)
-    look = np.flatnonzero(alive)
-    m, rounds = look.size, 0
+    live = look = np.flatnonzero(alive)
+    m, rounds = live.size, 0
     while m > max(n_parts, 1):
         nearest[look], cost[look] = groups.nearest(look)
-        live = np.flatnonzero(alive)
         a = live[(nearest[nearest[live]] == live) & (live < nearest[live])]
         if a.size == 0:  # only float ties can leave no reciprocal pair: the cheapest merge is always the exact tree's
             a = live[[np.argmin(cost[live])]]
@@ -219,7 +218,6 @@ def ward_tree(X: np.ndarray, n_parts: int = MICRO_CLUSTERS, random_state: int = 
         _log.debug("ward round %d: %d groups of %d rows left, %d look again", rounds, m, n, look.size)
         if on_progress is not None:
             on_progress(n - m, n - n_parts)
-    live = np.flatnonzero(alive)
     chain = _chain(sums[live] / size[live, None], size[live], "ward", "euclidean")
     merges.extend((int(live[i]), int(live[j]), height) for i, j, height in chain)
     merges = [(int(order[a]), int(order[b]), height) for a, b, height in merges]
