@@ -18,15 +18,19 @@ Sets:
   spreads; K = 5, 20, 50, 100 with wider spreads; 4 groups of 5 blobs (a hierarchy); 1:10
   imbalance at K = 10 and 30; and two sets with no structure (one Gaussian; a uniform cube).
 
-Held-out sets (``--group held-out``) played no part in choosing any rule's thresholds: 3, 5 and
-7 classes of each cache drawn with other seeds (13, 15, 17), a 1:10 imbalanced subset of each in
-another class order (seed 20), and four other unions of the two caches (5 + 5 classes, all of
-Imagenette + 5 CIFAR-10 classes, 3 Imagenette classes + all of CIFAR-10, imbalanced Imagenette +
-3 CIFAR-10 classes). Worst losses are reported per group.
+Held-out sets (``--group held-out``) played no part in choosing the thresholds of the rules up to
+``silhouette-levels``: 3, 5 and 7 classes of each cache drawn with other seeds (13, 15, 17), a 1:10
+imbalanced subset of each in another class order (seed 20), and four other unions of the two caches
+(5 + 5 classes, all of Imagenette + 5 CIFAR-10 classes, 3 Imagenette classes + all of CIFAR-10,
+imbalanced Imagenette + 3 CIFAR-10 classes). Fresh sets (``--group fresh``) played no part in choosing
+any rule: they were defined before any rule changed on the held-out sets was read on them (2, 4, 6
+and 8 classes of each cache, a new imbalance order, five new unions, digits subsets, new blobs; see
+:func:`fresh_sets`). Worst losses are reported per group.
 
     python benchmarks/select_k.py                      # everything (about 25 minutes on 2 cores)
     python benchmarks/select_k.py --only blobs         # sets whose name contains 'blobs'
     python benchmarks/select_k.py --group held-out     # only the held-out sets
+    python benchmarks/select_k.py --group fresh        # only the fresh sets
 
 The caches come from ``benchmarks/clustering_table.py`` (``benchmarks/results/<set>-effnet-lite0.h5``);
 UMAP outputs are kept in ``benchmarks/results/select_k_umap/`` for reruns. Writes
@@ -53,6 +57,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DATA = HERE.parents[1] / "shared" / "data"
 UMAP_DIR = RESULTS / "select_k_umap"
+#: Groups of sets, by what was chosen on them (see the module docs).
+GROUPS = ("calibration", "held-out", "fresh")
 
 
 def blobs() -> dict:
@@ -114,13 +120,27 @@ def subsets(prefix: str, y: np.ndarray) -> dict:
     return out
 
 
-def held_out_sets() -> dict:
-    """Sets that played no part in choosing any rule's thresholds (other class draws, other
-    imbalance orders, other unions of the two caches): the check that a rule is not fitted to
-    the calibration sets' curves."""
+def _unions(parts: dict) -> dict:
+    """Sets made of rows of the two caches: name -> [(X, y, rows), ...], reduced together with UMAP."""
+    sets = {}
+    for name, pieces in parts.items():
+        X = lambda pieces=pieces: np.concatenate([X[rows] for X, _, rows in pieces])  # noqa: E731
+        y = np.concatenate([y[rows] for _, y, rows in pieces])
+        sets[name] = (lambda X=X, name=name: umap50(X(), name), y)
+    return sets
+
+
+def _both_caches() -> tuple:
     Xi, yi, _ = load_cache("imagenette-val")
     Xc, yc, _ = load_cache("cifar10-test")
-    yi, yc = np.char.add("in-", yi), np.char.add("c10-", yc)
+    return Xi, np.char.add("in-", yi), Xc, np.char.add("c10-", yc)
+
+
+def held_out_sets() -> dict:
+    """Sets that played no part in choosing the thresholds of the rules up to ``silhouette-levels``
+    (other class draws, other imbalance orders, other unions of the two caches). ``silhouette-tree``'s
+    changes were found on them, so for that rule they are calibration: :func:`fresh_sets` decides."""
+    Xi, yi, Xc, yc = _both_caches()
     parts = {}
     for prefix, X, y in (("imagenette-val", Xi, yi), ("cifar10-test", Xc, yc)):
         for k, seed in ((3, 13), (5, 15), (7, 17)):
@@ -131,11 +151,47 @@ def held_out_sets() -> dict:
     parts["imagenette+cifar10-5cls"] = [(Xi, yi, everything(yi)), (Xc, yc, class_subset(yc, 5, 15))]
     parts["imagenette-3cls+cifar10"] = [(Xi, yi, class_subset(yi, 3, 13)), (Xc, yc, everything(yc))]
     parts["imagenette-imbalanced+cifar10-3cls"] = [(Xi, yi, imbalanced_subset(yi, 20)), (Xc, yc, class_subset(yc, 3, 3))]
+    return _unions(parts)
+
+
+def fresh_sets(real: bool = True) -> dict:
+    """Sets no rule was chosen or changed on, built before ``silhouette-tree`` was first read on them: 2, 4,
+    6 and 8 classes of each cache (seeds 23-29), 1:10 imbalance in a new order (seed 31), five new unions
+    (seeds 33-41), digits subsets, and new make_blobs sets, one of them 5 tight blobs beside 5 loose ones
+    (the shape of the unions of Imagenette and CIFAR-10). ``real=False``: the synthetic ones only."""
     sets = {}
-    for name, pieces in parts.items():
-        X = lambda pieces=pieces: np.concatenate([X[rows] for X, _, rows in pieces])  # noqa: E731
-        y = np.concatenate([y[rows] for _, y, rows in pieces])
-        sets[name] = (lambda X=X, name=name: umap50(X(), name), y)
+    if real:
+        Xi, yi, Xc, yc = _both_caches()
+        parts = {}
+        for prefix, X, y in (("imagenette-val", Xi, yi), ("cifar10-test", Xc, yc)):
+            for k, seed in ((2, 29), (4, 23), (6, 25), (8, 27)):
+                parts[f"{prefix}-{k}cls-s{seed}"] = [(X, y, class_subset(y, k, seed))]
+            parts[f"{prefix}-imbalanced-s31"] = [(X, y, imbalanced_subset(y, 31))]
+        for name, (ki, kc, seed) in (("imagenette-3cls+cifar10-3cls-s33", (3, 3, 33)),
+                                     ("imagenette-7cls+cifar10-7cls-s35", (7, 7, 35)),
+                                     ("imagenette-5cls+cifar10-2cls-s39", (5, 2, 39)),
+                                     ("imagenette-2cls+cifar10-5cls-s41", (2, 5, 41))):
+            parts[name] = [(Xi, yi, class_subset(yi, ki, seed)), (Xc, yc, class_subset(yc, kc, seed))]
+        parts["imagenette-imbalanced+cifar10-imbalanced-s37"] = [(Xi, yi, imbalanced_subset(yi, 37)),
+                                                                (Xc, yc, imbalanced_subset(yc, 37))]
+        sets.update(_unions(parts))
+    digits_X, digits_y = load_digits(return_X_y=True)
+    for name, rows in (("digits-5cls-s23", class_subset(digits_y, 5, 23)),
+                       ("digits-imbalanced-s31", imbalanced_subset(digits_y, 31))):
+        sets[name] = (lambda rows=rows, name=name: umap50(digits_X[rows], name), digits_y[rows])
+    for k, std, seed in ((7, 1.0, 207), (40, 2.0, 240), (70, 1.0, 270)):
+        X, y = make_blobs(max(1500, 60 * k), n_features=10, centers=k, cluster_std=std, center_box=(-20, 20),
+                          random_state=seed)
+        sets[f"blobs-k{k}-std{std}-s{seed}"] = (lambda X=X: X, y)
+    sizes = np.round(250 * np.geomspace(1, 0.1, 15)).astype(int)
+    X, y = make_blobs(sizes, n_features=10, centers=None, cluster_std=1.0, center_box=(-20, 20), random_state=215)
+    sets["blobs-k15-imbalanced-s215"] = (lambda X=X: X, y)
+    rng = np.random.default_rng(43)
+    tight = rng.uniform(-20, 20, (5, 10))
+    loose = rng.uniform(-20, 20, 10) + rng.normal(0, 4, (5, 10))
+    X1, y1 = make_blobs(1500, n_features=10, centers=tight, cluster_std=1.0, random_state=43)
+    X2, y2 = make_blobs(1500, n_features=10, centers=loose, cluster_std=1.5, random_state=44)
+    sets["blobs-tight5+loose5-s43"] = (lambda X=np.concatenate([X1, X2]): X, np.concatenate([y1, y2 + 5]))
     return sets
 
 
@@ -231,7 +287,7 @@ def table(rows: list[dict]) -> str:
         at_true = "—" if r["ami_true_k"] is None else f"{r['ami_true_k']:.1f}"
         lines.append(f"| {r['set']} | {r['group']} | {r['n']} | {r['true_k'] if r['true_k'] > 1 else 'none'} | {at_true} | "
                      + " | ".join(cells) + f" | {', '.join(r['flags']) or '—'} |")
-    for group in ("calibration", "held-out", "all"):
+    for group in (*GROUPS, "all"):
         labelled = [r for r in rows if r["ami_true_k"] is not None and group in ("all", r["group"])]
         if not labelled:
             continue
@@ -261,14 +317,18 @@ def main() -> None:
     parser.add_argument("--only", help="run only the sets whose name contains this")
     parser.add_argument("--out", default="select_k", help="name of the JSON/Markdown files under benchmarks/results/")
     parser.add_argument("--scale-rows", type=int, default=1_000_000, help="rows of the timing at scale (0: skip)")
-    parser.add_argument("--group", choices=("all", "calibration", "held-out"), default="all",
-                        help="calibration: the sets the rules' thresholds were chosen on; held-out: the others")
+    parser.add_argument("--group", choices=("all", *GROUPS), default="all",
+                        help="calibration: the sets the rules' thresholds were chosen on; held-out: sets no rule up "
+                             "to silhouette-levels was chosen on; fresh: sets no rule was chosen on")
     args = parser.parse_args()
     sets = {name: ("calibration", lambda X=X: X, y) for name, (X, y) in blobs().items()}
-    if not (args.only and ("blobs" in args.only or "noise" in args.only)):
+    synthetic_only = bool(args.only and ("blobs" in args.only or "noise" in args.only))
+    if not synthetic_only:
         sets.update({name: ("calibration", *entry) for name, entry in real_sets().items()})
-        if (RESULTS / "cifar10-test-effnet-lite0.h5").exists():
-            sets.update({name: ("held-out", *entry) for name, entry in held_out_sets().items()})
+    both = not synthetic_only and (RESULTS / "cifar10-test-effnet-lite0.h5").exists()
+    if both:
+        sets.update({name: ("held-out", *entry) for name, entry in held_out_sets().items()})
+    sets.update({name: ("fresh", *entry) for name, entry in fresh_sets(real=both).items()})
     rows = []
     for name, (group, get_X, y) in sets.items():
         if args.only and args.only not in name:
