@@ -58,7 +58,7 @@ RESULTS = HERE / "results"
 DATA = HERE.parents[1] / "shared" / "data"
 UMAP_DIR = RESULTS / "select_k_umap"
 #: Groups of sets, by what was chosen on them (see the module docs).
-GROUPS = ("calibration", "held-out", "fresh")
+GROUPS = ("calibration", "held-out", "fresh", "exam")
 
 
 def blobs() -> dict:
@@ -195,6 +195,45 @@ def fresh_sets(real: bool = True) -> dict:
     return sets
 
 
+def exam_sets(real: bool = True) -> dict:
+    """Sets no rule was chosen or changed on, built after the fresh sets had shown where every rule fails and
+    before any change made for them was read here: 3, 5, 7 and 9 classes of each cache (seeds 51-57), a
+    random half of each cache (seed 59), 1:10 imbalance in a new order (seed 61), four new unions (seeds
+    63-69), digits subsets, and new make_blobs sets (tight beside loose again, another seed)."""
+    sets = {}
+    if real:
+        Xi, yi, Xc, yc = _both_caches()
+        parts = {}
+        for prefix, X, y in (("imagenette-val", Xi, yi), ("cifar10-test", Xc, yc)):
+            for k, seed in ((3, 51), (5, 53), (7, 55), (9, 57)):
+                parts[f"{prefix}-{k}cls-s{seed}"] = [(X, y, class_subset(y, k, seed))]
+            half = np.sort(np.random.default_rng(59).permutation(len(y))[: len(y) // 2])
+            parts[f"{prefix}-half-s59"] = [(X, y, half)]
+            parts[f"{prefix}-imbalanced-s61"] = [(X, y, imbalanced_subset(y, 61))]
+        for name, (ki, kc, seed) in (("imagenette-4cls+cifar10-4cls-s63", (4, 4, 63)),
+                                     ("imagenette-2cls+cifar10-8cls-s65", (2, 8, 65)),
+                                     ("imagenette-6cls+cifar10-2cls-s67", (6, 2, 67)),
+                                     ("imagenette-8cls+cifar10-6cls-s69", (8, 6, 69))):
+            parts[name] = [(Xi, yi, class_subset(yi, ki, seed)), (Xc, yc, class_subset(yc, kc, seed))]
+        sets.update(_unions(parts))
+    digits_X, digits_y = load_digits(return_X_y=True)
+    for name, rows in (("digits-3cls-s51", class_subset(digits_y, 3, 51)),
+                       ("digits-7cls-s55", class_subset(digits_y, 7, 55)),
+                       ("digits-imbalanced-s61", imbalanced_subset(digits_y, 61))):
+        sets[name] = (lambda rows=rows, name=name: umap50(digits_X[rows], name), digits_y[rows])
+    for k, std, seed in ((4, 1.0, 504), (12, 2.0, 512), (30, 1.5, 530)):
+        X, y = make_blobs(max(1500, 60 * k), n_features=10, centers=k, cluster_std=std, center_box=(-20, 20),
+                          random_state=seed)
+        sets[f"blobs-k{k}-std{std}-s{seed}"] = (lambda X=X: X, y)
+    rng = np.random.default_rng(71)
+    tight = rng.uniform(-20, 20, (3, 10))
+    loose = rng.uniform(-20, 20, 10) + rng.normal(0, 4, (6, 10))
+    X1, y1 = make_blobs(900, n_features=10, centers=tight, cluster_std=1.0, random_state=71)
+    X2, y2 = make_blobs(1800, n_features=10, centers=loose, cluster_std=1.5, random_state=72)
+    sets["blobs-tight3+loose6-s71"] = (lambda X=np.concatenate([X1, X2]): X, np.concatenate([y1, y2 + 3]))
+    return sets
+
+
 def umap50(X: np.ndarray, name: str) -> np.ndarray:
     path = UMAP_DIR / f"{name}.npy"
     if path.exists():
@@ -319,7 +358,8 @@ def main() -> None:
     parser.add_argument("--scale-rows", type=int, default=1_000_000, help="rows of the timing at scale (0: skip)")
     parser.add_argument("--group", choices=("all", *GROUPS), default="all",
                         help="calibration: the sets the rules' thresholds were chosen on; held-out: sets no rule up "
-                             "to silhouette-levels was chosen on; fresh: sets no rule was chosen on")
+                             "to silhouette-levels was chosen on; fresh: sets no rule was chosen on before "
+                             "silhouette-tree; exam: sets no rule was chosen on")
     args = parser.parse_args()
     sets = {name: ("calibration", lambda X=X: X, y) for name, (X, y) in blobs().items()}
     synthetic_only = bool(args.only and ("blobs" in args.only or "noise" in args.only))
@@ -329,6 +369,7 @@ def main() -> None:
     if both:
         sets.update({name: ("held-out", *entry) for name, entry in held_out_sets().items()})
     sets.update({name: ("fresh", *entry) for name, entry in fresh_sets(real=both).items()})
+    sets.update({name: ("exam", *entry) for name, entry in exam_sets(real=both).items()})
     rows = []
     for name, (group, get_X, y) in sets.items():
         if args.only and args.only not in name:
