@@ -33,14 +33,15 @@ Criteria (one curve each, K on the x axis; ``curves`` in :class:`Selection`):
     Neural Computation 2004, with ARI as the agreement and 1-NN as the transfer).
 
 Rules (:data:`SELECTION_RULES`, :mod:`imgclust.k_rules`) read K off those curves; the
-default, ``silhouette-levels``, and the others are described and compared there and in
+default, ``silhouette-tree``, and the others are described and compared there and in
 ``BENCHMARKS.md``.
 
 Doubt is reported, never hidden (:attr:`Selection.flags`): a pick at the edge of the searched
 range (``edge``), a curve that does not decide (``flat``: the runner-up within ``flat_tolerance``),
 a finer level chosen under a coarser split with a better silhouette (``hierarchy``), a finer cut
 that is a clearer elbow of the merge tree than the pick (``elbow-below``: the largest merge gap
-among the K that keep 55% of the pick's silhouette is above the pick's own), and data
+among the K that keep 55% of the pick's silhouette is above the pick's own and at least 1.1; the
+default rule moves there, so only the other silhouette rules raise it), and data
 with no cluster structure (``no-structure``): the best silhouette of the ward cuts of the swept
 rows is less than ``structure_margin`` above that of one Gaussian sample with the same mean and
 covariance, cut the same way (the reference distribution of the gap statistic: Tibshirani,
@@ -515,8 +516,10 @@ def choose_n_clusters(
         The method's parameters, exactly as for the clustering that is returned.
     k_min, k_max : int
         The searched range. ``k_max=None``: ``min(200, rows / 10)``, at least ``k_min``.
-    rule : {"silhouette-levels", "silhouette-gap", "silhouette", "merge-gap", "stability"}, default="silhouette-levels"
-        See the module docs; ``BENCHMARKS.md`` compares them.
+    rule : str, default="silhouette-tree"
+        One of :data:`SELECTION_RULES` (``silhouette-tree``, ``silhouette-levels``, ``silhouette-gap``,
+        ``silhouette``, ``merge-gap``, ``stability``); see :mod:`imgclust.k_rules`. ``BENCHMARKS.md``
+        compares them.
     max_samples : int or None
         Rows the sweep may use (a uniform random sample above it); None: the method's
         ``auto_k_samples`` (10,000 for agglomerative, 5,000 for other shallow methods, 2,000 for
@@ -558,7 +561,7 @@ def choose_n_clusters(
     if rule not in SELECTION_RULES:
         raise ParameterError(
             f"The 'rule' parameter of choose_n_clusters must be one of {', '.join(SELECTION_RULES)}. Got {rule!r} instead.",
-            hint="silhouette-gap is the measured default (BENCHMARKS.md)",
+            hint=f"{DEFAULT_RULE} is the measured default (BENCHMARKS.md)",
         )
     cls = CLUSTERERS.get(method)
     if cls.n_clusters_mode == "unused":

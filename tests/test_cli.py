@@ -116,7 +116,7 @@ def test_auto_k_range_summary_and_candidates(cache):
     assert sel["confident"] and len(sel["candidates"]) == 3 and sel["candidates"][0]["k"] == 4
     assert {"silhouette", "merge_gap"} <= set(sel["candidates"][0]) and sel["space"] == run["space"]
     markdown = invoke("score", cache, "--markdown").stdout
-    assert "| K chosen without labels | 4 (silhouette-levels, searched 2:8) |" in markdown
+    assert "| K chosen without labels | 4 (silhouette-tree, searched 2:8) |" in markdown
     assert "| K candidate 1 | 4: silhouette " in markdown and "| K candidate 3 |" in markdown
     for bad, message in ((["--k-range", "5:2"], "--k-range must be MIN:MAX"),
                          (["-k", "3", "--k-range", "2:9"], "--k-range is the range searched")):

@@ -155,7 +155,9 @@ def test_edge_of_the_range_and_candidates(blobs8):
     assert "no clear number of clusters" in sel.summary and "--k-range" in sel.summary
     assert sel.candidates[0]["k"] == 5 and len(sel.candidates) == 3
     assert len({c["k"] for c in sel.candidates}) == 3
-    assert "edge" in choose_n_clusters(X, k_min=9, k_max=20).flags  # the start of the range, when it is not 2
+    # the start of the range, when it is not 2: every cut over-splits the 8 blobs and every merge gap is
+    # about 1, so there is no elbow of the tree to move to (without MIN_ELBOW_GAP silhouette-tree walked to 13)
+    assert "edge" in choose_n_clusters(X, k_min=9, k_max=20).flags
 
 
 def test_k_range_and_grid():
@@ -387,19 +389,23 @@ def test_levels_judge_a_finer_level_against_the_level_above_it():
         choose_from_curve(KS, CIFAR10, ratio_to="parent")
 
 
-def test_default_rule_is_silhouette_levels():
-    assert DEFAULT_RULE == "silhouette-levels" and DEFAULT_RULE in SELECTION_RULES
+def test_default_rule_is_silhouette_tree():
+    assert DEFAULT_RULE == "silhouette-tree" and DEFAULT_RULE in SELECTION_RULES
 
 
-def test_a_clearer_elbow_below_the_pick_is_flagged_and_named():
-    # 5 tight, far-apart blobs beside one group of 5 looser blobs close together (two sets side by
-    # side): the rule stops at 9, merging two of the loose blobs, while the tree's clearest elbow
-    # below the pick is the true K = 10
+def tight_beside_loose() -> np.ndarray:
+    """5 tight, far-apart blobs beside one group of 5 looser blobs close together (two sets side by side)."""
     rng = np.random.default_rng(1)
     tight = [rng.normal(c, 0.3, (150, 10)) for c in rng.normal(0, 40, (5, 10))]
     loose_centre = rng.normal(0, 40, 10)
     loose = [rng.normal(loose_centre + rng.normal(0, 2.5, 10), 0.8, (150, 10)) for _ in range(5)]
-    sel = choose_n_clusters(np.concatenate(tight + loose), k_max=20)
+    return np.concatenate(tight + loose)
+
+
+def test_a_clearer_elbow_below_the_pick_is_flagged_and_named():
+    # silhouette-levels stops at 9, merging two of the loose blobs, while the tree's clearest elbow
+    # below the pick is the true K = 10
+    sel = choose_n_clusters(tight_beside_loose(), k_max=20, rule="silhouette-levels")
     assert sel.n_clusters == 9 and "elbow-below" in sel.flags and not sel.confident
     assert [c["k"] for c in sel.candidates][:2] == [9, 10]
     assert "the tree's clearest elbow is finer, at K = 10 (merge gap" in sel.summary
@@ -408,3 +414,63 @@ def test_a_clearer_elbow_below_the_pick_is_flagged_and_named():
     # well-separated blobs at their own level: no finer elbow
     Xb, _ = make_blobs(900, n_features=10, centers=6, cluster_std=1.0, center_box=(-20, 20), random_state=2)
     assert "elbow-below" not in choose_n_clusters(Xb).flags
+
+
+# cifar10-test-imbalanced-s20 (held-out in benchmarks/select_k.py): a clean top split (animals | vehicles,
+# gap 2.99) and the tree's next elbow at K = 4 (gap 1.58), K = 2..31
+IMBALANCED_SIL = [0.62, 0.493, 0.408, 0.379, 0.372, 0.351, 0.334, 0.329, 0.323, 0.324, 0.328, 0.317, 0.315, 0.288,
+                  0.289, 0.281, 0.284, 0.286, 0.282, 0.278, 0.263, 0.267, 0.26, 0.263, 0.262, 0.261, 0.261, 0.255,
+                  0.255, 0.256]
+IMBALANCED_GAP = [2.99, 1.26, 1.58, 1.06, 1.21, 1.03, 1.24, 1.07, 1.17, 1.04, 1.05, 1.07, 1.11, 1.11, 1.08, 1.07, 1.02,
+                  1.01, 1.11, 1.01, 1.01, 1.06, 1.0, 1.03, 1.01, 1.02, 1.08, 1.02, 1.02, 1.1]
+
+
+def test_tree_rule_moves_to_the_clearer_elbow_below_the_silhouette_pick():
+    sel = choose_n_clusters(tight_beside_loose(), k_max=20, rule="silhouette-tree")
+    assert sel.n_clusters == 10 and [c["k"] for c in sel.candidates][:2] == [10, 9]
+    assert "the tree's clearest elbow below the silhouette's pick K = 9" in sel.candidates[0]["why"]
+    # the doubt stays visible: a coarser cut (the loose blobs as one) has a better silhouette
+    assert "elbow-below" not in sel.flags and "hierarchy" in sel.flags
+    assert "finer level under a cleaner split into 6" in sel.summary
+    # where the silhouette's pick is the tree's clearest elbow, the rules agree
+    Xb, _ = make_blobs(900, n_features=10, centers=6, cluster_std=1.0, center_box=(-20, 20), random_state=2)
+    assert choose_n_clusters(Xb, rule="silhouette-tree").n_clusters == 6
+
+
+def test_tree_rule_takes_an_elbow_below_the_top_split_at_a_quarter_of_its_gap():
+    ks = np.array(KS)
+    curves = {"silhouette": np.array(IMBALANCED_SIL), "merge_gap": np.array(IMBALANCED_GAP)}
+    # K = 4 has (1.58 - 1) / (2.99 - 1) = 0.29 of the top split's gap: under silhouette-levels' 0.3
+    assert ks[apply_rule("silhouette-levels", ks, curves).index] == 2
+    reading = apply_rule("silhouette-tree", ks, curves)
+    assert ks[reading.index] == 4 and "below the top split" in reading.why
+    # an elbow under a quarter of the top split's gap (above 1) is not one
+    weaker = dict(curves, merge_gap=np.where(ks == 4, 1.49, curves["merge_gap"]))
+    assert ks[apply_rule("silhouette-tree", ks, weaker).index] == 2
+
+
+# digits-5cls-s23 (fresh in benchmarks/select_k.py), K = 2..90: K = 5 is unmistakable (silhouette 0.916, merge
+# gap 7.84), then bumps of 0.021-0.032 lead the levels reading down a chain to K = 90
+DIGITS5_SIL = [0.528, 0.655, 0.802, 0.916, 0.86, 0.762, 0.668, 0.555, 0.576, 0.454, 0.471, 0.482, 0.46, 0.451, 0.46,
+               0.446, 0.453, 0.453, 0.458, 0.446, 0.439, 0.432, 0.426, 0.425, 0.409, 0.414, 0.409, 0.406, 0.397,
+               0.399, 0.4, 0.4, 0.397, 0.389, 0.384, 0.38, 0.38, 0.381, 0.383, 0.378, 0.379, 0.377, 0.372, 0.372,
+               0.373, 0.375, 0.371, 0.372, 0.369, 0.368, 0.368, 0.368, 0.361, 0.362, 0.362, 0.365, 0.366, 0.367,
+               0.368, 0.364, 0.366, 0.366, 0.369, 0.371, 0.371, 0.369, 0.37, 0.37, 0.372, 0.375, 0.377, 0.378, 0.38,
+               0.379, 0.38, 0.381, 0.381, 0.382, 0.385, 0.386, 0.385, 0.388, 0.389, 0.39, 0.389, 0.391, 0.391, 0.392,
+               0.393]
+DIGITS5_GAP = [1.19, 1.2, 1.51, 7.84, 1.56, 1.05, 1.15, 1.14, 1.14, 1.04, 1.0, 1.01, 1.06, 1.07, 1.12, 1.07, 1.29,
+               1.03, 1.01, 1.05, 1.0, 1.06, 1.12, 1.01, 1.12, 1.07, 1.04, 1.04, 1.01, 1.01, 1.02, 1.02, 1.05, 1.02,
+               1.01, 1.01, 1.04, 1.02, 1.02, 1.02, 1.03, 1.02, 1.03, 1.08, 1.04, 1.03, 1.01, 1.0, 1.02, 1.01, 1.02,
+               1.02, 1.03, 1.0, 1.02, 1.01, 1.04, 1.0, 1.01, 1.01, 1.0, 1.0, 1.02, 1.02, 1.01, 1.0, 1.0, 1.01, 1.01,
+               1.01, 1.04, 1.0, 1.01, 1.04, 1.01, 1.0, 1.01, 1.0, 1.02, 1.01, 1.0, 1.0, 1.02, 1.02, 1.01, 1.01, 1.0,
+               1.0, 1.0]
+
+
+def test_tree_rule_needs_a_finer_level_to_rise_three_hundredths():
+    ks = np.arange(2, 91)
+    curves = {"silhouette": np.array(DIGITS5_SIL), "merge_gap": np.array(DIGITS5_GAP)}
+    assert ks[apply_rule("silhouette-levels", ks, curves).index] == 90
+    assert ks[apply_rule("silhouette-tree", ks, curves).index] == 5
+    # the calibrated union keeps a level under its top split (K = 13, prominence 0.058)
+    union = {"silhouette": np.array(UNION_SIL), "merge_gap": np.array(UNION_GAP)}
+    assert np.array(KS)[apply_rule("silhouette-tree", np.array(KS), union).index] == 13
