@@ -336,6 +336,10 @@ def table(rows: list[dict]) -> str:
                      + " | ".join(f"**{worst[rule]:+.1f}**" for rule in rules) + " | |")
         lines.append(f"| **picks outside [K/2, 2K]** | {group} | | | | "
                      + " | ".join(f"**{outside[rule]}**" for rule in rules) + " | |")
+        missed = {rule: sum(r["rules"][rule]["loss"] > 2 or not r["rules"][rule]["within_half_double"] for r in labelled)
+                  for rule in rules}
+        lines.append(f"| **off target (loss > 2 or outside), of {len(labelled)}** | {group} | | | | "
+                     + " | ".join(f"**{missed[rule]}**" for rule in rules) + " | |")
     return "\n".join(lines)
 
 
@@ -349,6 +353,17 @@ def scale(rows: int) -> dict:
     print(f"scale: {rows} rows x 50 dims -> K = {sel.n_clusters} in {seconds:.1f} s (swept {sel.n_used} rows)", flush=True)
     return {"rows": rows, "dims": 50, "true_k": 20, "k": sel.n_clusters, "n_used": sel.n_used, "seconds": round(seconds, 2),
             "flags": sel.flags}
+
+
+def write(rows: list[dict], at_scale: dict | None, out: str) -> str:
+    """The Markdown table (and the timing at scale) of ``rows``; writes ``<out>.json`` and ``<out>.md``."""
+    md = table(rows)
+    if at_scale:
+        md += (f"\n\nAt scale: {at_scale['rows']:,} rows x 50 dims (20 blobs): K = {at_scale['k']} in "
+               f"{at_scale['seconds']:.1f} s (the sweep used {at_scale['n_used']:,} rows).")
+    (RESULTS / f"{out}.json").write_text(json.dumps({"sets": rows, "scale": at_scale}, indent=1))
+    (RESULTS / f"{out}.md").write_text(md + "\n")
+    return md
 
 
 def main() -> None:
@@ -385,13 +400,7 @@ def main() -> None:
               flush=True)
         rows.append(row)
     at_scale = scale(args.scale_rows) if args.scale_rows else None
-    md = table(rows)
-    if at_scale:
-        md += (f"\n\nAt scale: {at_scale['rows']:,} rows x 50 dims (20 blobs): K = {at_scale['k']} in "
-               f"{at_scale['seconds']:.1f} s (the sweep used {at_scale['n_used']:,} rows).")
-    print(md)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"sets": rows, "scale": at_scale}, indent=1))
-    (RESULTS / f"{args.out}.md").write_text(md + "\n")
+    print(write(rows, at_scale, args.out))
 
 
 if __name__ == "__main__":
