@@ -577,7 +577,7 @@ def choose_n_clusters(
     create_clusterer(method, n_clusters=k_min, random_state=random_state, **params)  # bad parameters fail first
     if rule == "merge-gap" and not cls.nested_k:
         raise UsageError(f"the merge-gap rule needs a merge tree; {method} has none",
-                         hint="use rule silhouette-gap, silhouette or stability")
+                         hint=f"use rule {DEFAULT_RULE}, silhouette or stability")
 
     X = check_embeddings(X, "X")
     n_all = X.shape[0]
