@@ -154,45 +154,67 @@ def held_out_sets() -> dict:
     return _unions(parts)
 
 
-def fresh_sets(real: bool = True) -> dict:
-    """Sets no rule was chosen or changed on, built before ``silhouette-tree`` was first read on them: 2, 4,
-    6 and 8 classes of each cache (seeds 23-29), 1:10 imbalance in a new order (seed 31), five new unions
-    (seeds 33-41), digits subsets, and new make_blobs sets, one of them 5 tight blobs beside 5 loose ones
-    (the shape of the unions of Imagenette and CIFAR-10). ``real=False``: the synthetic ones only."""
+def _recipe_sets(real: bool, draws: tuple, imbalance_seed: int, unions: dict, digits: tuple, blobs: tuple,
+                 imbalanced_blobs: tuple, tight_loose: tuple, half_seed: int | None = None) -> dict:
+    """A group of sets from its recipe: ``draws`` ((classes, seed), ...) of each cache, a 1:10 imbalanced
+    subset of each in the order of ``imbalance_seed``, a random half of each (``half_seed``), ``unions``
+    (name -> (Imagenette classes, CIFAR-10 classes, seed), "imbalanced" for an imbalanced subset),
+    ``digits`` ((classes or "imbalanced", seed), ...), make_blobs ``blobs`` ((K, std, seed), ...) and
+    ``imbalanced_blobs`` ((K, largest, seed): 1:10 sizes), and ``tight_loose`` ((tight, loose, seed), ...):
+    tight blobs beside loose ones close together, the shape of the unions. ``real=False``: synthetic only."""
+    def rows_of(y: np.ndarray, k: int | str, seed: int) -> np.ndarray:
+        return imbalanced_subset(y, seed) if k == "imbalanced" else class_subset(y, k, seed)
+
     sets = {}
     if real:
         Xi, yi, Xc, yc = _both_caches()
         parts = {}
         for prefix, X, y in (("imagenette-val", Xi, yi), ("cifar10-test", Xc, yc)):
-            for k, seed in ((2, 29), (4, 23), (6, 25), (8, 27)):
+            for k, seed in draws:
                 parts[f"{prefix}-{k}cls-s{seed}"] = [(X, y, class_subset(y, k, seed))]
-            parts[f"{prefix}-imbalanced-s31"] = [(X, y, imbalanced_subset(y, 31))]
-        for name, (ki, kc, seed) in (("imagenette-3cls+cifar10-3cls-s33", (3, 3, 33)),
-                                     ("imagenette-7cls+cifar10-7cls-s35", (7, 7, 35)),
-                                     ("imagenette-5cls+cifar10-2cls-s39", (5, 2, 39)),
-                                     ("imagenette-2cls+cifar10-5cls-s41", (2, 5, 41))):
-            parts[name] = [(Xi, yi, class_subset(yi, ki, seed)), (Xc, yc, class_subset(yc, kc, seed))]
-        parts["imagenette-imbalanced+cifar10-imbalanced-s37"] = [(Xi, yi, imbalanced_subset(yi, 37)),
-                                                                (Xc, yc, imbalanced_subset(yc, 37))]
+            if half_seed is not None:
+                half = np.sort(np.random.default_rng(half_seed).permutation(len(y))[: len(y) // 2])
+                parts[f"{prefix}-half-s{half_seed}"] = [(X, y, half)]
+            parts[f"{prefix}-imbalanced-s{imbalance_seed}"] = [(X, y, imbalanced_subset(y, imbalance_seed))]
+        for name, (ki, kc, seed) in unions.items():
+            parts[name] = [(Xi, yi, rows_of(yi, ki, seed)), (Xc, yc, rows_of(yc, kc, seed))]
         sets.update(_unions(parts))
     digits_X, digits_y = load_digits(return_X_y=True)
-    for name, rows in (("digits-5cls-s23", class_subset(digits_y, 5, 23)),
-                       ("digits-imbalanced-s31", imbalanced_subset(digits_y, 31))):
+    for k, seed in digits:
+        name = f"digits-{k}-s{seed}" if k == "imbalanced" else f"digits-{k}cls-s{seed}"
+        rows = rows_of(digits_y, k, seed)
         sets[name] = (lambda rows=rows, name=name: umap50(digits_X[rows], name), digits_y[rows])
-    for k, std, seed in ((7, 1.0, 207), (40, 2.0, 240), (70, 1.0, 270)):
+    for k, std, seed in blobs:
         X, y = make_blobs(max(1500, 60 * k), n_features=10, centers=k, cluster_std=std, center_box=(-20, 20),
                           random_state=seed)
         sets[f"blobs-k{k}-std{std}-s{seed}"] = (lambda X=X: X, y)
-    sizes = np.round(250 * np.geomspace(1, 0.1, 15)).astype(int)
-    X, y = make_blobs(sizes, n_features=10, centers=None, cluster_std=1.0, center_box=(-20, 20), random_state=215)
-    sets["blobs-k15-imbalanced-s215"] = (lambda X=X: X, y)
-    rng = np.random.default_rng(43)
-    tight = rng.uniform(-20, 20, (5, 10))
-    loose = rng.uniform(-20, 20, 10) + rng.normal(0, 4, (5, 10))
-    X1, y1 = make_blobs(1500, n_features=10, centers=tight, cluster_std=1.0, random_state=43)
-    X2, y2 = make_blobs(1500, n_features=10, centers=loose, cluster_std=1.5, random_state=44)
-    sets["blobs-tight5+loose5-s43"] = (lambda X=np.concatenate([X1, X2]): X, np.concatenate([y1, y2 + 5]))
+    for k, largest, seed in imbalanced_blobs:
+        sizes = np.round(largest * np.geomspace(1, 0.1, k)).astype(int)
+        X, y = make_blobs(sizes, n_features=10, centers=None, cluster_std=1.0, center_box=(-20, 20), random_state=seed)
+        sets[f"blobs-k{k}-imbalanced-s{seed}"] = (lambda X=X: X, y)
+    for n_tight, n_loose, seed in tight_loose:
+        rng = np.random.default_rng(seed)
+        tight = rng.uniform(-20, 20, (n_tight, 10))
+        loose = rng.uniform(-20, 20, 10) + rng.normal(0, 4, (n_loose, 10))
+        X1, y1 = make_blobs(300 * n_tight, n_features=10, centers=tight, cluster_std=1.0, random_state=seed)
+        X2, y2 = make_blobs(300 * n_loose, n_features=10, centers=loose, cluster_std=1.5, random_state=seed + 1)
+        sets[f"blobs-tight{n_tight}+loose{n_loose}-s{seed}"] = (lambda X=np.concatenate([X1, X2]): X,
+                                                               np.concatenate([y1, y2 + n_tight]))
     return sets
+
+
+def fresh_sets(real: bool = True) -> dict:
+    """Sets no rule was chosen or changed on, built before ``silhouette-tree`` was first read on them: 2, 4,
+    6 and 8 classes of each cache (seeds 23-29), 1:10 imbalance in a new order (seed 31), five new unions
+    (seeds 33-41), digits subsets, and new make_blobs sets, one of them 5 tight blobs beside 5 loose ones
+    (the shape of the unions of Imagenette and CIFAR-10). ``real=False``: the synthetic ones only."""
+    return _recipe_sets(
+        real, draws=((2, 29), (4, 23), (6, 25), (8, 27)), imbalance_seed=31,
+        unions={"imagenette-3cls+cifar10-3cls-s33": (3, 3, 33), "imagenette-7cls+cifar10-7cls-s35": (7, 7, 35),
+                "imagenette-5cls+cifar10-2cls-s39": (5, 2, 39), "imagenette-2cls+cifar10-5cls-s41": (2, 5, 41),
+                "imagenette-imbalanced+cifar10-imbalanced-s37": ("imbalanced", "imbalanced", 37)},
+        digits=((5, 23), ("imbalanced", 31)), blobs=((7, 1.0, 207), (40, 2.0, 240), (70, 1.0, 270)),
+        imbalanced_blobs=((15, 250, 215),), tight_loose=((5, 5, 43),))
 
 
 def exam_sets(real: bool = True) -> dict:
@@ -200,38 +222,12 @@ def exam_sets(real: bool = True) -> dict:
     before any change made for them was read here: 3, 5, 7 and 9 classes of each cache (seeds 51-57), a
     random half of each cache (seed 59), 1:10 imbalance in a new order (seed 61), four new unions (seeds
     63-69), digits subsets, and new make_blobs sets (tight beside loose again, another seed)."""
-    sets = {}
-    if real:
-        Xi, yi, Xc, yc = _both_caches()
-        parts = {}
-        for prefix, X, y in (("imagenette-val", Xi, yi), ("cifar10-test", Xc, yc)):
-            for k, seed in ((3, 51), (5, 53), (7, 55), (9, 57)):
-                parts[f"{prefix}-{k}cls-s{seed}"] = [(X, y, class_subset(y, k, seed))]
-            half = np.sort(np.random.default_rng(59).permutation(len(y))[: len(y) // 2])
-            parts[f"{prefix}-half-s59"] = [(X, y, half)]
-            parts[f"{prefix}-imbalanced-s61"] = [(X, y, imbalanced_subset(y, 61))]
-        for name, (ki, kc, seed) in (("imagenette-4cls+cifar10-4cls-s63", (4, 4, 63)),
-                                     ("imagenette-2cls+cifar10-8cls-s65", (2, 8, 65)),
-                                     ("imagenette-6cls+cifar10-2cls-s67", (6, 2, 67)),
-                                     ("imagenette-8cls+cifar10-6cls-s69", (8, 6, 69))):
-            parts[name] = [(Xi, yi, class_subset(yi, ki, seed)), (Xc, yc, class_subset(yc, kc, seed))]
-        sets.update(_unions(parts))
-    digits_X, digits_y = load_digits(return_X_y=True)
-    for name, rows in (("digits-3cls-s51", class_subset(digits_y, 3, 51)),
-                       ("digits-7cls-s55", class_subset(digits_y, 7, 55)),
-                       ("digits-imbalanced-s61", imbalanced_subset(digits_y, 61))):
-        sets[name] = (lambda rows=rows, name=name: umap50(digits_X[rows], name), digits_y[rows])
-    for k, std, seed in ((4, 1.0, 504), (12, 2.0, 512), (30, 1.5, 530)):
-        X, y = make_blobs(max(1500, 60 * k), n_features=10, centers=k, cluster_std=std, center_box=(-20, 20),
-                          random_state=seed)
-        sets[f"blobs-k{k}-std{std}-s{seed}"] = (lambda X=X: X, y)
-    rng = np.random.default_rng(71)
-    tight = rng.uniform(-20, 20, (3, 10))
-    loose = rng.uniform(-20, 20, 10) + rng.normal(0, 4, (6, 10))
-    X1, y1 = make_blobs(900, n_features=10, centers=tight, cluster_std=1.0, random_state=71)
-    X2, y2 = make_blobs(1800, n_features=10, centers=loose, cluster_std=1.5, random_state=72)
-    sets["blobs-tight3+loose6-s71"] = (lambda X=np.concatenate([X1, X2]): X, np.concatenate([y1, y2 + 3]))
-    return sets
+    return _recipe_sets(
+        real, draws=((3, 51), (5, 53), (7, 55), (9, 57)), imbalance_seed=61, half_seed=59,
+        unions={"imagenette-4cls+cifar10-4cls-s63": (4, 4, 63), "imagenette-2cls+cifar10-8cls-s65": (2, 8, 65),
+                "imagenette-6cls+cifar10-2cls-s67": (6, 2, 67), "imagenette-8cls+cifar10-6cls-s69": (8, 6, 69)},
+        digits=((3, 51), (7, 55), ("imbalanced", 61)), blobs=((4, 1.0, 504), (12, 2.0, 512), (30, 1.5, 530)),
+        imbalanced_blobs=(), tight_loose=((3, 6, 71),))
 
 
 def umap50(X: np.ndarray, name: str) -> np.ndarray:
