@@ -58,14 +58,9 @@ import numpy as np
 
 from .errors import ParameterError, UsageError
 
-#: Rules :func:`imgclust.select.choose_n_clusters` knows.
-SELECTION_RULES = ("silhouette-tree", "silhouette-levels", "silhouette-gap", "silhouette", "merge-gap", "stability")
-DEFAULT_RULE = "silhouette-tree"
-
 #: The coarse-end step (silhouette-gap and after): a finer cut must keep this share of the top split's
-#: silhouette (the silhouette rule's coarse_ratio) and have this share of its merge gap (above 1), by rule.
+#: silhouette (the silhouette rule's coarse_ratio); the share of its merge gap is SilhouetteRule.coarse_gap.
 COARSE_RATIO = 0.55
-COARSE_GAP = {"silhouette-gap": 0.3, "silhouette-levels": 0.3, "silhouette-tree": 0.25}
 #: An elbow of the tree below a pick (elbow_below) is a jump of at least 10% in merge height: where every
 #: gap is about 1 (a range of over-split cuts) there is no elbow to move to.
 MIN_ELBOW_GAP = 1.1
@@ -78,20 +73,35 @@ LEVEL_READING = {"ratio_to": "level", "min_ratio": 0.6, "coarse_prominence": 0.0
 #: silhouette-tree: the levels reading with finer levels rising at least 0.03 above their valleys (a
 #: chain of 0.02 bumps walked digits' 5 classes down to K = 90 on the fresh sets of select_k.py).
 TREE_READING = {**LEVEL_READING, "min_prominence": 0.03}
-#: How each silhouette rule reads the silhouette curve (choose_from_curve's parameters).
-SILHOUETTE_READING = {"silhouette-tree": TREE_READING, "silhouette-levels": LEVEL_READING}
+
+
+@dataclass(frozen=True)
+class SilhouetteRule:
+    """How a silhouette rule reads the curves (see the module docs for the steps)."""
+
+    reading: dict  # choose_from_curve's parameters
+    reads_tree: bool = True  # steps 1 and 2 (the coarse end and the plateau), when the sweep has a tree
+    coarse_gap: float = 0.3  # step 1: share of the top split's merge gap (above 1) a finer elbow needs
+    moves_to_elbow: bool = False  # step 3: to a clearer elbow of the tree below the pick
+
+
+#: The silhouette rules; adding one is adding an entry.
+SILHOUETTE_RULES = {
+    "silhouette-tree": SilhouetteRule(TREE_READING, coarse_gap=0.25, moves_to_elbow=True),
+    "silhouette-levels": SilhouetteRule(LEVEL_READING),
+    "silhouette-gap": SilhouetteRule({}),
+    "silhouette": SilhouetteRule({}, reads_tree=False),
+}
+#: Rules :func:`imgclust.select.choose_n_clusters` knows.
+SELECTION_RULES = (*SILHOUETTE_RULES, "merge-gap", "stability")
+DEFAULT_RULE = "silhouette-tree"
 
 #: The curves each rule reads (the sweep computes the stability curve only for a rule that reads it).
 RULE_CURVES = {
-    "silhouette-tree": ("silhouette", "merge_gap"),
-    "silhouette-levels": ("silhouette", "merge_gap"),
-    "silhouette-gap": ("silhouette", "merge_gap"),
-    "silhouette": ("silhouette",),
+    **{name: ("silhouette", "merge_gap") if rule.reads_tree else ("silhouette",) for name, rule in SILHOUETTE_RULES.items()},
     "merge-gap": ("merge_gap",),
     "stability": ("stability",),
 }
-
-
 
 
 def _peaks(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -282,8 +292,9 @@ def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.02, f
         ranking = _ranked(stab, [int(np.nanargmax(stab))])
         flat = len(ranking) > 1 and stab[ranking[1]] >= stab[ranking[0]] - flat_tolerance * abs(stab[ranking[0]])
         return Reading(ranking[0], "stability", stab, "most stable", ranking, bool(flat))
-    reading = _silhouette_reading(rule, ks, curves, plateau, flat_tolerance, gap_margin)
-    if rule != "silhouette-tree":
+    settings = SILHOUETTE_RULES[rule]
+    reading = _silhouette_reading(settings, ks, curves, plateau, flat_tolerance, gap_margin)
+    if not settings.moves_to_elbow:
         return reading
     # silhouette-tree, step 3: a finer cut that is a clearer elbow of the tree than the pick, keeping
     # COARSE_RATIO of its silhouette, wins (again from there: each step raises the gap, so it ends)
@@ -299,23 +310,23 @@ def apply_rule(rule: str, ks: np.ndarray, curves: dict, plateau: float = 0.02, f
     return Reading(at, "silhouette", s, why, _ranked(s, [at, picked]), False)
 
 
-def _silhouette_reading(rule: str, ks: np.ndarray, curves: dict, plateau: float, flat_tolerance: float,
-                        gap_margin: float) -> Reading:
+def _silhouette_reading(settings: SilhouetteRule, ks: np.ndarray, curves: dict, plateau: float,
+                        flat_tolerance: float, gap_margin: float) -> Reading:
     """The silhouette rules' reading (steps 1 and 2 of ``silhouette-gap``; see the module docs)."""
     s = curves["silhouette"]
-    k, _ = choose_from_curve(ks, s, **SILHOUETTE_READING.get(rule, {}))
+    k, _ = choose_from_curve(ks, s, **settings.reading)
     at = int(np.flatnonzero(ks == k)[0])
     peaks = [int(i) for i in _local_maxima(s) if i != at]
     silhouette_flat = bool(peaks) and abs(s[peaks[0]] - s[at]) <= flat_tolerance * abs(s[at])
-    if rule == "silhouette" or "merge_gap" not in curves:
-        why = "finest well-separated silhouette peak" + ("" if rule == "silhouette" else " (no merge tree: no gap to read)")
+    if not settings.reads_tree or "merge_gap" not in curves:
+        why = "finest well-separated silhouette peak" + ("" if not settings.reads_tree else " (no merge tree: no gap to read)")
         return Reading(at, "silhouette", s, why, _ranked(s, [at]), silhouette_flat)
     gap = curves["merge_gap"]
     # silhouette-gap, step 1: a pick at the coarse end (the top split of a hierarchy, e.g. animals |
     # vehicles) gives way to a finer cut whose merge gap is a real elbow of the tree -- at least
     # `coarse_gap` of the top split's gap (both above 1) -- and whose silhouette keeps `coarse_ratio`
     if at == 0 and ks[0] == 2 and len(ks) > 1 and np.isfinite(gap[0]):
-        best = _clearest_finer_elbow(s, gap, 0, lambda g: g - 1 >= COARSE_GAP[rule] * (gap[0] - 1))
+        best = _clearest_finer_elbow(s, gap, 0, lambda g: g - 1 >= settings.coarse_gap * (gap[0] - 1))
         if best is not None:
             why = (f"largest merge gap below the top split (K = {int(ks[0])}) with at least "
                    f"{COARSE_RATIO:.0%} of its silhouette")
