@@ -25,12 +25,20 @@ imbalanced subset of each in another class order (seed 20), and four other union
 imbalanced Imagenette + 3 CIFAR-10 classes). Fresh sets (``--group fresh``) played no part in choosing
 any rule: they were defined before any rule changed on the held-out sets was read on them (2, 4, 6
 and 8 classes of each cache, a new imbalance order, five new unions, digits subsets, new blobs; see
-:func:`fresh_sets`). Worst losses are reported per group.
+:func:`fresh_sets`). Exam sets (``--group exam``) were defined after the fresh sets had been read and
+before any change made for them was read on them. Worst losses are reported per group.
+
+Relabelled sets (``--group relabelled``) are sets of the groups above under a coarser labelling one
+level up their classes' own hierarchy (CIFAR-10 as animals/vehicles; a union of the two caches with
+CIFAR-10 as one class, or as its two sources). The rows and their reduction are the same, so every
+rule picks the same K as on the set itself; the table beside the main one gives the K on target under
+each labelling. Where the two share no K, no rule that sees only the images is on target for both.
 
     python benchmarks/select_k.py                      # everything (about 25 minutes on 2 cores)
     python benchmarks/select_k.py --only blobs         # sets whose name contains 'blobs'
     python benchmarks/select_k.py --group held-out     # only the held-out sets
     python benchmarks/select_k.py --group fresh        # only the fresh sets
+    python benchmarks/select_k.py --group relabelled --scale-rows 0 --out select_k_relabelled
 
 The caches come from ``benchmarks/clustering_table.py`` (``benchmarks/results/<set>-effnet-lite0.h5``);
 UMAP outputs are kept in ``benchmarks/results/select_k_umap/`` for reruns. Writes
@@ -59,6 +67,10 @@ DATA = HERE.parents[1] / "shared" / "data"
 UMAP_DIR = RESULTS / "select_k_umap"
 #: Groups of sets, by what was chosen on them (see the module docs).
 GROUPS = ("calibration", "held-out", "fresh", "exam")
+#: Sets of the groups above under a coarser labelling: the same rows and the same reduction, so every rule
+#: picks the same K as on the set itself (not counted in "all").
+RELABELLED = "relabelled"
+CIFAR10_VEHICLES = ("airplane", "automobile", "ship", "truck")
 
 
 def blobs() -> dict:
@@ -230,6 +242,45 @@ def exam_sets(real: bool = True) -> dict:
         imbalanced_blobs=(), tight_loose=((3, 6, 71),))
 
 
+def _animals_vehicles(y: np.ndarray) -> np.ndarray:
+    return np.where(np.isin(np.char.replace(y, "c10-", ""), CIFAR10_VEHICLES), "vehicle", "animal")
+
+
+def _cifar10_as_one(y: np.ndarray) -> np.ndarray:
+    return np.where(np.char.startswith(y, "c10-"), "c10", y)
+
+
+def _by_source(y: np.ndarray) -> np.ndarray:
+    return np.where(np.char.startswith(y, "c10-"), "c10", "in")
+
+
+#: set -> [(labelling, relabel), ...]: one level up the classes' own hierarchy (CIFAR-10's animals and
+#: vehicles; a union as its Imagenette classes and one CIFAR-10 class, or as its two sources).
+COARSER = {
+    "cifar10-test": [("animals/vehicles", _animals_vehicles)],
+    "cifar10-test-imbalanced": [("animals/vehicles", _animals_vehicles)],
+    "cifar10-test-half-s59": [("animals/vehicles", _animals_vehicles)],
+    "imagenette+cifar10": [("CIFAR-10 as one class", _cifar10_as_one), ("by source", _by_source)],
+    "imagenette-5cls+cifar10-5cls": [("CIFAR-10 as one class", _cifar10_as_one)],
+    "imagenette-3cls+cifar10-3cls-s33": [("CIFAR-10 as one class", _cifar10_as_one)],
+    "imagenette-2cls+cifar10-5cls-s41": [("CIFAR-10 as one class", _cifar10_as_one)],
+}
+
+
+def relabelled_sets(sets: dict) -> dict:
+    """The sets of :data:`COARSER` under their coarser labellings: name -> (twin, get_X, coarse y, fine y).
+
+    The images decide the pick; the labels decide the target. Where the targets of two labellings of the
+    same rows share no K, no rule that sees only the images can be on target for both."""
+    out = {}
+    for twin, labellings in COARSER.items():
+        if twin in sets:
+            _, get_X, y = sets[twin]
+            for labelling, relabel in labellings:
+                out[f"{twin} [{labelling}]"] = (twin, get_X, relabel(y), y)
+    return out
+
+
 def umap50(X: np.ndarray, name: str) -> np.ndarray:
     path = UMAP_DIR / f"{name}.npy"
     if path.exists():
@@ -264,32 +315,41 @@ def real_sets() -> dict:
     return sets
 
 
-def evaluate(name: str, X: np.ndarray, y: np.ndarray) -> dict:
+def on_target(ks: list, ami: list, true_k: int, ami_true_k: float) -> list:
+    """The K that meet issue 14's target: within 2 AMI points of the true K's, and within [K/2, 2K]."""
+    return [int(k) for k, a in zip(ks, ami) if true_k / 2 <= k <= 2 * true_k and ami_true_k - a <= 2]
+
+
+def evaluate(name: str, X: np.ndarray, y: np.ndarray, fine_y: np.ndarray | None = None) -> dict:
+    """Every rule's K on ``X`` against the labels ``y``; with ``fine_y`` (a finer labelling of the same rows),
+    also the K on target under each labelling."""
     true_k = int(np.unique(y).size)
     started = time.perf_counter()
     sel = choose_n_clusters(X, rule="stability")  # computes every curve: silhouette, merge gap, stability
     sweep_seconds = time.perf_counter() - started
     ks = sel.ks
     # AMI of the clustering of all rows at each K (the sweep may have used a sample)
-    full = cut_tree_labels(merge_tree(X), ks) if sel.sample_indices is not None else None
-    ami = {}
+    tree = merge_tree(X)
+    cuts = cut_tree_labels(tree, ks)
 
-    def ami_at(k: int) -> float:
-        if k not in ami:
-            labels = full[k] if full is not None else cut_tree_labels(merge_tree(X), [k])[k]
-            ami[k] = 100 * adjusted_mutual_info_score(y, labels)
-        return ami[k]
+    def ami_curve(labels_true: np.ndarray, k_true: int) -> dict:
+        """AMI at every K of the sweep and at the true K (cut from the same tree when outside the range)."""
+        at = cuts if k_true in cuts or k_true < 2 else {**cuts, **cut_tree_labels(tree, [k_true])}
+        return {int(k): 100 * adjusted_mutual_info_score(labels_true, labels) for k, labels in at.items()}
 
-    if full is None:  # every row was swept: cut the same tree once for all K
-        tree_cuts = cut_tree_labels(merge_tree(X), ks)
-        ami.update({int(k): 100 * adjusted_mutual_info_score(y, tree_cuts[int(k)]) for k in ks})
-    else:
-        ami.update({int(k): 100 * adjusted_mutual_info_score(y, full[int(k)]) for k in ks})
-    at_true = ami_at(true_k) if true_k >= 2 else None
+    ami = ami_curve(y, true_k)
+    at_true = ami[true_k] if true_k >= 2 else None
+    targets = {}
+    if fine_y is not None:
+        fine_k = int(np.unique(fine_y).size)
+        fine_ami = ami_curve(fine_y, fine_k)
+        targets = {"fine_true_k": fine_k,
+                   "fine_on_target": on_target(list(ks), [fine_ami[int(k)] for k in ks], fine_k, fine_ami[fine_k]),
+                   "on_target": on_target(list(ks), [ami[int(k)] for k in ks], true_k, at_true)}
     rules = {}
     for rule in SELECTION_RULES:
         k = int(ks[apply_rule(rule, ks, sel.curves).index])
-        rules[rule] = {"k": k, "ami": ami_at(k), "loss": None if at_true is None else at_true - ami_at(k),
+        rules[rule] = {"k": k, "ami": ami[k], "loss": None if at_true is None else at_true - ami[k],
                        "within_half_double": bool(true_k / 2 <= k <= 2 * true_k) if true_k >= 2 else None}
     started = time.perf_counter()
     default = choose_n_clusters(X, rule=DEFAULT_RULE)
@@ -301,7 +361,7 @@ def evaluate(name: str, X: np.ndarray, y: np.ndarray) -> dict:
         "n_used": sel.n_used, "rules": rules, "default": default.to_dict(), "flags": default.flags,
         "summary": default.summary, "reference_silhouette": default.reference_silhouette,
         "best_silhouette": float(np.nanmax(sel.curves["silhouette"])),
-        "seconds_all_curves": round(sweep_seconds, 2), "seconds_default_rule": round(default_seconds, 2),
+        "seconds_all_curves": round(sweep_seconds, 2), "seconds_default_rule": round(default_seconds, 2), **targets,
         "curves": {"k": ks.tolist(), "ami": [ami[int(k)] for k in ks],
                    **{c: [None if not np.isfinite(v) else float(v) for v in vals] for c, vals in sel.curves.items()}},
     }
@@ -322,8 +382,9 @@ def table(rows: list[dict]) -> str:
         at_true = "—" if r["ami_true_k"] is None else f"{r['ami_true_k']:.1f}"
         lines.append(f"| {r['set']} | {r['group']} | {r['n']} | {r['true_k'] if r['true_k'] > 1 else 'none'} | {at_true} | "
                      + " | ".join(cells) + f" | {', '.join(r['flags']) or '—'} |")
-    for group in (*GROUPS, "all"):
-        labelled = [r for r in rows if r["ami_true_k"] is not None and group in ("all", r["group"])]
+    for group in (*GROUPS, "all", RELABELLED):
+        labelled = [r for r in rows if r["ami_true_k"] is not None
+                    and (r["group"] == group or (group == "all" and r["group"] in GROUPS))]
         if not labelled:
             continue
         worst = {rule: max(r["rules"][rule]["loss"] for r in labelled) for rule in rules}
@@ -337,6 +398,31 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| **off target (loss > 2 or outside), of {len(labelled)}** | {group} | | | | "
                      + " | ".join(f"**{missed[rule]}**" for rule in rules) + " | |")
     return "\n".join(lines)
+
+
+def _span(ks: list) -> str:
+    """K on target, as runs: 5-9, 12."""
+    runs = []
+    for k in ks:
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
+
+
+def relabelled_table(rows: list[dict]) -> str:
+    """Each relabelled set beside its own labels: the K on target under each, and the K every rule sees."""
+    lines = [f"| set | coarser labelling | K on target (coarser) | K on target (the set's labels) | both | {DEFAULT_RULE} |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["group"] != RELABELLED:
+            continue
+        twin, labelling = r["set"].rstrip("]").split(" [")
+        both = sorted(set(r["on_target"]) & set(r["fine_on_target"]))
+        lines.append(f"| {twin} | {labelling} (K = {r['true_k']}) | {_span(r['on_target'])} | "
+                     f"{_span(r['fine_on_target'])} (K = {r['fine_true_k']}) | {_span(both)} | {r['rules'][DEFAULT_RULE]['k']} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def scale(rows: int) -> dict:
@@ -354,6 +440,8 @@ def scale(rows: int) -> dict:
 def write(rows: list[dict], at_scale: dict | None, out: str) -> str:
     """The Markdown table (and the timing at scale) of ``rows``; writes ``<out>.json`` and ``<out>.md``."""
     md = table(rows)
+    if relabelled := relabelled_table(rows):
+        md += "\n\nThe same rows under a coarser labelling (the K on target: within 2 AMI points of the true K's, in [K/2, 2K]):\n\n" + relabelled
     if at_scale:
         md += (f"\n\nAt scale: {at_scale['rows']:,} rows x 50 dims (20 blobs): K = {at_scale['k']} in "
                f"{at_scale['seconds']:.1f} s (the sweep used {at_scale['n_used']:,} rows).")
@@ -367,10 +455,11 @@ def main() -> None:
     parser.add_argument("--only", help="run only the sets whose name contains this")
     parser.add_argument("--out", default="select_k", help="name of the JSON/Markdown files under benchmarks/results/")
     parser.add_argument("--scale-rows", type=int, default=1_000_000, help="rows of the timing at scale (0: skip)")
-    parser.add_argument("--group", choices=("all", *GROUPS), default="all",
+    parser.add_argument("--group", choices=("all", *GROUPS, RELABELLED), default="all",
                         help="calibration: the sets the rules' thresholds were chosen on; held-out: sets no rule up "
                              "to silhouette-levels was chosen on; fresh: sets no rule was chosen on before "
-                             "silhouette-tree; exam: sets no rule was chosen on")
+                             "silhouette-tree; exam: sets no rule was chosen on; relabelled: sets of the other groups "
+                             "under coarser labels")
     args = parser.parse_args()
     sets = {name: ("calibration", lambda X=X: X, y) for name, (X, y) in blobs().items()}
     synthetic_only = bool(args.only and ("blobs" in args.only or "noise" in args.only))
@@ -381,6 +470,10 @@ def main() -> None:
         sets.update({name: ("held-out", *entry) for name, entry in held_out_sets().items()})
     sets.update({name: ("fresh", *entry) for name, entry in fresh_sets(real=both).items()})
     sets.update({name: ("exam", *entry) for name, entry in exam_sets(real=both).items()})
+    fine = {}
+    for name, (_, get_X, y, fine_y) in relabelled_sets(sets).items():
+        sets[name] = (RELABELLED, get_X, y)
+        fine[name] = fine_y
     rows = []
     for name, (group, get_X, y) in sets.items():
         if args.only and args.only not in name:
@@ -388,7 +481,7 @@ def main() -> None:
         if args.group != "all" and group != args.group:
             continue
         started = time.perf_counter()
-        row = {"group": group, **evaluate(name, get_X(), y)}
+        row = {"group": group, **evaluate(name, get_X(), y, fine.get(name))}
         rules = "  ".join(f"{rule} {x['k']}" + ("" if x["loss"] is None else f" ({x['loss']:+.1f})")
                           for rule, x in row["rules"].items())
         print(f"{name}: n={row['n']} K={row['true_k']} AMI@K={row['ami_true_k']}  {rules}  flags={row['flags']}  "
