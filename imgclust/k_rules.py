@@ -346,7 +346,8 @@ def _silhouette_reading(settings: SilhouetteRule, ks: np.ndarray, curves: dict, 
     outside = [i for i in peaks if i not in set(run.tolist())]
     flat = _gap_is_flat(gap, by_gap, gap_margin) or (
         bool(outside) and abs(s[outside[0]] - s[at]) <= flat_tolerance * abs(s[at]))
-    return Reading(best, "silhouette", s, why, _ranked(s, by_gap), flat)
+    # the plateau gives one runner-up: the other candidates are other levels, not the pick's neighbours
+    return Reading(best, "silhouette", s, why, _ranked(s, by_gap[:2]), flat)
 
 
 def elbow_below(curves: dict, chosen: int) -> int | None:

@@ -474,3 +474,13 @@ def test_tree_rule_needs_a_finer_level_to_rise_three_hundredths():
     # the calibrated union keeps a level under its top split (K = 13, prominence 0.058)
     union = {"silhouette": np.array(UNION_SIL), "merge_gap": np.array(UNION_GAP)}
     assert np.array(KS)[apply_rule("silhouette-tree", np.array(KS), union).index] == 13
+
+
+def test_a_plateau_gives_one_runner_up_so_the_candidates_reach_another_level():
+    # silhouette-levels walks the digits curve to K = 90, on a plateau of the fine end (K within 2% of the pick):
+    # its neighbours on the plateau are one runner-up, and the third candidate is the clean level, K = 5
+    ks = np.arange(2, 91)
+    curves = {"silhouette": np.array(DIGITS5_SIL), "merge_gap": np.array(DIGITS5_GAP)}
+    reading = apply_rule("silhouette-levels", ks, curves)
+    top = [int(ks[i]) for i in reading.ranking[:3]]
+    assert top[0] == 90 and abs(DIGITS5_SIL[top[1] - 2] - DIGITS5_SIL[-1]) <= 0.02 * DIGITS5_SIL[-1] and top[2] == 5
