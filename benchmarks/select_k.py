@@ -48,6 +48,7 @@ UMAP outputs are kept in ``benchmarks/results/select_k_umap/`` for reruns. Write
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -100,6 +101,7 @@ def blobs() -> dict:
     return sets
 
 
+@functools.lru_cache(maxsize=None)  # every group draws on the same two caches: read each once
 def load_cache(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cache = Cache(RESULTS / f"{name}-effnet-lite0.h5")
     encoder = cache.resolve_encoder(None)
@@ -268,7 +270,8 @@ COARSER = {
 
 
 def relabelled_sets(sets: dict) -> dict:
-    """The sets of :data:`COARSER` under their coarser labellings: name -> (twin, get_X, coarse y, fine y).
+    """The sets of :data:`COARSER` under their coarser labellings: name -> (twin, labelling, get_X, coarse y,
+    the twin's y).
 
     The images decide the pick; the labels decide the target. Where the targets of two labellings of the
     same rows share no K, no rule that sees only the images can be on target for both."""
@@ -277,7 +280,7 @@ def relabelled_sets(sets: dict) -> dict:
         if twin in sets:
             _, get_X, y = sets[twin]
             for labelling, relabel in labellings:
-                out[f"{twin} [{labelling}]"] = (twin, get_X, relabel(y), y)
+                out[f"{twin} [{labelling}]"] = (twin, labelling, get_X, relabel(y), y)
     return out
 
 
@@ -418,7 +421,7 @@ def relabelled_table(rows: list[dict]) -> str:
     for r in rows:
         if r["group"] != RELABELLED:
             continue
-        twin, labelling = r["set"].rstrip("]").split(" [")
+        twin, labelling = r["relabelled_from"]["set"], r["relabelled_from"]["labelling"]
         both = sorted(set(r["on_target"]) & set(r["fine_on_target"]))
         lines.append(f"| {twin} | {labelling} (K = {r['true_k']}) | {_span(r['on_target'])} | "
                      f"{_span(r['fine_on_target'])} (K = {r['fine_true_k']}) | {_span(both)} | {r['rules'][DEFAULT_RULE]['k']} |")
@@ -470,10 +473,10 @@ def main() -> None:
         sets.update({name: ("held-out", *entry) for name, entry in held_out_sets().items()})
     sets.update({name: ("fresh", *entry) for name, entry in fresh_sets(real=both).items()})
     sets.update({name: ("exam", *entry) for name, entry in exam_sets(real=both).items()})
-    fine = {}
-    for name, (_, get_X, y, fine_y) in relabelled_sets(sets).items():
+    relabelled = {}
+    for name, (twin, labelling, get_X, y, fine_y) in relabelled_sets(sets).items():
         sets[name] = (RELABELLED, get_X, y)
-        fine[name] = fine_y
+        relabelled[name] = ({"set": twin, "labelling": labelling}, fine_y)
     rows = []
     for name, (group, get_X, y) in sets.items():
         if args.only and args.only not in name:
@@ -481,7 +484,10 @@ def main() -> None:
         if args.group != "all" and group != args.group:
             continue
         started = time.perf_counter()
-        row = {"group": group, **evaluate(name, get_X(), y, fine.get(name))}
+        relabelled_from, fine_y = relabelled.get(name, (None, None))
+        row = {"group": group, **evaluate(name, get_X(), y, fine_y)}
+        if relabelled_from:
+            row["relabelled_from"] = relabelled_from
         rules = "  ".join(f"{rule} {x['k']}" + ("" if x["loss"] is None else f" ({x['loss']:+.1f})")
                           for rule, x in row["rules"].items())
         print(f"{name}: n={row['n']} K={row['true_k']} AMI@K={row['ami_true_k']}  {rules}  flags={row['flags']}  "
